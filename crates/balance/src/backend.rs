@@ -1,0 +1,236 @@
+//! Backends and the immutable [`BackendSet`] snapshot selectors work on.
+//!
+//! A [`Backend`] pairs configuration (address, weight, admin state) with a
+//! shared [`BackendState`] holding everything learned at run time (load,
+//! probe health, slow-start clock). The state is reference counted and keyed
+//! by address by whoever builds the snapshots, so a reload or a membership
+//! change keeps what the balancer has learned.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::load::Load;
+use crate::Nanos;
+
+/// Index of a backend inside one [`BackendSet`] snapshot.
+///
+/// It is only meaningful together with the snapshot it came from; identity
+/// across snapshots is the backend's address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendId(pub u32);
+
+impl BackendId {
+    /// The position in [`BackendSet::backends`].
+    #[inline]
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// What the operator wants for a backend, independent of its probe health.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AdminState {
+    /// Takes new requests when healthy.
+    #[default]
+    Enabled,
+    /// Takes no new requests; requests in flight finish.
+    Draining,
+    /// Takes nothing.
+    Disabled,
+}
+
+impl AdminState {
+    /// The configuration and API spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Enabled => "enabled",
+            AdminState::Draining => "draining",
+            AdminState::Disabled => "disabled",
+        }
+    }
+
+    /// Parses the configuration spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "enabled" => Some(AdminState::Enabled),
+            "draining" => Some(AdminState::Draining),
+            "disabled" => Some(AdminState::Disabled),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for AdminState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Run-time state of one backend, shared by every snapshot that contains it.
+#[derive(Debug)]
+pub struct BackendState {
+    /// Live load signals.
+    pub load: Load,
+    healthy: AtomicBool,
+    /// Start of the slow-start window ([`Nanos`]); 0 means "no ramp".
+    ramp_since: AtomicU64,
+}
+
+impl Default for BackendState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BackendState {
+    /// A healthy backend with no history.
+    pub fn new() -> Self {
+        Self {
+            load: Load::new(),
+            healthy: AtomicBool::new(true),
+            ramp_since: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether health checking currently considers the backend usable.
+    #[inline]
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Records the verdict of health checking.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// Starts (or restarts) the slow-start ramp at `now`.
+    pub fn start_ramp(&self, now: Nanos) {
+        // 0 is reserved for "no ramp"; a ramp starting at the epoch is harmless to shift.
+        self.ramp_since.store(now.max(1), Ordering::Relaxed);
+    }
+
+    /// When the current slow-start ramp began, if one did.
+    pub fn ramp_since(&self) -> Option<Nanos> {
+        match self.ramp_since.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+}
+
+/// One upstream address with its weight and admin state.
+#[derive(Clone, Debug)]
+pub struct Backend {
+    /// `host:port`; the backend's identity.
+    pub address: String,
+    /// Relative share of traffic; 0 takes none.
+    pub weight: u32,
+    /// Operator intent.
+    pub admin: AdminState,
+    /// Learned state, shared across snapshots.
+    pub state: Arc<BackendState>,
+}
+
+impl Backend {
+    /// A new enabled backend with fresh state.
+    pub fn new(address: impl Into<String>, weight: u32) -> Self {
+        Self {
+            address: address.into(),
+            weight,
+            admin: AdminState::Enabled,
+            state: Arc::new(BackendState::new()),
+        }
+    }
+
+    /// Whether this backend may take a *new* request: enabled, healthy, and
+    /// with a non-zero weight.
+    #[inline]
+    pub fn is_usable(&self) -> bool {
+        self.admin == AdminState::Enabled && self.weight > 0 && self.state.is_healthy()
+    }
+}
+
+/// An immutable snapshot of a cluster's backends.
+///
+/// Built off the hot path; a request loads one snapshot and picks from it.
+#[derive(Clone, Debug, Default)]
+pub struct BackendSet {
+    backends: Vec<Backend>,
+    /// Length of the slow-start window; 0 disables slow start.
+    slow_start: Nanos,
+}
+
+impl BackendSet {
+    /// A snapshot over `backends`, in order (ids are positions).
+    pub fn new(backends: Vec<Backend>) -> Self {
+        assert!(backends.len() <= u32::MAX as usize, "too many backends");
+        Self {
+            backends,
+            slow_start: 0,
+        }
+    }
+
+    /// Sets the slow-start window: a backend whose ramp began less than
+    /// `window` ago gets a proportionally reduced effective weight.
+    pub fn with_slow_start(mut self, window: Nanos) -> Self {
+        self.slow_start = window;
+        self
+    }
+
+    /// The slow-start window in nanoseconds (0 = off).
+    pub fn slow_start(&self) -> Nanos {
+        self.slow_start
+    }
+
+    /// All backends, in id order.
+    #[inline]
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+
+    /// Number of backends (usable or not).
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.backends.len()
+    }
+
+    /// True when the set has no backends at all.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.backends.is_empty()
+    }
+
+    /// The backend with id `id`.
+    #[inline]
+    pub fn get(&self, id: BackendId) -> &Backend {
+        &self.backends[id.index()]
+    }
+
+    /// Finds a backend by address.
+    pub fn find(&self, address: &str) -> Option<BackendId> {
+        self.backends
+            .iter()
+            .position(|b| b.address == address)
+            .map(|i| BackendId(i as u32))
+    }
+
+    /// Weight after slow start at `now`: ramps linearly from 10% to 100% of
+    /// the configured weight over the window (never below 1 for a non-zero
+    /// weight, so a ramping backend still gets *some* traffic).
+    #[inline]
+    pub fn effective_weight(&self, id: BackendId, now: Nanos) -> f64 {
+        let b = self.get(id);
+        let w = b.weight as f64;
+        if self.slow_start == 0 || b.weight == 0 {
+            return w;
+        }
+        match b.state.ramp_since() {
+            Some(since) if now < since.saturating_add(self.slow_start) => {
+                let elapsed = now.saturating_sub(since) as f64 / self.slow_start as f64;
+                (w * (0.1 + 0.9 * elapsed)).max(1.0_f64.min(w))
+            }
+            _ => w,
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Load: live, lock-free signals about one backend.
+//!
+//! * **in flight** — requests (or connections) currently outstanding,
+//!   counted by an RAII [`InFlightGuard`] so that no early return, error or
+//!   cancelled future can leak a count;
+//! * **peak EWMA latency** — Finagle's peak-sensitive moving average: a
+//!   sample above the estimate replaces it at once (the "peak"), a sample
+//!   below it is blended in with weight `1 - exp(-Δt / τ)`. Between samples
+//!   the estimate does not move; readers decay it toward zero with the same
+//!   τ so an idle backend is tried again;
+//! * **errors** — totals and an EWMA error rate, so a backend that fails fast
+//!   does not look attractive merely because it answers quickly;
+//! * **reported load** — a utilisation figure the backend reports itself
+//!   (ORCA `endpoint-load-metrics`), shared by every proxy in front of it.
+//!
+//! Updates race benignly: two concurrent observations may lose one blend
+//! step, which moves the estimate by less than one sample's weight.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::Nanos;
+
+/// How a request ended, as far as load tracking cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The backend answered with something other than a server error.
+    Success,
+    /// Connect failure, reset, timeout or a 5xx.
+    Failure,
+}
+
+/// Latency assumed for a backend that has never answered: 10 ms. Starting at
+/// zero would make a new backend look infinitely attractive and flood it; a
+/// modest default lets it earn its place within a few requests.
+pub const DEFAULT_LATENCY: Nanos = 10_000_000;
+
+/// Live load signals of one backend.
+#[derive(Debug)]
+pub struct Load {
+    in_flight: AtomicU32,
+    /// Peak EWMA latency estimate, nanoseconds as f64 bits; NaN before the first sample.
+    ewma: AtomicU64,
+    /// When `ewma` was last updated.
+    ewma_at: AtomicU64,
+    /// EWMA of the failure indicator (0.0..=1.0), f64 bits.
+    error_rate: AtomicU64,
+    requests: AtomicU64,
+    failures: AtomicU64,
+    /// Backend-reported utilisation (0.0..), f64 bits; NaN when none reported.
+    reported: AtomicU64,
+    reported_at: AtomicU64,
+}
+
+impl Default for Load {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[inline]
+fn load_f64(a: &AtomicU64) -> f64 {
+    f64::from_bits(a.load(Ordering::Relaxed))
+}
+
+#[inline]
+fn store_f64(a: &AtomicU64, v: f64) {
+    a.store(v.to_bits(), Ordering::Relaxed)
+}
+
+impl Load {
+    /// No history: nothing in flight, no latency sample, no report.
+    pub fn new() -> Self {
+        Self {
+            in_flight: AtomicU32::new(0),
+            ewma: AtomicU64::new(f64::NAN.to_bits()),
+            ewma_at: AtomicU64::new(0),
+            error_rate: AtomicU64::new(0f64.to_bits()),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            reported: AtomicU64::new(f64::NAN.to_bits()),
+            reported_at: AtomicU64::new(0),
+        }
+    }
+
+    /// Requests currently in flight.
+    #[inline]
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request in flight until the returned guard is dropped.
+    #[inline]
+    pub fn start(self: &Arc<Self>) -> InFlightGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlightGuard {
+            load: Arc::clone(self),
+        }
+    }
+
+    /// Completed requests observed so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Failed requests observed so far.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Records a finished request: its latency (`now - started`) and outcome.
+    ///
+    /// `decay` is τ of the moving averages in nanoseconds.
+    pub fn observe(&self, now: Nanos, latency: Nanos, outcome: Outcome, decay: Nanos) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let failed = outcome == Outcome::Failure;
+        if failed {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        let last = self.ewma_at.swap(now, Ordering::Relaxed);
+        let w = blend_weight(now.saturating_sub(last), decay);
+        let sample = latency as f64;
+        let old = load_f64(&self.ewma);
+        let new = if old.is_nan() || sample > old {
+            sample
+        } else {
+            old * w + sample * (1.0 - w)
+        };
+        store_f64(&self.ewma, new);
+        // Error rate: a faster-moving average (a tenth of τ per sample step is
+        // too slow for fail-fast backends, so blend per request with 1/8 weight).
+        let e = load_f64(&self.error_rate);
+        let x = if failed { 1.0 } else { 0.0 };
+        store_f64(&self.error_rate, e + (x - e) / 8.0);
+    }
+
+    /// The raw peak-EWMA latency estimate in nanoseconds, `None` before the first sample.
+    pub fn latency_estimate(&self) -> Option<f64> {
+        let v = load_f64(&self.ewma);
+        (!v.is_nan()).then_some(v)
+    }
+
+    /// The latency estimate decayed toward zero for the time since the last
+    /// sample; [`DEFAULT_LATENCY`] when there is none.
+    #[inline]
+    pub fn decayed_latency(&self, now: Nanos, decay: Nanos) -> f64 {
+        let v = load_f64(&self.ewma);
+        if v.is_nan() {
+            return DEFAULT_LATENCY as f64;
+        }
+        let at = self.ewma_at.load(Ordering::Relaxed);
+        v * blend_weight(now.saturating_sub(at), decay)
+    }
+
+    /// EWMA of the failure rate, 0.0 ..= 1.0.
+    #[inline]
+    pub fn error_rate(&self) -> f64 {
+        load_f64(&self.error_rate)
+    }
+
+    /// Records a load report from the backend itself (e.g. ORCA utilisation).
+    pub fn report(&self, now: Nanos, utilisation: f64) {
+        if utilisation.is_finite() && utilisation >= 0.0 {
+            store_f64(&self.reported, utilisation);
+            self.reported_at.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// The last reported utilisation if it is younger than `max_age`.
+    pub fn reported(&self, now: Nanos, max_age: Nanos) -> Option<f64> {
+        let v = load_f64(&self.reported);
+        let at = self.reported_at.load(Ordering::Relaxed);
+        (!v.is_nan() && now.saturating_sub(at) <= max_age).then_some(v)
+    }
+}
+
+/// `exp(-elapsed / decay)`: how much of the old estimate survives.
+#[inline]
+fn blend_weight(elapsed: Nanos, decay: Nanos) -> f64 {
+    if decay == 0 {
+        return 0.0;
+    }
+    (-(elapsed as f64) / decay as f64).exp()
+}
+
+/// Counts one request in flight on a backend for as long as it lives.
+#[derive(Debug)]
+#[must_use = "the request stops counting as in flight when the guard is dropped"]
+pub struct InFlightGuard {
+    load: Arc<Load>,
+}
+
+impl InFlightGuard {
+    /// The load this guard counts against.
+    pub fn load(&self) -> &Load {
+        &self.load
+    }
+}
+
+impl Drop for InFlightGuard {
+    #[inline]
+    fn drop(&mut self) {
+        self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MILLISECOND;
+
+    #[test]
+    fn guard_counts_in_flight_until_dropped() {
+        let load = Arc::new(Load::new());
+        let a = load.start();
+        let b = load.start();
+        assert_eq!(load.in_flight(), 2);
+        drop(a);
+        assert_eq!(load.in_flight(), 1);
+        drop(b);
+        assert_eq!(load.in_flight(), 0);
+    }
+
+    #[test]
+    fn peak_ewma_jumps_to_peaks_and_decays_slowly() {
+        let load = Load::new();
+        let tau = 10_000 * MILLISECOND;
+        load.observe(MILLISECOND, 10 * MILLISECOND, Outcome::Success, tau);
+        assert_eq!(load.latency_estimate(), Some(10.0 * MILLISECOND as f64));
+        load.observe(2 * MILLISECOND, 100 * MILLISECOND, Outcome::Success, tau);
+        assert_eq!(load.latency_estimate(), Some(100.0 * MILLISECOND as f64));
+        load.observe(3 * MILLISECOND, MILLISECOND, Outcome::Success, tau);
+        let est = load.latency_estimate().unwrap();
+        assert!(est > 99.0 * MILLISECOND as f64, "a fast sample barely moves a peak: {est}");
+    }
+
+    #[test]
+    fn error_rate_rises_on_failures() {
+        let load = Load::new();
+        for i in 0..20 {
+            load.observe(i, MILLISECOND, Outcome::Failure, SECOND_TAU);
+        }
+        assert!(load.error_rate() > 0.9);
+        assert_eq!(load.failures(), 20);
+    }
+
+    const SECOND_TAU: Nanos = crate::SECOND;
+}

@@ -1,0 +1,168 @@
+//! Selectors: the algorithms that pick a backend.
+//!
+//! A [`Selector`] is built from an [`Algorithm`] for one [`BackendSet`]
+//! snapshot (off the hot path) and then asked to [`pick`](Selector::pick)
+//! once per request. `pick` is synchronous, allocation-free and pure apart
+//! from the selector's own atomic counters: the set, the load readings,
+//! `now`, the request key and the RNG all come in as arguments.
+//!
+//! Every selector
+//!
+//! * returns `None` only when no backend is a candidate;
+//! * never returns a backend that is not a candidate (see
+//!   [`PickContext::is_candidate`]: enabled, healthy, non-zero weight, not
+//!   already tried by this request);
+//! * honours weights (and so slow start, through
+//!   [`BackendSet::effective_weight`]).
+//!
+//! One file per algorithm, named after its type.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::backend::{BackendId, BackendSet};
+use crate::Nanos;
+
+mod round_robin;
+
+pub use round_robin::RoundRobin;
+
+/// Everything about the current request a selector may look at.
+#[derive(Debug)]
+pub struct PickContext<'a> {
+    /// Current monotonic time.
+    pub now: Nanos,
+    /// Hash of the request's affinity key (header, cookie, path, client IP),
+    /// for hashing selectors.
+    pub key: Option<u64>,
+    /// Seeded randomness.
+    pub rng: &'a mut fastrand::Rng,
+    /// Backends this request already tried (retries go elsewhere).
+    pub exclude: &'a [BackendId],
+}
+
+impl<'a> PickContext<'a> {
+    /// A context with no key and nothing excluded.
+    pub fn new(now: Nanos, rng: &'a mut fastrand::Rng) -> Self {
+        Self {
+            now,
+            key: None,
+            rng,
+            exclude: &[],
+        }
+    }
+
+    /// Whether `id` may take this request: usable and not already tried.
+    #[inline]
+    pub fn is_candidate(&self, set: &BackendSet, id: BackendId) -> bool {
+        set.get(id).is_usable() && !self.exclude.contains(&id)
+    }
+}
+
+/// An algorithm that picks a backend for one request.
+pub trait Selector: Send + Sync + fmt::Debug {
+    /// The algorithm's configuration name (`"round-robin"`, ...).
+    fn name(&self) -> &'static str;
+
+    /// Picks a candidate backend, or `None` when there is none.
+    fn pick(&self, set: &BackendSet, ctx: &mut PickContext<'_>) -> Option<BackendId>;
+}
+
+/// Tunables shared by the selectors; each uses the ones it needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SelectorConfig {
+    /// τ of the peak-EWMA latency average. Finagle's default is 10 s:
+    /// long enough to remember a slow backend, short enough to forgive it.
+    pub decay: Nanos,
+}
+
+impl Default for SelectorConfig {
+    fn default() -> Self {
+        Self {
+            decay: 10 * crate::SECOND,
+        }
+    }
+}
+
+/// The algorithms a cluster can use, by configuration name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// Each candidate in turn.
+    RoundRobin,
+}
+
+/// The error for an algorithm name Fulcrum does not know.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown algorithm `{name}`, expected one of: {}", Algorithm::NAMES.join(", "))]
+pub struct UnknownAlgorithm {
+    /// The name that was given.
+    pub name: String,
+}
+
+impl Algorithm {
+    /// Every algorithm, in documentation order.
+    pub const ALL: &'static [Algorithm] = &[Algorithm::RoundRobin];
+
+    /// Every configuration name, in documentation order.
+    pub const NAMES: &'static [&'static str] = &["round-robin"];
+
+    /// The algorithm used when a cluster names none.
+    pub const DEFAULT: Algorithm = Algorithm::RoundRobin;
+
+    /// The configuration name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round-robin",
+        }
+    }
+
+    /// Builds a selector for `set`.
+    pub fn build(self, set: &BackendSet, config: &SelectorConfig) -> Box<dyn Selector> {
+        let _ = (set, config);
+        match self {
+            Algorithm::RoundRobin => Box::new(RoundRobin::new()),
+        }
+    }
+}
+
+impl FromStr for Algorithm {
+    type Err = UnknownAlgorithm;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Algorithm::ALL
+            .iter()
+            .copied()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| UnknownAlgorithm { name: s.to_owned() })
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Helpers for selector tests.
+    use crate::backend::{AdminState, Backend, BackendSet};
+
+    /// A set of backends named `b0..` with the given weights.
+    pub fn set_with_weights(weights: &[u32]) -> BackendSet {
+        BackendSet::new(
+            weights
+                .iter()
+                .enumerate()
+                .map(|(i, &w)| Backend::new(format!("b{i}"), w))
+                .collect(),
+        )
+    }
+
+    /// Marks backend `i` disabled.
+    pub fn disable(set: BackendSet, i: usize) -> BackendSet {
+        let mut backends = set.backends().to_vec();
+        backends[i].admin = AdminState::Disabled;
+        BackendSet::new(backends)
+    }
+}

@@ -1,0 +1,1 @@
+//! `fulcrum simulate`: run a scenario file through the simulator.
