@@ -1,1 +1,134 @@
-//! fulcrum-config
+//! # fulcrum-config — configuration file, validation and Commands
+//!
+//! ```text
+//! fulcrum.toml --parse--> FileConfig --validate--> Config --Command::Replace--> runtime
+//! admin API  ------------------------------------> Command::{Add,Update,Remove}Backend
+//! ```
+//!
+//! * [`file`]: the TOML shapes as written (`File*`).
+//! * [`validate()`]: every problem at once, each naming its key path, with the
+//!   file line when it can be found, and what to write instead.
+//! * [`model`]: the validated [`Config`] with defaults filled in.
+//! * [`command`]: the [`Command`]s that both the file and the admin API
+//!   produce, applied to the model by [`Config::apply`].
+
+pub mod command;
+pub mod error;
+pub mod file;
+pub mod model;
+pub mod validate;
+
+pub use command::{Command, CommandError};
+pub use error::{ConfigError, Problem};
+pub use file::FileConfig;
+pub use model::*;
+pub use validate::validate;
+
+/// Parses and validates configuration text. `file` names the source in errors.
+pub fn parse(text: &str, file: Option<&str>) -> Result<Config, ConfigError> {
+    let file_name = file.map(str::to_owned);
+    let mut unknown = Vec::new();
+    let de = toml::Deserializer::new(text);
+    let parsed: Result<FileConfig, _> =
+        serde_ignored::deserialize(de, |path| unknown.push(render_path(&path)));
+    let mut problems = match parsed {
+        Ok(file_config) => {
+            let mut problems: Vec<Problem> = unknown.iter().map(|k| unknown_key(k)).collect();
+            match validate(&file_config) {
+                Ok(config) if problems.is_empty() => return Ok(config),
+                Ok(_) => {}
+                Err(mut more) => problems.append(&mut more),
+            }
+            problems
+        }
+        Err(e) => {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            vec![Problem {
+                key: String::new(),
+                line,
+                message: e.message().trim().to_owned(),
+            }]
+        }
+    };
+    for p in &mut problems {
+        if p.line.is_none() && !p.key.is_empty() {
+            p.line = error::locate(text, &p.key);
+        }
+    }
+    problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+    Err(ConfigError {
+        file: file_name,
+        problems,
+    })
+}
+
+/// Reads, parses and validates a configuration file.
+pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::single(
+            Some(name.clone()),
+            Problem::new("", format!("cannot read the file: {e}")),
+        )
+    })?;
+    parse(&text, Some(&name))
+}
+
+/// `cluster.app.algoritm`, `listener[0].route[1].clustr`.
+fn render_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", render_path(parent)),
+        Path::Map { parent, key } => {
+            let p = render_path(parent);
+            if p.is_empty() {
+                key.clone()
+            } else {
+                format!("{p}.{key}")
+            }
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => render_path(parent),
+    }
+}
+
+/// The problem for an unknown key, with the keys valid at that place.
+fn unknown_key(path: &str) -> Problem {
+    let (parent, name) = path.rsplit_once('.').unwrap_or(("", path));
+    let known = known_keys(parent);
+    let message = match error::suggest(name, known) {
+        Some(s) => format!("unknown key `{name}`; did you mean `{s}`?"),
+        None => format!(
+            "unknown key `{name}`; expected one of: {}",
+            known.join(", ")
+        ),
+    };
+    Problem::new(path, message)
+}
+
+/// The keys allowed in the table at `parent` (a rendered path).
+fn known_keys(parent: &str) -> &'static [&'static str] {
+    use file::*;
+    let shape: Vec<&str> = parent
+        .split('.')
+        .map(|s| s.split('[').next().unwrap_or(s))
+        .collect();
+    match shape.as_slice() {
+        [""] => FileConfig::KEYS,
+        ["admin"] => FileAdmin::KEYS,
+        ["runtime"] => FileRuntime::KEYS,
+        ["listener"] => FileListener::KEYS,
+        ["listener", "route"] => FileRoute::KEYS,
+        ["cluster", _] => FileCluster::KEYS,
+        ["cluster", _, "backends"] => FileBackend::KEYS,
+        ["cluster", _, "health"] => FileHealth::KEYS,
+        _ => &[],
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,199 @@
+//! The TOML file shapes (`File*`), exactly as an operator writes them.
+//!
+//! Nothing here is validated beyond TOML types: addresses, durations and
+//! algorithm names stay strings so that [`crate::validate`] can report every
+//! problem at once, each with its key path. Unknown keys are not rejected by
+//! serde (that would stop at the first); they are collected with
+//! `serde_ignored` and reported together with the other problems.
+//!
+//! Every struct lists its keys in a `KEYS` constant used for "did you mean"
+//! suggestions; a test keeps the lists in step with the fields.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole file.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct FileConfig {
+    /// The admin listener.
+    pub admin: Option<FileAdmin>,
+    /// Process-wide runtime settings.
+    pub runtime: Option<FileRuntime>,
+    /// Listeners, in order.
+    #[serde(default)]
+    pub listener: Vec<FileListener>,
+    /// Clusters by name.
+    #[serde(default)]
+    pub cluster: BTreeMap<String, FileCluster>,
+}
+
+impl FileConfig {
+    /// Top-level keys.
+    pub const KEYS: &'static [&'static str] = &["admin", "runtime", "listener", "cluster"];
+}
+
+/// `[admin]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct FileAdmin {
+    /// `host:port` of the admin API.
+    pub bind: Option<String>,
+    /// File holding the bearer token.
+    pub token_file: Option<String>,
+}
+
+impl FileAdmin {
+    /// Keys of `[admin]`.
+    pub const KEYS: &'static [&'static str] = &["bind", "token_file"];
+}
+
+/// `[runtime]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct FileRuntime {
+    /// Tokio worker threads (default: one per core).
+    pub worker_threads: Option<usize>,
+}
+
+impl FileRuntime {
+    /// Keys of `[runtime]`.
+    pub const KEYS: &'static [&'static str] = &["worker_threads"];
+}
+
+/// One `[[listener]]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct FileListener {
+    /// Unique name, used in logs and metrics.
+    pub name: Option<String>,
+    /// `host:port` to bind.
+    pub bind: Option<String>,
+    /// `http` (default), `tcp` or `udp`.
+    pub protocol: Option<String>,
+    /// Cluster for requests no route matches.
+    pub cluster: Option<String>,
+    /// Time allowed to receive a request's headers.
+    pub header_timeout: Option<String>,
+    /// How long an idle keep-alive client connection is kept.
+    pub idle_timeout: Option<String>,
+    /// Largest request head (request line plus headers) in bytes.
+    pub max_header_bytes: Option<usize>,
+    /// Most headers in one request.
+    pub max_headers: Option<usize>,
+    /// Most concurrent client connections.
+    pub max_connections: Option<usize>,
+    /// Clients whose `x-fulcrum-debug: 1` header is honoured (CIDRs or addresses).
+    pub debug_from: Option<Vec<String>>,
+    /// Routes, first match wins.
+    #[serde(default)]
+    pub route: Vec<FileRoute>,
+}
+
+impl FileListener {
+    /// Keys of `[[listener]]`.
+    pub const KEYS: &'static [&'static str] = &[
+        "name",
+        "bind",
+        "protocol",
+        "cluster",
+        "header_timeout",
+        "idle_timeout",
+        "max_header_bytes",
+        "max_headers",
+        "max_connections",
+        "debug_from",
+        "route",
+    ];
+}
+
+/// One `[[listener.route]]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct FileRoute {
+    /// Exact host (`api.example.com`) or suffix wildcard (`*.example.com`).
+    pub host: Option<String>,
+    /// Path prefix.
+    pub path_prefix: Option<String>,
+    /// Target cluster.
+    pub cluster: Option<String>,
+}
+
+impl FileRoute {
+    /// Keys of `[[listener.route]]`.
+    pub const KEYS: &'static [&'static str] = &["host", "path_prefix", "cluster"];
+}
+
+/// One `[cluster.NAME]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct FileCluster {
+    /// Selector name.
+    pub algorithm: Option<String>,
+    /// The backends.
+    pub backends: Option<Vec<FileBackend>>,
+    /// Time allowed to open an upstream connection.
+    pub connect_timeout: Option<String>,
+    /// Time allowed for the upstream response headers.
+    pub response_timeout: Option<String>,
+    /// Idle upstream connections are closed after this long.
+    pub pool_idle_timeout: Option<String>,
+    /// Most idle upstream connections kept per backend.
+    pub pool_max_idle: Option<usize>,
+    /// τ of the peak-EWMA latency average.
+    pub ewma_decay: Option<String>,
+    /// Slow-start window for new and recovered backends.
+    pub slow_start: Option<String>,
+    /// Active health checking.
+    pub health: Option<FileHealth>,
+}
+
+impl FileCluster {
+    /// Keys of `[cluster.NAME]`.
+    pub const KEYS: &'static [&'static str] = &[
+        "algorithm",
+        "backends",
+        "connect_timeout",
+        "response_timeout",
+        "pool_idle_timeout",
+        "pool_max_idle",
+        "ewma_decay",
+        "slow_start",
+        "health",
+    ];
+}
+
+/// One backend in `backends = [...]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct FileBackend {
+    /// `host:port`.
+    pub address: Option<String>,
+    /// Relative share (default 1).
+    pub weight: Option<u32>,
+    /// `enabled` (default), `draining` or `disabled`.
+    pub state: Option<String>,
+}
+
+impl FileBackend {
+    /// Keys of a backend.
+    pub const KEYS: &'static [&'static str] = &["address", "weight", "state"];
+}
+
+/// `[cluster.NAME.health]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct FileHealth {
+    /// `http` or `tcp`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// Path probed by HTTP checks.
+    pub path: Option<String>,
+    /// Time between probes.
+    pub interval: Option<String>,
+    /// Time allowed for one probe.
+    pub timeout: Option<String>,
+    /// Consecutive successes to mark a backend up.
+    pub rise: Option<u32>,
+    /// Consecutive failures to mark a backend down.
+    pub fall: Option<u32>,
+}
+
+impl FileHealth {
+    /// Keys of `[cluster.NAME.health]`.
+    pub const KEYS: &'static [&'static str] =
+        &["type", "path", "interval", "timeout", "rise", "fall"];
+}

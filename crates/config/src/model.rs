@@ -1,0 +1,328 @@
+//! The validated configuration model.
+//!
+//! Every value here has been checked and has its default filled in; the
+//! runtime never re-validates. The model is also what the admin API edits
+//! (through [`crate::Command`]s) and what `GET /api/v1/config` shows.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use fulcrum_balance::{AdminState, Algorithm};
+
+/// A whole, valid configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// The admin listener.
+    pub admin: AdminConfig,
+    /// Runtime settings.
+    pub runtime: RuntimeConfig,
+    /// Listeners in file order.
+    pub listeners: Vec<ListenerConfig>,
+    /// Clusters by name.
+    pub clusters: BTreeMap<String, ClusterConfig>,
+}
+
+/// `[admin]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdminConfig {
+    /// Where the admin API listens.
+    pub bind: SocketAddr,
+    /// File holding the bearer token, if any.
+    pub token_file: Option<String>,
+}
+
+/// Default admin address: loopback only, so the API is never exposed by accident.
+pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9090";
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            bind: DEFAULT_ADMIN_BIND.parse().expect("valid default"),
+            token_file: None,
+        }
+    }
+}
+
+/// `[runtime]`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RuntimeConfig {
+    /// Worker threads; `None` means one per core.
+    pub worker_threads: Option<usize>,
+}
+
+/// What a listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// HTTP/1.1 and HTTP/2 (prior knowledge) — L7.
+    Http,
+    /// Raw TCP — L4.
+    Tcp,
+    /// UDP datagrams — L4.
+    Udp,
+}
+
+impl Protocol {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// Limits and timeouts on the client side of an HTTP listener.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpLimits {
+    /// Time to receive the request head; closes slowloris connections.
+    pub header_timeout: Duration,
+    /// Idle keep-alive connections are closed after this long.
+    pub idle_timeout: Duration,
+    /// Largest request head in bytes (431 beyond it).
+    pub max_header_bytes: usize,
+    /// Most headers in one request (431 beyond it).
+    pub max_headers: usize,
+    /// Most concurrent client connections; new ones wait in the accept queue.
+    pub max_connections: usize,
+}
+
+/// 10 s to send a request head: generous for humans on bad links, short
+/// enough that slowloris connections do not pile up (NGINX uses 60 s,
+/// HAProxy's recommended `timeout http-request` is 10 s).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// 60 s idle keep-alive, in line with NGINX (75 s) and Envoy (1 h is too long for a front proxy).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// 64 KiB of request head: above any legitimate cookie load, far below memory trouble.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// 100 headers, as Envoy and hyper's default.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// 10 000 concurrent client connections per listener.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// One listener.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListenerConfig {
+    /// Unique name.
+    pub name: String,
+    /// Bound address.
+    pub bind: SocketAddr,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Cluster for unmatched requests; `None` answers 404.
+    pub cluster: Option<String>,
+    /// Routes, first match wins.
+    pub routes: Vec<RouteConfig>,
+    /// Client-side limits.
+    pub limits: HttpLimits,
+    /// Networks allowed to ask for decision headers with `x-fulcrum-debug: 1`.
+    pub debug_from: Vec<IpNet>,
+}
+
+/// An IP network in CIDR notation (`127.0.0.0/8`, `::1/128`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpNet {
+    /// Network address.
+    pub addr: std::net::IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl IpNet {
+    /// Parses `a.b.c.d/n`, `x::y/n`, or a bare address (a host network).
+    pub fn parse(s: &str) -> Option<IpNet> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a.parse().ok()?, Some(p.parse::<u8>().ok()?)),
+            None => (s.parse().ok()?, None),
+        };
+        let max = match addr {
+            std::net::IpAddr::V4(_) => 32,
+            std::net::IpAddr::V6(_) => 128,
+        };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(IpNet { addr, prefix })
+    }
+
+    /// Whether `ip` is inside this network.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            (IpAddr::V6(_), IpAddr::V4(a)) => self.contains(IpAddr::V6(a.to_ipv6_mapped())),
+            (IpAddr::V4(_), IpAddr::V6(a)) => a
+                .to_ipv4_mapped()
+                .is_some_and(|v4| self.contains(IpAddr::V4(v4))),
+        }
+    }
+}
+
+impl std::fmt::Display for IpNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// How a route matches a host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostMatch {
+    /// Exactly this host (lowercase, no port).
+    Exact(String),
+    /// Any host ending in this suffix (`.example.com`, from `*.example.com`).
+    Suffix(String),
+}
+
+impl HostMatch {
+    /// Whether `host` (lowercase, port stripped) matches.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostMatch::Exact(h) => h == host,
+            HostMatch::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+        }
+    }
+}
+
+/// One route.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteConfig {
+    /// Host match, if any.
+    pub host: Option<HostMatch>,
+    /// Path prefix, if any.
+    pub path_prefix: Option<String>,
+    /// Target cluster.
+    pub cluster: String,
+}
+
+/// One cluster.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterConfig {
+    /// Name (the key under `[cluster]`).
+    pub name: String,
+    /// Selector.
+    pub algorithm: Algorithm,
+    /// Backends in file order.
+    pub backends: Vec<BackendConfig>,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Time allowed for the upstream response headers.
+    pub response_timeout: Duration,
+    /// Idle upstream connections close after this long.
+    pub pool_idle_timeout: Duration,
+    /// Idle upstream connections kept per backend.
+    pub pool_max_idle: usize,
+    /// τ of the peak-EWMA average.
+    pub ewma_decay: Duration,
+    /// Slow-start window (zero: off).
+    pub slow_start: Duration,
+    /// Active health checks, if configured.
+    pub health: Option<HealthConfig>,
+}
+
+/// 1 s to connect: on a LAN a connect takes well under a millisecond, so a
+/// second means the backend is gone; failing fast lets a retry go elsewhere.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// 30 s for response headers, NGINX's `proxy_read_timeout` is 60 s; 30 s
+/// bounds what a client waits on a stuck backend without cutting slow reports.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// 90 s idle upstream connections, hyper's default.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// 256 idle upstream connections per backend.
+pub const DEFAULT_POOL_MAX_IDLE: usize = 256;
+/// 10 s peak-EWMA τ (Finagle's default).
+pub const DEFAULT_EWMA_DECAY: Duration = Duration::from_secs(10);
+
+impl ClusterConfig {
+    /// A cluster with default settings.
+    pub fn new(
+        name: impl Into<String>,
+        algorithm: Algorithm,
+        backends: Vec<BackendConfig>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            algorithm,
+            backends,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            pool_max_idle: DEFAULT_POOL_MAX_IDLE,
+            ewma_decay: DEFAULT_EWMA_DECAY,
+            slow_start: Duration::ZERO,
+            health: None,
+        }
+    }
+}
+
+/// One backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// `host:port`; identity within the cluster.
+    pub address: String,
+    /// Relative share.
+    pub weight: u32,
+    /// Operator state.
+    pub state: AdminState,
+}
+
+/// Largest weight accepted: keeps smooth weighted round-robin schedules short.
+pub const MAX_WEIGHT: u32 = 10_000;
+
+/// What an active probe does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HealthKind {
+    /// `GET path` expecting a 2xx or 3xx.
+    Http {
+        /// Path to request.
+        path: String,
+    },
+    /// A TCP connect.
+    Tcp,
+}
+
+/// Active health checking of a cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Probe kind.
+    pub kind: HealthKind,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Time allowed for one probe.
+    pub timeout: Duration,
+    /// Consecutive successes to mark a backend up.
+    pub rise: u32,
+    /// Consecutive failures to mark a backend down.
+    pub fall: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            kind: HealthKind::Http {
+                path: "/healthz".into(),
+            },
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            rise: 2,
+            fall: 2,
+        }
+    }
+}

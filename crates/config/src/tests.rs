@@ -1,0 +1,269 @@
+use super::*;
+
+const GOOD: &str = r#"
+[admin]
+bind = "127.0.0.1:9090"
+
+[[listener]]
+name = "web"
+bind = "127.0.0.1:8080"
+protocol = "http"
+cluster = "app"
+
+[[listener.route]]
+host = "api.example.com"
+path_prefix = "/v1"
+cluster = "api"
+
+[cluster.app]
+algorithm = "round-robin"
+backends = [
+  { address = "127.0.0.1:9001", weight = 1 },
+  { address = "127.0.0.1:9002", weight = 2 },
+]
+
+[cluster.app.health]
+type = "http"
+path = "/healthz"
+interval = "1s"
+timeout = "500ms"
+rise = 2
+fall = 2
+
+[cluster.api]
+backends = [{ address = "localhost:9003" }]
+"#;
+
+fn problems(text: &str) -> Vec<Problem> {
+    parse(text, Some("f.toml")).unwrap_err().problems
+}
+
+#[test]
+fn parse_accepts_the_documented_example() {
+    let c = parse(GOOD, None).expect("valid");
+    assert_eq!(c.listeners.len(), 1);
+    assert_eq!(c.listeners[0].routes[0].cluster, "api");
+    assert_eq!(c.clusters["app"].backends[1].weight, 2);
+    assert_eq!(c.clusters["api"].backends[0].weight, 1);
+    let h = c.clusters["app"].health.as_ref().unwrap();
+    assert_eq!(h.timeout, std::time::Duration::from_millis(500));
+}
+
+#[test]
+fn parse_names_a_typo_key_its_line_and_suggestion() {
+    let text = GOOD.replace("algorithm = \"round-robin\"", "algoritm = \"round-robin\"");
+    let p = problems(&text);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, "cluster.app.algoritm");
+    assert!(
+        p[0].message.contains("did you mean `algorithm`"),
+        "{}",
+        p[0].message
+    );
+    assert_eq!(p[0].line, Some(17));
+    let shown = parse(&text, Some("f.toml")).unwrap_err().to_string();
+    assert!(
+        shown.starts_with("error: f.toml:17: `cluster.app.algoritm`"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn parse_rejects_unknown_algorithm_listing_the_known_ones() {
+    let text = GOOD.replace("\"round-robin\"", "\"round-robbin\"");
+    let p = problems(&text);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, "cluster.app.algorithm");
+    assert!(p[0].message.contains("unknown algorithm `round-robbin`"));
+    assert!(p[0].message.contains("did you mean `round-robin`"));
+}
+
+#[test]
+fn parse_rejects_a_cluster_without_backends() {
+    let text = GOOD.replace(
+        "backends = [{ address = \"localhost:9003\" }]",
+        "backends = []",
+    );
+    let p = problems(&text);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, "cluster.api.backends");
+    assert!(p[0].message.contains("no backends"));
+}
+
+#[test]
+fn parse_reports_every_problem_at_once() {
+    let text = GOOD
+        .replace(
+            "algorithm = \"round-robin\"",
+            "algorithm = \"nope\"\ncolour = 1",
+        )
+        .replace("bind = \"127.0.0.1:8080\"", "bind = \"localhost\"")
+        .replace("interval = \"1s\"", "interval = \"soon\"");
+    let p = problems(&text);
+    let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "listener[0].bind",
+            "cluster.app.algorithm",
+            "cluster.app.colour",
+            "cluster.app.health.interval"
+        ]
+    );
+    assert!(p.iter().all(|p| p.line.is_some()), "{p:?}");
+}
+
+#[test]
+fn parse_reports_type_errors_with_a_line() {
+    let text = GOOD.replace("weight = 2", "weight = \"two\"");
+    let p = problems(&text);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].line, Some(20));
+    assert!(p[0].message.contains("invalid type"), "{}", p[0].message);
+}
+
+#[test]
+fn parse_requires_a_token_for_a_public_admin() {
+    let text = GOOD.replace("bind = \"127.0.0.1:9090\"", "bind = \"0.0.0.0:9090\"");
+    let p = problems(&text);
+    assert_eq!(p[0].key, "admin.token_file");
+}
+
+#[test]
+fn parse_rejects_unknown_cluster_references() {
+    let text = GOOD.replace("cluster = \"api\"", "cluster = \"apu\"");
+    let p = problems(&text);
+    assert_eq!(p[0].key, "listener[0].route[0].cluster");
+    assert!(p[0].message.contains("did you mean `api`"));
+}
+
+#[test]
+fn key_lists_match_the_file_shapes() {
+    // Serialising fully populated shapes yields exactly the documented keys,
+    // so the suggestion lists cannot drift from the structs.
+    fn keys<T: serde::Serialize>(v: &T) -> Vec<String> {
+        let t = toml::Value::try_from(v).unwrap();
+        let mut k: Vec<String> = t.as_table().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    }
+    fn sorted(k: &[&str]) -> Vec<String> {
+        let mut k: Vec<String> = k.iter().map(|s| s.to_string()).collect();
+        k.sort();
+        k
+    }
+    let s = || Some(String::from("x"));
+    let listener = file::FileListener {
+        name: s(),
+        bind: s(),
+        protocol: s(),
+        cluster: s(),
+        header_timeout: s(),
+        idle_timeout: s(),
+        max_header_bytes: Some(1),
+        max_headers: Some(1),
+        max_connections: Some(1),
+        debug_from: Some(vec![]),
+        route: vec![],
+    };
+    assert_eq!(keys(&listener), sorted(file::FileListener::KEYS));
+    let route = file::FileRoute {
+        host: s(),
+        path_prefix: s(),
+        cluster: s(),
+    };
+    assert_eq!(keys(&route), sorted(file::FileRoute::KEYS));
+    let health = file::FileHealth {
+        kind: s(),
+        path: s(),
+        interval: s(),
+        timeout: s(),
+        rise: Some(1),
+        fall: Some(1),
+    };
+    let cluster = file::FileCluster {
+        algorithm: s(),
+        backends: Some(vec![]),
+        connect_timeout: s(),
+        response_timeout: s(),
+        pool_idle_timeout: s(),
+        pool_max_idle: Some(1),
+        ewma_decay: s(),
+        slow_start: s(),
+        health: Some(health.clone()),
+    };
+    assert_eq!(keys(&cluster), sorted(file::FileCluster::KEYS));
+    assert_eq!(keys(&health), sorted(file::FileHealth::KEYS));
+    let backend = file::FileBackend {
+        address: s(),
+        weight: Some(1),
+        state: s(),
+    };
+    assert_eq!(keys(&backend), sorted(file::FileBackend::KEYS));
+    let admin = file::FileAdmin {
+        bind: s(),
+        token_file: s(),
+    };
+    assert_eq!(keys(&admin), sorted(file::FileAdmin::KEYS));
+}
+
+#[test]
+fn commands_edit_the_model_or_leave_it_unchanged() {
+    let mut c = parse(GOOD, None).unwrap();
+    let before = c.clone();
+    let add = |address: &str| Command::AddBackend {
+        cluster: "app".into(),
+        backend: BackendConfig {
+            address: address.into(),
+            weight: 3,
+            state: Default::default(),
+        },
+    };
+    c.apply(add("127.0.0.1:9005")).unwrap();
+    assert_eq!(c.clusters["app"].backends.len(), 3);
+    assert!(matches!(
+        c.apply(add("127.0.0.1:9005")),
+        Err(CommandError::DuplicateBackend { .. })
+    ));
+    assert!(matches!(
+        c.apply(add("nonsense")),
+        Err(CommandError::Invalid {
+            field: "address",
+            ..
+        })
+    ));
+    c.apply(Command::UpdateBackend {
+        cluster: "app".into(),
+        address: "127.0.0.1:9005".into(),
+        weight: Some(7),
+        state: Some(fulcrum_balance::AdminState::Draining),
+    })
+    .unwrap();
+    assert_eq!(c.clusters["app"].backends[2].weight, 7);
+    c.apply(Command::RemoveBackend {
+        cluster: "app".into(),
+        address: "127.0.0.1:9005".into(),
+    })
+    .unwrap();
+    assert_eq!(c, before);
+    assert!(c
+        .apply(Command::RemoveBackend {
+            cluster: "nope".into(),
+            address: "x:1".into()
+        })
+        .is_err());
+}
+
+#[test]
+fn ipnet_contains_matches_prefixes() {
+    let n = IpNet::parse("127.0.0.0/8").unwrap();
+    assert!(n.contains("127.1.2.3".parse().unwrap()));
+    assert!(!n.contains("10.0.0.1".parse().unwrap()));
+    assert!(IpNet::parse("::1")
+        .unwrap()
+        .contains("::1".parse().unwrap()));
+    assert!(IpNet::parse("1.2.3.4/33").is_none());
+    assert!(IpNet::parse("0.0.0.0/0")
+        .unwrap()
+        .contains("8.8.8.8".parse().unwrap()));
+}

@@ -1,0 +1,478 @@
+//! File shapes → validated model, collecting every problem with its key path.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use fulcrum_balance::{AdminState, Algorithm};
+
+use crate::error::{suggest, Problem};
+use crate::file::*;
+use crate::model::*;
+
+/// Validates a parsed file. Returns the model, or every problem found.
+pub fn validate(file: &FileConfig) -> Result<Config, Vec<Problem>> {
+    let mut v = Validator::default();
+    let config = v.config(file);
+    if v.problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(v.problems)
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    problems: Vec<Problem>,
+}
+
+impl Validator {
+    fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem::new(key, message));
+    }
+
+    fn config(&mut self, file: &FileConfig) -> Config {
+        let admin = self.admin(file.admin.as_ref());
+        let runtime = RuntimeConfig {
+            worker_threads: file.runtime.as_ref().and_then(|r| r.worker_threads),
+        };
+        if runtime.worker_threads == Some(0) {
+            self.problem(
+                "runtime.worker_threads",
+                "must be at least 1, or left out for one per core",
+            );
+        }
+        let clusters: BTreeMap<String, ClusterConfig> = file
+            .cluster
+            .iter()
+            .map(|(name, c)| (name.clone(), self.cluster(name, c)))
+            .collect();
+        let mut names = HashSet::new();
+        let mut binds = HashSet::new();
+        let listeners: Vec<ListenerConfig> = file
+            .listener
+            .iter()
+            .enumerate()
+            .map(|(i, l)| self.listener(i, l, &clusters))
+            .collect();
+        for (i, l) in listeners.iter().enumerate() {
+            if !names.insert(l.name.clone()) {
+                self.problem(
+                    format!("listener[{i}].name"),
+                    format!("duplicate listener name `{}`", l.name),
+                );
+            }
+            if l.bind.port() != 0 && !binds.insert((l.bind, l.protocol)) {
+                self.problem(
+                    format!("listener[{i}].bind"),
+                    format!("`{}` is bound by another listener", l.bind),
+                );
+            }
+        }
+        if listeners.is_empty() {
+            self.problem(
+                "listener",
+                "no listener; add one: [[listener]] name = \"web\" bind = \"127.0.0.1:8080\" cluster = \"app\"",
+            );
+        }
+        Config {
+            admin,
+            runtime,
+            listeners,
+            clusters,
+        }
+    }
+
+    fn admin(&mut self, file: Option<&FileAdmin>) -> AdminConfig {
+        let mut admin = AdminConfig::default();
+        let Some(file) = file else { return admin };
+        if let Some(bind) = &file.bind {
+            if let Some(addr) = self.socket_addr("admin.bind", bind) {
+                admin.bind = addr;
+            }
+        }
+        admin.token_file = file.token_file.clone();
+        if !admin.bind.ip().is_loopback() && admin.token_file.is_none() {
+            self.problem(
+                "admin.token_file",
+                format!(
+                    "the admin API binds to non-loopback {} and so needs a token; set token_file = \"/etc/fulcrum/admin.token\" (or FULCRUM_ADMIN_TOKEN), or bind to 127.0.0.1",
+                    admin.bind
+                ),
+            );
+        }
+        admin
+    }
+
+    fn listener(
+        &mut self,
+        i: usize,
+        file: &FileListener,
+        clusters: &BTreeMap<String, ClusterConfig>,
+    ) -> ListenerConfig {
+        let key = |k: &str| format!("listener[{i}].{k}");
+        let name = match &file.name {
+            Some(n) if !n.is_empty() => n.clone(),
+            _ => {
+                self.problem(
+                    key("name"),
+                    "missing; every listener needs a unique name such as \"web\"",
+                );
+                format!("listener{i}")
+            }
+        };
+        let bind = match &file.bind {
+            Some(b) => self.socket_addr(&key("bind"), b),
+            None => {
+                self.problem(
+                    key("bind"),
+                    "missing; write the address to listen on, e.g. bind = \"127.0.0.1:8080\"",
+                );
+                None
+            }
+        }
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let protocol = match file.protocol.as_deref() {
+            None | Some("http") => Protocol::Http,
+            Some("tcp") => Protocol::Tcp,
+            Some("udp") => Protocol::Udp,
+            Some(other) => {
+                self.problem(
+                    key("protocol"),
+                    format!("unknown protocol `{other}`, expected one of: http, tcp, udp"),
+                );
+                Protocol::Http
+            }
+        };
+        if protocol != Protocol::Http {
+            self.problem(
+                key("protocol"),
+                format!(
+                    "protocol `{}` is not supported by this version yet; use \"http\"",
+                    protocol.as_str()
+                ),
+            );
+        }
+        if let Some(c) = &file.cluster {
+            self.cluster_ref(&key("cluster"), c, clusters);
+        }
+        let routes = file
+            .route
+            .iter()
+            .enumerate()
+            .map(|(j, r)| self.route(&format!("listener[{i}].route[{j}]"), r, clusters))
+            .collect();
+        let mut limits = HttpLimits::default();
+        if let Some(d) = self.duration(&key("header_timeout"), file.header_timeout.as_deref()) {
+            limits.header_timeout = d;
+        }
+        if let Some(d) = self.duration(&key("idle_timeout"), file.idle_timeout.as_deref()) {
+            limits.idle_timeout = d;
+        }
+        if let Some(n) = file.max_header_bytes {
+            if n < 1024 {
+                self.problem(key("max_header_bytes"), "must be at least 1024 bytes");
+            }
+            limits.max_header_bytes = n;
+        }
+        if let Some(n) = file.max_headers {
+            if n == 0 {
+                self.problem(key("max_headers"), "must be at least 1");
+            }
+            limits.max_headers = n;
+        }
+        if let Some(n) = file.max_connections {
+            if n == 0 {
+                self.problem(key("max_connections"), "must be at least 1");
+            }
+            limits.max_connections = n;
+        }
+        let mut debug_from = Vec::new();
+        for (j, s) in file.debug_from.iter().flatten().enumerate() {
+            match IpNet::parse(s) {
+                Some(net) => debug_from.push(net),
+                None => self.problem(
+                    format!("listener[{i}].debug_from[{j}]"),
+                    format!("`{s}` is not an address or CIDR such as \"127.0.0.0/8\""),
+                ),
+            }
+        }
+        ListenerConfig {
+            name,
+            bind,
+            protocol,
+            cluster: file.cluster.clone(),
+            routes,
+            limits,
+            debug_from,
+        }
+    }
+
+    fn route(
+        &mut self,
+        key: &str,
+        file: &FileRoute,
+        clusters: &BTreeMap<String, ClusterConfig>,
+    ) -> RouteConfig {
+        let host = file.host.as_deref().map(|h| {
+            let h = h.to_ascii_lowercase();
+            match h.strip_prefix('*') {
+                Some(suffix) if suffix.starts_with('.') => HostMatch::Suffix(suffix.to_owned()),
+                Some(_) => {
+                    self.problem(
+                        format!("{key}.host"),
+                        "a wildcard host must look like \"*.example.com\"",
+                    );
+                    HostMatch::Exact(h.clone())
+                }
+                None => HostMatch::Exact(h),
+            }
+        });
+        if let Some(p) = &file.path_prefix {
+            if !p.starts_with('/') {
+                self.problem(
+                    format!("{key}.path_prefix"),
+                    format!("`{p}` must start with `/`"),
+                );
+            }
+        }
+        let cluster = match &file.cluster {
+            Some(c) => {
+                self.cluster_ref(&format!("{key}.cluster"), c, clusters);
+                c.clone()
+            }
+            None => {
+                self.problem(
+                    format!("{key}.cluster"),
+                    "missing; a route must name the cluster it sends to",
+                );
+                String::new()
+            }
+        };
+        RouteConfig {
+            host,
+            path_prefix: file.path_prefix.clone(),
+            cluster,
+        }
+    }
+
+    fn cluster_ref(&mut self, key: &str, name: &str, clusters: &BTreeMap<String, ClusterConfig>) {
+        if !clusters.contains_key(name) {
+            let known: Vec<&str> = clusters.keys().map(String::as_str).collect();
+            let hint = match suggest(name, &known) {
+                Some(s) => format!("; did you mean `{s}`?"),
+                None if known.is_empty() => "; define it with [cluster.NAME]".to_owned(),
+                None => format!("; defined clusters: {}", known.join(", ")),
+            };
+            self.problem(key, format!("no cluster named `{name}`{hint}"));
+        }
+    }
+
+    fn cluster(&mut self, name: &str, file: &FileCluster) -> ClusterConfig {
+        let key = |k: &str| format!("cluster.{name}.{k}");
+        let algorithm = match file.algorithm.as_deref() {
+            None => Algorithm::DEFAULT,
+            Some(a) => match a.parse::<Algorithm>() {
+                Ok(a) => a,
+                Err(e) => {
+                    let hint = suggest(a, Algorithm::NAMES)
+                        .map(|s| format!(" (did you mean `{s}`?)"))
+                        .unwrap_or_default();
+                    self.problem(key("algorithm"), format!("{e}{hint}"));
+                    Algorithm::DEFAULT
+                }
+            },
+        };
+        let mut backends = Vec::new();
+        match &file.backends {
+            None => self.problem(
+                key("backends"),
+                "missing; list at least one backend: backends = [{ address = \"127.0.0.1:9001\" }]",
+            ),
+            Some(list) if list.is_empty() => self.problem(
+                key("backends"),
+                format!("cluster `{name}` has no backends; list at least one: backends = [{{ address = \"127.0.0.1:9001\" }}]"),
+            ),
+            Some(list) => {
+                let mut seen = HashSet::new();
+                for (i, b) in list.iter().enumerate() {
+                    let bkey = format!("cluster.{name}.backends[{i}]");
+                    if let Some(b) = self.backend(&bkey, b) {
+                        if !seen.insert(b.address.clone()) {
+                            self.problem(format!("{bkey}.address"), format!("`{}` is listed twice", b.address));
+                        }
+                        backends.push(b);
+                    }
+                }
+            }
+        }
+        let mut c = ClusterConfig::new(name, algorithm, backends);
+        if let Some(d) = self.duration(&key("connect_timeout"), file.connect_timeout.as_deref()) {
+            c.connect_timeout = d;
+        }
+        if let Some(d) = self.duration(&key("response_timeout"), file.response_timeout.as_deref()) {
+            c.response_timeout = d;
+        }
+        if let Some(d) = self.duration(&key("pool_idle_timeout"), file.pool_idle_timeout.as_deref())
+        {
+            c.pool_idle_timeout = d;
+        }
+        if let Some(n) = file.pool_max_idle {
+            c.pool_max_idle = n;
+        }
+        if let Some(d) = self.duration(&key("ewma_decay"), file.ewma_decay.as_deref()) {
+            c.ewma_decay = d;
+        }
+        if let Some(d) = self.duration_or_zero(&key("slow_start"), file.slow_start.as_deref()) {
+            c.slow_start = d;
+        }
+        c.health = file.health.as_ref().map(|h| self.health(&key("health"), h));
+        c
+    }
+
+    fn backend(&mut self, key: &str, file: &FileBackend) -> Option<BackendConfig> {
+        let address = match &file.address {
+            Some(a) => a.clone(),
+            None => {
+                self.problem(
+                    format!("{key}.address"),
+                    "missing; write the backend as { address = \"127.0.0.1:9001\" }",
+                );
+                return None;
+            }
+        };
+        if !valid_host_port(&address) {
+            self.problem(
+                format!("{key}.address"),
+                format!(
+                    "`{address}` is not host:port, e.g. \"127.0.0.1:9001\" or \"app.internal:80\""
+                ),
+            );
+        }
+        let weight = file.weight.unwrap_or(1);
+        if weight > MAX_WEIGHT {
+            self.problem(
+                format!("{key}.weight"),
+                format!("{weight} is above the maximum {MAX_WEIGHT}"),
+            );
+        }
+        let state = match file.state.as_deref() {
+            None => AdminState::Enabled,
+            Some(s) => AdminState::parse(s).unwrap_or_else(|| {
+                self.problem(
+                    format!("{key}.state"),
+                    format!("unknown state `{s}`, expected one of: enabled, draining, disabled"),
+                );
+                AdminState::Enabled
+            }),
+        };
+        Some(BackendConfig {
+            address,
+            weight,
+            state,
+        })
+    }
+
+    fn health(&mut self, key: &str, file: &FileHealth) -> HealthConfig {
+        let mut h = HealthConfig::default();
+        match file.kind.as_deref() {
+            None | Some("http") => {
+                let path = file.path.clone().unwrap_or_else(|| "/healthz".into());
+                if !path.starts_with('/') {
+                    self.problem(
+                        format!("{key}.path"),
+                        format!("`{path}` must start with `/`"),
+                    );
+                }
+                h.kind = HealthKind::Http { path };
+            }
+            Some("tcp") => {
+                if file.path.is_some() {
+                    self.problem(
+                        format!("{key}.path"),
+                        "only http checks have a path; remove it or set type = \"http\"",
+                    );
+                }
+                h.kind = HealthKind::Tcp;
+            }
+            Some(other) => self.problem(
+                format!("{key}.type"),
+                format!("unknown check type `{other}`, expected http or tcp"),
+            ),
+        }
+        if let Some(d) = self.duration(&format!("{key}.interval"), file.interval.as_deref()) {
+            h.interval = d;
+        }
+        if let Some(d) = self.duration(&format!("{key}.timeout"), file.timeout.as_deref()) {
+            h.timeout = d;
+        }
+        for (name, value, slot) in [
+            ("rise", file.rise, &mut h.rise),
+            ("fall", file.fall, &mut h.fall),
+        ] {
+            if let Some(v) = value {
+                if v == 0 {
+                    self.problems
+                        .push(Problem::new(format!("{key}.{name}"), "must be at least 1"));
+                }
+                *slot = v;
+            }
+        }
+        h
+    }
+
+    fn socket_addr(&mut self, key: &str, s: &str) -> Option<SocketAddr> {
+        match s.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.problem(
+                    key,
+                    format!("`{s}` is not an ip:port address such as \"127.0.0.1:8080\""),
+                );
+                None
+            }
+        }
+    }
+
+    /// A positive duration such as `"500ms"`, `"2s"`, `"1m"`.
+    fn duration(&mut self, key: &str, s: Option<&str>) -> Option<Duration> {
+        let d = self.duration_or_zero(key, s)?;
+        if d.is_zero() {
+            self.problem(key, "must be greater than zero");
+            return None;
+        }
+        Some(d)
+    }
+
+    fn duration_or_zero(&mut self, key: &str, s: Option<&str>) -> Option<Duration> {
+        let s = s?;
+        match humantime::parse_duration(s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.problem(
+                    key,
+                    format!(
+                        "`{s}` is not a duration ({e}); write e.g. \"500ms\", \"2s\" or \"1m\""
+                    ),
+                );
+                None
+            }
+        }
+    }
+}
+
+pub(crate) fn valid_host_port(s: &str) -> bool {
+    if s.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && port.parse::<u16>().is_ok_and(|p| p != 0)
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        }
+        None => false,
+    }
+}
