@@ -1,0 +1,84 @@
+//! Errors on the request path and the responses they become.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::ProxyBody;
+
+/// Why the proxy answered a request itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The request's framing is ambiguous (request smuggling risk).
+    #[error("ambiguous request framing: {reason}")]
+    BadFraming {
+        /// What was ambiguous.
+        reason: &'static str,
+    },
+    /// No route matched and the listener has no default cluster.
+    #[error("no route for this request")]
+    NoRoute,
+    /// The cluster has no backend that can take the request.
+    #[error("no usable backend in cluster `{cluster}`")]
+    NoBackend {
+        /// Cluster name.
+        cluster: String,
+    },
+    /// Connecting to or talking with the backend failed.
+    #[error("upstream error in cluster `{cluster}` ({backend}): {reason}")]
+    Upstream {
+        /// Cluster name.
+        cluster: String,
+        /// Backend address.
+        backend: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The backend did not answer in time.
+    #[error("upstream timeout in cluster `{cluster}` ({backend})")]
+    Timeout {
+        /// Cluster name.
+        cluster: String,
+        /// Backend address.
+        backend: String,
+    },
+}
+
+impl ProxyError {
+    /// The status code this error maps to.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadFraming { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// A short plain-text response naming the cluster (never backend
+    /// internals beyond what an operator needs).
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let status = self.status();
+        let text = match &self {
+            ProxyError::BadFraming { reason } => format!("400 bad request: {reason}\n"),
+            ProxyError::NoRoute => "404 not found: no route matches this request\n".to_owned(),
+            ProxyError::NoBackend { cluster } => {
+                format!("503 service unavailable: no usable backend in cluster `{cluster}`\n")
+            }
+            ProxyError::Upstream { cluster, .. } => {
+                format!("502 bad gateway: the backend of cluster `{cluster}` failed\n")
+            }
+            ProxyError::Timeout { cluster, .. } => {
+                format!("504 gateway timeout: the backend of cluster `{cluster}` did not answer in time\n")
+            }
+        };
+        let mut response = Response::new(ProxyBody::local(Bytes::from(text)));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        if matches!(self, ProxyError::BadFraming { .. }) {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}

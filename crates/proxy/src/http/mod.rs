@@ -1,0 +1,14 @@
+//! L7: the HTTP request path.
+//!
+//! ```text
+//! request -> framing check -> Route match -> Cluster snapshot
+//!   -> Selector pick (skip tried backends) -> upstream (pooled, timeouts)
+//!   -> stream response back; outcome feeds Load
+//!   -> connect failure with the body unread: try another backend
+//! ```
+
+mod error;
+mod service;
+
+pub use error::ProxyError;
+pub use service::{handle, ConnInfo};

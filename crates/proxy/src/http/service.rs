@@ -1,0 +1,195 @@
+//! The per-request proxy logic.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use fulcrum_balance::{BackendId, Outcome, PickContext};
+use http::uri::{PathAndQuery, Scheme};
+use http::{header, HeaderValue, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+
+use super::error::ProxyError;
+use crate::body::{ProxyBody, RequestBody};
+use crate::clock;
+use crate::headers;
+use crate::state::{ClusterSnapshot, Runtime};
+
+/// Most backends one request tries. Connect failures are retried on other
+/// backends (nothing was sent, so it is always safe); three attempts ride
+/// out two dead backends without letting one request hammer a whole cluster.
+const MAX_ATTEMPTS: usize = 3;
+
+/// What the proxy knows about the client connection a request came on.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    /// The listener's name.
+    pub listener: Arc<str>,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+/// Proxies one request. Never fails: errors become responses.
+pub async fn handle(runtime: Arc<Runtime>, conn: ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
+    match proxy(&runtime, &conn, req).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::debug!(listener = %conn.listener, client = %conn.peer, error = %e, "request answered by proxy");
+            e.into_response()
+        }
+    }
+}
+
+async fn proxy(runtime: &Runtime, conn: &ConnInfo, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+    check_framing(&req)?;
+    let snapshot = runtime.snapshot();
+    let listener = snapshot.listeners.get(&*conn.listener).ok_or(ProxyError::NoRoute)?;
+    let host = authority(&req);
+    let host_str = host.as_ref().and_then(|h| h.to_str().ok());
+    let cluster_name = listener.routes.find(host_str, req.uri().path()).ok_or(ProxyError::NoRoute)?;
+    let cluster = Arc::clone(snapshot.clusters.get(cluster_name).ok_or(ProxyError::NoRoute)?);
+    drop(snapshot);
+
+    let (mut parts, body) = req.into_parts();
+    headers::prepare_request(&mut parts.headers, parts.version, conn.peer.ip(), host.as_ref(), conn.tls);
+    parts.version = Version::HTTP_11;
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut body = Some(RequestBody::new(body));
+    let mut tried = [BackendId(0); MAX_ATTEMPTS];
+    let mut attempts = 0;
+    let mut rng = fastrand::Rng::new();
+    let mut last_error = None;
+    while attempts < MAX_ATTEMPTS {
+        let Some(request_body) = body.take() else { break };
+        let now = clock::now();
+        let mut ctx = PickContext {
+            now,
+            key: None,
+            rng: &mut rng,
+            exclude: &tried[..attempts],
+        };
+        let Some(id) = cluster.selector.pick(&cluster.set, &mut ctx) else {
+            break;
+        };
+        tried[attempts] = id;
+        attempts += 1;
+        let backend = cluster.set.get(id);
+        let retry_body = request_body.reclaim();
+        let mut upstream_req = Request::from_parts(clone_parts(&parts), request_body);
+        *upstream_req.uri_mut() = upstream_uri(&cluster, id, &path);
+        let guard = backend.state.load.start();
+        let started = Instant::now();
+        let sent = tokio::time::timeout(cluster.config.response_timeout, cluster.upstream.client().request(upstream_req)).await;
+        let finished = clock::now();
+        let latency = finished.saturating_sub(clock::at(started));
+        let decay = cluster.selector_config.decay;
+        match sent {
+            Ok(Ok(response)) => {
+                let outcome = if response.status().is_server_error() {
+                    Outcome::Failure
+                } else {
+                    Outcome::Success
+                };
+                backend.state.load.observe(finished, latency, outcome, decay);
+                let (mut rparts, rbody) = response.into_parts();
+                headers::remove_hop_by_hop(&mut rparts.headers);
+                headers::append_via(&mut rparts.headers, Version::HTTP_11);
+                return Ok(Response::from_parts(rparts, ProxyBody::upstream(rbody, guard)));
+            }
+            Ok(Err(e)) => {
+                backend.state.load.observe(finished, latency, Outcome::Failure, decay);
+                let connect = e.is_connect();
+                tracing::debug!(cluster = %cluster.name(), backend = %backend.address, error = %e, connect, "upstream attempt failed");
+                last_error = Some(ProxyError::Upstream {
+                    cluster: cluster.name().to_owned(),
+                    backend: backend.address.clone(),
+                    reason: error_chain(&e),
+                });
+                // Nothing reached the backend on a connect failure, so any
+                // request may go elsewhere if its body is still unread.
+                if connect {
+                    body = retry_body;
+                }
+            }
+            Err(_elapsed) => {
+                backend.state.load.observe(finished, latency, Outcome::Failure, decay);
+                last_error = Some(ProxyError::Timeout {
+                    cluster: cluster.name().to_owned(),
+                    backend: backend.address.clone(),
+                });
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| ProxyError::NoBackend {
+        cluster: cluster.name().to_owned(),
+    }))
+}
+
+/// Refuses requests whose body length could be read two ways (RFC 9112
+/// §6.3): a proxy that forwards them enables request smuggling.
+fn check_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    let h = req.headers();
+    if req.version() <= Version::HTTP_11 {
+        let te = h.contains_key(header::TRANSFER_ENCODING);
+        let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
+        let first = lengths.next();
+        if te && first.is_some() {
+            return Err(ProxyError::BadFraming {
+                reason: "both Content-Length and Transfer-Encoding",
+            });
+        }
+        if let Some(first) = first {
+            if lengths.next().is_some() || first.to_str().map_or(true, |v| v.contains(',')) {
+                return Err(ProxyError::BadFraming {
+                    reason: "more than one Content-Length",
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The request's authority: the Host header, or the URI's (HTTP/2 `:authority`).
+fn authority<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if let Some(h) = req.headers().get(header::HOST) {
+        return Some(h.clone());
+    }
+    req.uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+}
+
+fn upstream_uri(cluster: &ClusterSnapshot, id: BackendId, path: &PathAndQuery) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(cluster.authorities[id.index()].clone());
+    parts.path_and_query = Some(path.clone());
+    Uri::from_parts(parts).expect("scheme, authority and path are all set")
+}
+
+/// A copy of the request head for one attempt (the original is kept for retries).
+fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req.into_parts().0
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}

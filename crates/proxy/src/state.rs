@@ -1,0 +1,218 @@
+//! The running configuration: the model, its immutable snapshot, and the
+//! learned per-backend state that outlives both.
+//!
+//! Every change — a file load or reload, an admin API call — is a
+//! [`Command`] applied by [`Runtime::apply`]: the model is edited under a
+//! mutex (the control path), a new [`Snapshot`] is built from it, and the
+//! snapshot is published with one atomic pointer swap. The request path
+//! only ever does `runtime.snapshot()`: one lock-free load.
+//!
+//! [`BackendState`] (load, health, slow-start clock) is kept in a registry
+//! keyed by `(cluster, address)`, so a reload, a weight change or a
+//! remove-and-add of the same backend keeps what the balancer has learned.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use fulcrum_balance::{Backend, BackendSet, BackendState, Selector, SelectorConfig};
+use fulcrum_config::{ClusterConfig, Command, CommandError, Config, ListenerConfig};
+
+use crate::clock;
+use crate::routes::RouteTable;
+use crate::upstream::Upstream;
+
+/// An immutable view of one cluster, shared by all requests that load it.
+#[derive(Debug)]
+pub struct ClusterSnapshot {
+    /// The cluster's validated configuration.
+    pub config: ClusterConfig,
+    /// The backends with their shared live state.
+    pub set: BackendSet,
+    /// The selector built for `set`.
+    pub selector: Box<dyn Selector>,
+    /// Selector tunables (decay, ...).
+    pub selector_config: SelectorConfig,
+    /// The upstream connection pool.
+    pub upstream: Upstream,
+    /// Each backend's address as a URI authority, by [`fulcrum_balance::BackendId`].
+    pub authorities: Vec<http::uri::Authority>,
+}
+
+impl ClusterSnapshot {
+    /// The cluster's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+}
+
+/// One listener's routing view.
+#[derive(Debug)]
+pub struct ListenerSnapshot {
+    /// The listener's configuration.
+    pub config: ListenerConfig,
+    /// Compiled routes.
+    pub routes: RouteTable,
+}
+
+/// Everything the request path needs, swapped atomically on change.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Clusters by name.
+    pub clusters: HashMap<String, Arc<ClusterSnapshot>>,
+    /// Listeners by name.
+    pub listeners: HashMap<String, Arc<ListenerSnapshot>>,
+    /// Monotonic generation, bumped by every applied command.
+    pub generation: u64,
+}
+
+/// The control-path state behind the published snapshot.
+#[derive(Debug)]
+struct Control {
+    model: Config,
+    generation: u64,
+    backend_states: HashMap<(String, String), Arc<BackendState>>,
+    upstreams: HashMap<String, Upstream>,
+}
+
+/// The running configuration.
+#[derive(Debug)]
+pub struct Runtime {
+    snapshot: ArcSwap<Snapshot>,
+    control: Mutex<Control>,
+}
+
+impl Runtime {
+    /// Builds the first snapshot from a valid configuration.
+    pub fn new(config: Config) -> Arc<Self> {
+        let mut control = Control {
+            model: config,
+            generation: 0,
+            backend_states: HashMap::new(),
+            upstreams: HashMap::new(),
+        };
+        let snapshot = control.build();
+        Arc::new(Self {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            control: Mutex::new(control),
+        })
+    }
+
+    /// The current snapshot: one lock-free load.
+    #[inline]
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snapshot.load()
+    }
+
+    /// A copy of the current configuration model.
+    pub fn config(&self) -> Config {
+        self.lock().model.clone()
+    }
+
+    /// Applies commands atomically: either all apply and one new snapshot is
+    /// published, or none does and the running configuration is untouched.
+    pub fn apply(&self, commands: impl IntoIterator<Item = Command>) -> Result<u64, CommandError> {
+        let mut control = self.lock();
+        let mut model = control.model.clone();
+        for command in commands {
+            model.apply(command)?;
+        }
+        control.model = model;
+        control.generation += 1;
+        let snapshot = control.build();
+        let generation = snapshot.generation;
+        self.snapshot.store(Arc::new(snapshot));
+        Ok(generation)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Control> {
+        // A panic while holding the lock leaves the model consistent (edits
+        // are made on a copy), so a poisoned lock is safe to reuse.
+        self.control.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Control {
+    fn build(&mut self) -> Snapshot {
+        let now = clock::now();
+        let mut live_states = HashMap::new();
+        let mut live_upstreams = HashMap::new();
+        let mut clusters = HashMap::new();
+        for (name, cluster) in &self.model.clusters {
+            let backends: Vec<Backend> = cluster
+                .backends
+                .iter()
+                .map(|b| {
+                    let key = (name.clone(), b.address.clone());
+                    let state = match self.backend_states.get(&key) {
+                        Some(s) => Arc::clone(s),
+                        None => {
+                            let s = Arc::new(BackendState::new());
+                            s.start_ramp(now);
+                            s
+                        }
+                    };
+                    live_states.insert(key, Arc::clone(&state));
+                    Backend {
+                        address: b.address.clone(),
+                        weight: b.weight,
+                        admin: b.state,
+                        state,
+                    }
+                })
+                .collect();
+            let set = BackendSet::new(backends).with_slow_start(cluster.slow_start.as_nanos() as u64);
+            let selector_config = SelectorConfig {
+                decay: cluster.ewma_decay.as_nanos() as u64,
+                ..SelectorConfig::default()
+            };
+            let selector = cluster.algorithm.build(&set, &selector_config);
+            let authorities = set
+                .backends()
+                .iter()
+                .map(|b| {
+                    b.address
+                        .parse()
+                        .expect("backend addresses are validated as host:port")
+                })
+                .collect();
+            let upstream = match self.upstreams.get(name) {
+                Some(u) if u.matches(cluster) => u.clone(),
+                _ => Upstream::new(cluster),
+            };
+            live_upstreams.insert(name.clone(), upstream.clone());
+            clusters.insert(
+                name.clone(),
+                Arc::new(ClusterSnapshot {
+                    config: cluster.clone(),
+                    set,
+                    selector,
+                    selector_config,
+                    upstream,
+                    authorities,
+                }),
+            );
+        }
+        self.backend_states = live_states;
+        self.upstreams = live_upstreams;
+        let listeners = self
+            .model
+            .listeners
+            .iter()
+            .map(|l| {
+                (
+                    l.name.clone(),
+                    Arc::new(ListenerSnapshot {
+                        config: l.clone(),
+                        routes: RouteTable::new(&l.routes, l.cluster.as_deref()),
+                    }),
+                )
+            })
+            .collect();
+        Snapshot {
+            clusters,
+            listeners,
+            generation: self.generation,
+        }
+    }
+}
