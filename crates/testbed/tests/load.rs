@@ -136,6 +136,7 @@ async fn load_counts_transport_errors() {
     let report = run_load(opts.clone()).await;
     assert_eq!(report.errors, 5, "{report}");
     assert_eq!(report.answered(), 0);
+    assert_eq!(report.error_kinds.get("closed"), Some(&5), "{report}");
 
     backend.shutdown().await;
     let report = run_load(opts).await;
