@@ -103,8 +103,10 @@ pub struct BackendOptions {
     pub status: u16,
     /// Add `endpoint-load-metrics` and `x-fulcrum-in-flight` to answers.
     pub load_report: bool,
-    /// Maximum requests served at once; excess requests wait in FIFO order.
-    /// `None` means unlimited.
+    /// Maximum requests served at once; excess requests wait in FIFO order
+    /// (and count as in flight while they wait). A worker is held from the
+    /// end of the wait until the answer's headers are ready, i.e. while the
+    /// body is read and the latency slept. `None` means unlimited.
     pub capacity: Option<usize>,
 }
 

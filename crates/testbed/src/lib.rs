@@ -22,9 +22,13 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod backend;
+pub mod load;
 
 pub use backend::{
     pattern, pattern_chunk, pattern_chunks, pattern_sha256, spawn_backend, BackendOptions,
     LatencyDist, Mode, ParseError, RunningBackend,
 };
+pub use load::{run_load, try_run_load, Arrival, LoadError, LoadOptions, LoadReport};
