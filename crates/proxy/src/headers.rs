@@ -124,7 +124,10 @@ mod tests {
     #[test]
     fn prepare_request_strips_hop_by_hop_and_adds_forwarding() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -132,8 +135,20 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         h.insert("x-keep", HeaderValue::from_static("yes"));
         let host = HeaderValue::from_static("example.com");
-        prepare_request(&mut h, Version::HTTP_11, "127.0.0.9".parse().unwrap(), Some(&host), false);
-        for gone in ["connection", "x-secret", "keep-alive", "te", "proxy-connection"] {
+        prepare_request(
+            &mut h,
+            Version::HTTP_11,
+            "127.0.0.9".parse().unwrap(),
+            Some(&host),
+            false,
+        );
+        for gone in [
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "te",
+            "proxy-connection",
+        ] {
             assert!(!h.contains_key(gone), "{gone} must be removed");
         }
         assert_eq!(h["x-keep"], "yes");

@@ -14,6 +14,7 @@
 
 pub mod body;
 pub mod clock;
+pub mod framing;
 pub mod headers;
 pub mod http;
 pub mod listener;

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use fulcrum_config::{ListenerConfig, Protocol};
+use fulcrum_config::{HttpLimits, ListenerConfig, Protocol};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
+use crate::framing::{FramingGuard, REJECT_RESPONSE};
 use crate::http::{handle, ConnInfo};
 use crate::state::Runtime;
 
@@ -65,12 +66,18 @@ impl Server {
     pub async fn start(runtime: Arc<Runtime>) -> Result<Server, ServeError> {
         let config = runtime.config();
         let mut sockets = Vec::new();
-        for l in config.listeners.iter().filter(|l| l.protocol == Protocol::Http) {
-            let socket = TcpListener::bind(l.bind).await.map_err(|source| ServeError::Bind {
-                listener: l.name.clone(),
-                address: l.bind,
-                source,
-            })?;
+        for l in config
+            .listeners
+            .iter()
+            .filter(|l| l.protocol == Protocol::Http)
+        {
+            let socket = TcpListener::bind(l.bind)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    listener: l.name.clone(),
+                    address: l.bind,
+                    source,
+                })?;
             sockets.push((l.clone(), socket));
         }
         let (shutdown, _) = watch::channel(false);
@@ -99,7 +106,10 @@ impl Server {
 
     /// The address a listener is bound to (useful with port 0).
     pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
-        self.bound.iter().find(|(n, _)| n == listener).map(|(_, a)| *a)
+        self.bound
+            .iter()
+            .find(|(n, _)| n == listener)
+            .map(|(_, a)| *a)
     }
 
     /// All bound listeners, by name.
@@ -177,9 +187,9 @@ async fn accept_loop(
         let builder = Arc::clone(&builder);
         let shutdown = shutdown.clone();
         let alive = alive.clone();
-        let idle = limits.idle_timeout;
+        let limits = limits.clone();
         tokio::spawn(async move {
-            serve_connection(stream, info, runtime, &builder, shutdown, idle).await;
+            serve_connection(stream, info, runtime, &builder, shutdown, &limits).await;
             drop(permit);
             drop(alive);
         });
@@ -193,12 +203,16 @@ async fn serve_connection(
     runtime: Arc<Runtime>,
     builder: &auto::Builder<TokioExecutor>,
     mut shutdown: watch::Receiver<bool>,
-    idle: Duration,
+    limits: &HttpLimits,
 ) {
+    let idle = limits.idle_timeout;
     let activity = Arc::new(AtomicU64::new(0));
-    let io = TokioIo::new(ActivityIo {
+    let io = TokioIo::new(ClientIo {
         inner: stream,
         activity: Arc::clone(&activity),
+        framing: FramingGuard::new(limits.max_header_bytes, limits.max_headers),
+        rejected: None,
+        peer: info.peer,
     });
     let service = service_fn(move |req| {
         let runtime = Arc::clone(&runtime);
@@ -235,32 +249,88 @@ async fn serve_connection(
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A socket that counts read and write calls that moved bytes, so the
-    /// idle check needs no clock reads on the data path.
-    struct ActivityIo {
-        #[pin]
-        inner: TcpStream,
-        activity: Arc<AtomicU64>,
+/// The client socket as the HTTP server sees it.
+///
+/// * counts read and write calls that moved bytes, so the idle check needs
+///   no clock reads on the data path;
+/// * runs the [`FramingGuard`] over every byte read: an ambiguous request
+///   is cut off before the HTTP parser sees it, and the connection answers
+///   `400` and closes once the parser is done with earlier requests.
+struct ClientIo {
+    inner: TcpStream,
+    activity: Arc<AtomicU64>,
+    framing: FramingGuard,
+    /// Bytes of [`REJECT_RESPONSE`] written so far, once a request was refused.
+    rejected: Option<usize>,
+    peer: SocketAddr,
+}
+
+impl ClientIo {
+    /// Writes what is left of the 400 without blocking (best effort).
+    fn flush_rejection(&mut self, mut cx: Option<&mut Context<'_>>) -> Poll<()> {
+        let Some(written) = self.rejected.as_mut() else {
+            return Poll::Ready(());
+        };
+        while *written < REJECT_RESPONSE.len() {
+            let rest = &REJECT_RESPONSE[*written..];
+            let r = match cx {
+                Some(ref mut cx) => match Pin::new(&mut self.inner).poll_write(cx, rest) {
+                    Poll::Ready(r) => r,
+                    Poll::Pending => return Poll::Pending,
+                },
+                None => self.inner.try_write(rest),
+            };
+            match r {
+                Ok(n) if n > 0 => *written += n,
+                _ => {
+                    *written = REJECT_RESPONSE.len();
+                }
+            }
+        }
+        Poll::Ready(())
     }
 }
 
-impl AsyncRead for ActivityIo {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.project();
+impl Drop for ClientIo {
+    fn drop(&mut self) {
+        let _ = self.flush_rejection(None);
+    }
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.rejected.is_some() {
+            // End of stream for the parser: nothing after a refused head is read.
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
-        let r = this.inner.poll_read(cx, buf);
-        if buf.filled().len() != before {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let filled = buf.filled().len();
+        if filled != before {
             this.activity.fetch_add(1, Ordering::Relaxed);
+            if let Err((keep, reason)) = this.framing.feed(&buf.filled()[before..]) {
+                tracing::info!(client = %this.peer, reason, "refused request with ambiguous framing");
+                this.rejected = Some(0);
+                buf.set_filled(before + keep);
+            }
         }
         r
     }
 }
 
-impl AsyncWrite for ActivityIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let r = this.inner.poll_write(cx, buf);
+impl AsyncWrite for ClientIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             this.activity.fetch_add(1, Ordering::Relaxed);
         }
@@ -268,12 +338,12 @@ impl AsyncWrite for ActivityIo {
     }
 
     fn poll_write_vectored(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let r = this.inner.poll_write_vectored(cx, bufs);
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             this.activity.fetch_add(1, Ordering::Relaxed);
         }
@@ -284,11 +354,14 @@ impl AsyncWrite for ActivityIo {
         self.inner.is_write_vectored()
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.flush_rejection(Some(cx)).is_pending() {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

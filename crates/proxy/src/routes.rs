@@ -82,7 +82,11 @@ mod tests {
         };
         RouteTable::new(
             &[
-                r(Some(HostMatch::Exact("api.example.com".into())), Some("/v1"), "api"),
+                r(
+                    Some(HostMatch::Exact("api.example.com".into())),
+                    Some("/v1"),
+                    "api",
+                ),
                 r(Some(HostMatch::Suffix(".example.com".into())), None, "wild"),
                 r(None, Some("/static/"), "static"),
             ],
@@ -93,9 +97,15 @@ mod tests {
     #[test]
     fn route_table_first_match_wins() {
         let t = table();
-        assert_eq!(t.find(Some("API.example.com:8080"), "/v1/users"), Some("api"));
+        assert_eq!(
+            t.find(Some("API.example.com:8080"), "/v1/users"),
+            Some("api")
+        );
         assert_eq!(t.find(Some("api.example.com"), "/v2"), Some("wild"));
-        assert_eq!(t.find(Some("www.example.com"), "/static/a.css"), Some("wild"));
+        assert_eq!(
+            t.find(Some("www.example.com"), "/static/a.css"),
+            Some("wild")
+        );
         assert_eq!(t.find(Some("other.org"), "/static/a.css"), Some("static"));
         assert_eq!(t.find(Some("example.com"), "/"), Some("app"));
         assert_eq!(t.find(None, "/"), Some("app"));

@@ -161,7 +161,8 @@ impl Control {
                     }
                 })
                 .collect();
-            let set = BackendSet::new(backends).with_slow_start(cluster.slow_start.as_nanos() as u64);
+            let set =
+                BackendSet::new(backends).with_slow_start(cluster.slow_start.as_nanos() as u64);
             let selector_config = SelectorConfig {
                 decay: cluster.ewma_decay.as_nanos() as u64,
                 ..SelectorConfig::default()

@@ -75,7 +75,10 @@ impl ProxyError {
         let mut response = Response::new(ProxyBody::local(Bytes::from(text)));
         *response.status_mut() = status;
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         if matches!(self, ProxyError::BadFraming { .. }) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

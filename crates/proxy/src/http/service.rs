@@ -32,7 +32,11 @@ pub struct ConnInfo {
 }
 
 /// Proxies one request. Never fails: errors become responses.
-pub async fn handle(runtime: Arc<Runtime>, conn: ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle(
+    runtime: Arc<Runtime>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
     match proxy(&runtime, &conn, req).await {
         Ok(response) => response,
         Err(e) => {
@@ -42,18 +46,39 @@ pub async fn handle(runtime: Arc<Runtime>, conn: ConnInfo, req: Request<Incoming
     }
 }
 
-async fn proxy(runtime: &Runtime, conn: &ConnInfo, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+async fn proxy(
+    runtime: &Runtime,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ProxyError> {
     check_framing(&req)?;
     let snapshot = runtime.snapshot();
-    let listener = snapshot.listeners.get(&*conn.listener).ok_or(ProxyError::NoRoute)?;
+    let listener = snapshot
+        .listeners
+        .get(&*conn.listener)
+        .ok_or(ProxyError::NoRoute)?;
     let host = authority(&req);
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
-    let cluster_name = listener.routes.find(host_str, req.uri().path()).ok_or(ProxyError::NoRoute)?;
-    let cluster = Arc::clone(snapshot.clusters.get(cluster_name).ok_or(ProxyError::NoRoute)?);
+    let cluster_name = listener
+        .routes
+        .find(host_str, req.uri().path())
+        .ok_or(ProxyError::NoRoute)?;
+    let cluster = Arc::clone(
+        snapshot
+            .clusters
+            .get(cluster_name)
+            .ok_or(ProxyError::NoRoute)?,
+    );
     drop(snapshot);
 
     let (mut parts, body) = req.into_parts();
-    headers::prepare_request(&mut parts.headers, parts.version, conn.peer.ip(), host.as_ref(), conn.tls);
+    headers::prepare_request(
+        &mut parts.headers,
+        parts.version,
+        conn.peer.ip(),
+        host.as_ref(),
+        conn.tls,
+    );
     parts.version = Version::HTTP_11;
     let path = parts
         .uri
@@ -66,7 +91,9 @@ async fn proxy(runtime: &Runtime, conn: &ConnInfo, req: Request<Incoming>) -> Re
     let mut rng = fastrand::Rng::new();
     let mut last_error = None;
     while attempts < MAX_ATTEMPTS {
-        let Some(request_body) = body.take() else { break };
+        let Some(request_body) = body.take() else {
+            break;
+        };
         let now = clock::now();
         let mut ctx = PickContext {
             now,
@@ -85,7 +112,11 @@ async fn proxy(runtime: &Runtime, conn: &ConnInfo, req: Request<Incoming>) -> Re
         *upstream_req.uri_mut() = upstream_uri(&cluster, id, &path);
         let guard = backend.state.load.start();
         let started = Instant::now();
-        let sent = tokio::time::timeout(cluster.config.response_timeout, cluster.upstream.client().request(upstream_req)).await;
+        let sent = tokio::time::timeout(
+            cluster.config.response_timeout,
+            cluster.upstream.client().request(upstream_req),
+        )
+        .await;
         let finished = clock::now();
         let latency = finished.saturating_sub(clock::at(started));
         let decay = cluster.selector_config.decay;
@@ -96,14 +127,23 @@ async fn proxy(runtime: &Runtime, conn: &ConnInfo, req: Request<Incoming>) -> Re
                 } else {
                     Outcome::Success
                 };
-                backend.state.load.observe(finished, latency, outcome, decay);
+                backend
+                    .state
+                    .load
+                    .observe(finished, latency, outcome, decay);
                 let (mut rparts, rbody) = response.into_parts();
                 headers::remove_hop_by_hop(&mut rparts.headers);
                 headers::append_via(&mut rparts.headers, Version::HTTP_11);
-                return Ok(Response::from_parts(rparts, ProxyBody::upstream(rbody, guard)));
+                return Ok(Response::from_parts(
+                    rparts,
+                    ProxyBody::upstream(rbody, guard),
+                ));
             }
             Ok(Err(e)) => {
-                backend.state.load.observe(finished, latency, Outcome::Failure, decay);
+                backend
+                    .state
+                    .load
+                    .observe(finished, latency, Outcome::Failure, decay);
                 let connect = e.is_connect();
                 tracing::debug!(cluster = %cluster.name(), backend = %backend.address, error = %e, connect, "upstream attempt failed");
                 last_error = Some(ProxyError::Upstream {
@@ -118,7 +158,10 @@ async fn proxy(runtime: &Runtime, conn: &ConnInfo, req: Request<Incoming>) -> Re
                 }
             }
             Err(_elapsed) => {
-                backend.state.load.observe(finished, latency, Outcome::Failure, decay);
+                backend
+                    .state
+                    .load
+                    .observe(finished, latency, Outcome::Failure, decay);
                 last_error = Some(ProxyError::Timeout {
                     cluster: cluster.name().to_owned(),
                     backend: backend.address.clone(),

@@ -1,0 +1,125 @@
+//! `fulcrum run` and `fulcrum reload`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use fulcrum_config::{Command, Config};
+use fulcrum_proxy::{Runtime, Server};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Time given to requests in flight when stopping.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Loads `path`, serves it until SIGINT/SIGTERM, reloads it on SIGHUP.
+pub fn run(path: &Path) -> anyhow::Result<()> {
+    let config = fulcrum_config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let rt = crate::tokio_runtime(config.runtime.worker_threads)?;
+    rt.block_on(serve(config, Some(path.to_owned())))
+}
+
+/// Serves `config` until a stop signal; reloads `path` (if any) on SIGHUP.
+pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+    let runtime = Runtime::new(config);
+    let server = Server::start(Arc::clone(&runtime)).await?;
+    for (name, addr) in server.listeners() {
+        eprintln!("fulcrum: listener `{name}` on http://{addr}");
+    }
+    wait_for_stop(&runtime, path.as_deref()).await?;
+    stop(server).await;
+    Ok(())
+}
+
+/// Waits for SIGINT or SIGTERM, reloading on SIGHUP meanwhile.
+pub async fn wait_for_stop(runtime: &Runtime, path: Option<&Path>) -> anyhow::Result<()> {
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => match path {
+                Some(p) => {
+                    let _ = reload_file(runtime, p);
+                }
+                None => tracing::warn!("SIGHUP ignored: this instance has no configuration file"),
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    // A second signal exits at once.
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!("fulcrum: second signal, exiting now");
+        std::process::exit(130);
+    });
+    Ok(())
+}
+
+/// Re-reads the file and swaps it in; a bad file is logged and refused, the
+/// running configuration stays.
+pub fn reload_file(runtime: &Runtime, path: &Path) -> Result<u64, String> {
+    match fulcrum_config::load(path) {
+        Ok(config) => match runtime.apply([Command::Replace(Box::new(config))]) {
+            Ok(generation) => {
+                tracing::info!(file = %path.display(), generation, "configuration reloaded");
+                Ok(generation)
+            }
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "reload refused");
+                Err(e.to_string())
+            }
+        },
+        Err(e) => {
+            tracing::error!(file = %path.display(), "reload refused, keeping the running configuration:\n{e}");
+            Err(e.to_string())
+        }
+    }
+}
+
+/// Graceful stop with a bounded grace period.
+pub async fn stop(server: Server) {
+    eprintln!("fulcrum: stopping; finishing requests in flight");
+    if !server.shutdown(SHUTDOWN_GRACE).await {
+        eprintln!("fulcrum: grace period over, closing remaining connections");
+    }
+}
+
+/// `fulcrum reload`: asks the admin API of a running instance to reload.
+pub fn reload(admin: SocketAddr) -> anyhow::Result<()> {
+    let rt = crate::tokio_runtime(Some(1))?;
+    rt.block_on(async move {
+        use http_body_util::{BodyExt, Empty};
+        let stream = tokio::net::TcpStream::connect(admin)
+            .await
+            .with_context(|| format!("cannot reach the admin API at {admin}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let mut req = hyper::Request::post(format!("http://{admin}/api/v1/reload"))
+            .header(hyper::header::HOST, admin.to_string());
+        if let Ok(token) = std::env::var("FULCRUM_ADMIN_TOKEN") {
+            req = req.header(
+                hyper::header::AUTHORIZATION,
+                format!("Bearer {}", token.trim()),
+            );
+        }
+        let resp = sender
+            .send_request(req.body(Empty::<bytes::Bytes>::new())?)
+            .await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        if status.is_success() {
+            println!("{}", text.trim());
+            Ok(())
+        } else {
+            anyhow::bail!("reload refused ({status}): {}", text.trim())
+        }
+    })
+}

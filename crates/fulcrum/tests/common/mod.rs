@@ -1,0 +1,223 @@
+//! Helpers for end-to-end tests: spawn the real `fulcrum` binary with a
+//! configuration, real testbed backends on 127.0.0.1:0, and a small client.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+pub use fulcrum_testbed::{spawn_backend, BackendOptions, RunningBackend};
+
+/// The binary under test.
+pub fn fulcrum_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_fulcrum")
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "fulcrum-test-{tag}-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `fulcrum` process, killed on drop.
+pub struct Proxy {
+    pub child: Child,
+    /// Listener name -> bound address, as announced on stderr.
+    pub listeners: HashMap<String, SocketAddr>,
+    pub dir: TempDir,
+    pub config_path: PathBuf,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proxy {
+    /// Writes `config` to a file and runs `fulcrum run -c FILE`, waiting
+    /// until every listener is announced.
+    pub fn run(config: &str) -> Proxy {
+        let dir = TempDir::new("proxy");
+        let path = dir.write("fulcrum.toml", config);
+        let expected = config.matches("[[listener]]").count();
+        let mut child = Command::new(fulcrum_bin())
+            .args(["run", "-c"])
+            .arg(&path)
+            .env("FULCRUM_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn fulcrum");
+        let lines = pipe_lines(child.stderr.take().unwrap());
+        let mut listeners = HashMap::new();
+        while listeners.len() < expected {
+            let line = lines
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| {
+                    panic!("fulcrum did not announce its listeners; got {listeners:?}")
+                });
+            if let Some(rest) = line.strip_prefix("fulcrum: listener `") {
+                let (name, rest) = rest.split_once('`').unwrap();
+                let addr = rest.rsplit("://").next().unwrap().trim().parse().unwrap();
+                listeners.insert(name.to_owned(), addr);
+            }
+        }
+        Proxy {
+            child,
+            listeners,
+            dir,
+            config_path: path,
+            lines,
+        }
+    }
+
+    /// The address of listener `name`.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.listeners[name]
+    }
+
+    /// Stderr lines printed so far.
+    pub fn drain_output(&self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Forwards a child's output lines to a channel (and keeps the pipe drained).
+pub fn pipe_lines(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Starts `n` plain backends named b0.. with the given latencies.
+pub async fn backends(latencies: &[&str]) -> Vec<RunningBackend> {
+    let mut out = Vec::new();
+    for (i, l) in latencies.iter().enumerate() {
+        let mut opts = BackendOptions::new(format!("b{i}"));
+        opts.latency = l.parse().unwrap();
+        out.push(spawn_backend(opts).await.unwrap());
+    }
+    out
+}
+
+/// A `[cluster.app]` block listing the backends with weights.
+pub fn cluster_block(name: &str, algorithm: &str, backends: &[(SocketAddr, u32)]) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|(a, w)| format!("  {{ address = \"{a}\", weight = {w} }},"))
+        .collect();
+    format!(
+        "[cluster.{name}]\nalgorithm = \"{algorithm}\"\nbackends = [\n{}\n]\n",
+        list.join("\n")
+    )
+}
+
+/// One listener on port 0 sending everything to `app`, plus `clusters`.
+pub fn simple_config(clusters: &str) -> String {
+    format!("[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\ncluster = \"app\"\n\n{clusters}")
+}
+
+/// An HTTP/1.1 keep-alive client.
+pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2c_client() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn backend(&self) -> Option<&str> {
+        self.headers.get("x-backend").and_then(|v| v.to_str().ok())
+    }
+}
+
+/// GET `path` through the proxy, bounded by 15 s.
+pub async fn get(client: &HttpClient, addr: SocketAddr, path: &str) -> Answer {
+    send(
+        client,
+        http::Request::get(format!("http://{addr}{path}"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+}
+
+/// Sends a request, reading the whole answer, bounded by 15 s.
+pub async fn send(client: &HttpClient, req: http::Request<Full<Bytes>>) -> Answer {
+    let fut = async {
+        let resp = client.request(req).await.expect("request failed");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), fut)
+        .await
+        .expect("request hung for 15 s")
+}
+
+/// Counts answers per backend name.
+pub fn tally<'a>(answers: impl IntoIterator<Item = &'a Answer>) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for a in answers {
+        *m.entry(a.backend().unwrap_or("-").to_owned()).or_insert(0) += 1;
+    }
+    m
+}
