@@ -70,8 +70,9 @@ impl fmt::Display for AdminState {
 /// Run-time state of one backend, shared by every snapshot that contains it.
 #[derive(Debug)]
 pub struct BackendState {
-    /// Live load signals.
-    pub load: Load,
+    /// Live load signals (shared so an [`InFlightGuard`](crate::InFlightGuard)
+    /// can outlive the snapshot: `state.load.start()`).
+    pub load: Arc<Load>,
     healthy: AtomicBool,
     /// Start of the slow-start window ([`Nanos`]); 0 means "no ramp".
     ramp_since: AtomicU64,
@@ -87,7 +88,7 @@ impl BackendState {
     /// A healthy backend with no history.
     pub fn new() -> Self {
         Self {
-            load: Load::new(),
+            load: Arc::new(Load::new()),
             healthy: AtomicBool::new(true),
             ramp_since: AtomicU64::new(0),
         }

@@ -231,7 +231,10 @@ mod tests {
         assert_eq!(load.latency_estimate(), Some(100.0 * MILLISECOND as f64));
         load.observe(3 * MILLISECOND, MILLISECOND, Outcome::Success, tau);
         let est = load.latency_estimate().unwrap();
-        assert!(est > 99.0 * MILLISECOND as f64, "a fast sample barely moves a peak: {est}");
+        assert!(
+            est > 99.0 * MILLISECOND as f64,
+            "a fast sample barely moves a peak: {est}"
+        );
     }
 
     #[test]

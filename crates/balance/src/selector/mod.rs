@@ -23,9 +23,20 @@ use std::str::FromStr;
 use crate::backend::{BackendId, BackendSet};
 use crate::Nanos;
 
+mod least_conn;
+mod p2c;
+mod random;
 mod round_robin;
+mod sampling;
+mod weight_table;
+mod weighted_round_robin;
 
+pub use least_conn::LeastConn;
+pub use p2c::P2c;
+pub use random::Random;
 pub use round_robin::RoundRobin;
+pub use weight_table::WeightTable;
+pub use weighted_round_robin::WeightedRoundRobin;
 
 /// Everything about the current request a selector may look at.
 #[derive(Debug)]
@@ -66,6 +77,44 @@ pub trait Selector: Send + Sync + fmt::Debug {
 
     /// Picks a candidate backend, or `None` when there is none.
     fn pick(&self, set: &BackendSet, ctx: &mut PickContext<'_>) -> Option<BackendId>;
+
+    /// Picks like [`pick`](Selector::pick) and appends a one-line,
+    /// human-readable account of the decision to `out`, e.g.
+    /// `peak-ewma; picked=10.0.0.1:80; candidates=10.0.0.1:80 cost=1.2ms, 10.0.0.2:80 cost=30ms`.
+    ///
+    /// For the `x-fulcrum-debug` response header only: it may allocate and
+    /// may be slower than `pick`. The default names the pick; selectors that
+    /// compare scores list the candidates they considered (at most
+    /// [`EXPLAIN_MAX_CANDIDATES`]).
+    fn explain(
+        &self,
+        set: &BackendSet,
+        ctx: &mut PickContext<'_>,
+        out: &mut String,
+    ) -> Option<BackendId> {
+        let picked = self.pick(set, ctx);
+        write_header(out, self.name(), set, picked);
+        picked
+    }
+}
+
+/// Most candidates an [`explain`](Selector::explain) line lists, so a debug
+/// header stays a header even for a cluster of thousands.
+pub const EXPLAIN_MAX_CANDIDATES: usize = 16;
+
+/// Writes `name; picked=ADDRESS` (or `picked=none`).
+pub(crate) fn write_header(
+    out: &mut String,
+    name: &str,
+    set: &BackendSet,
+    picked: Option<BackendId>,
+) {
+    out.push_str(name);
+    out.push_str("; picked=");
+    match picked {
+        Some(id) => out.push_str(&set.get(id).address),
+        None => out.push_str("none"),
+    }
 }
 
 /// Tunables shared by the selectors; each uses the ones it needs.
@@ -89,6 +138,14 @@ impl Default for SelectorConfig {
 pub enum Algorithm {
     /// Each candidate in turn.
     RoundRobin,
+    /// Smooth weighted round-robin (NGINX).
+    WeightedRoundRobin,
+    /// Fewest in flight per unit of weight, full scan.
+    LeastConn,
+    /// Weighted random.
+    Random,
+    /// Power of two choices on in-flight per weight.
+    P2c,
 }
 
 /// The error for an algorithm name Fulcrum does not know.
@@ -101,10 +158,22 @@ pub struct UnknownAlgorithm {
 
 impl Algorithm {
     /// Every algorithm, in documentation order.
-    pub const ALL: &'static [Algorithm] = &[Algorithm::RoundRobin];
+    pub const ALL: &'static [Algorithm] = &[
+        Algorithm::RoundRobin,
+        Algorithm::WeightedRoundRobin,
+        Algorithm::LeastConn,
+        Algorithm::Random,
+        Algorithm::P2c,
+    ];
 
     /// Every configuration name, in documentation order.
-    pub const NAMES: &'static [&'static str] = &["round-robin"];
+    pub const NAMES: &'static [&'static str] = &[
+        "round-robin",
+        "weighted-round-robin",
+        "least-conn",
+        "random",
+        "p2c",
+    ];
 
     /// The algorithm used when a cluster names none.
     pub const DEFAULT: Algorithm = Algorithm::RoundRobin;
@@ -113,14 +182,22 @@ impl Algorithm {
     pub fn name(self) -> &'static str {
         match self {
             Algorithm::RoundRobin => "round-robin",
+            Algorithm::WeightedRoundRobin => "weighted-round-robin",
+            Algorithm::LeastConn => "least-conn",
+            Algorithm::Random => "random",
+            Algorithm::P2c => "p2c",
         }
     }
 
     /// Builds a selector for `set`.
     pub fn build(self, set: &BackendSet, config: &SelectorConfig) -> Box<dyn Selector> {
-        let _ = (set, config);
+        let _ = config;
         match self {
             Algorithm::RoundRobin => Box::new(RoundRobin::new()),
+            Algorithm::WeightedRoundRobin => Box::new(WeightedRoundRobin::new(set)),
+            Algorithm::LeastConn => Box::new(LeastConn::new()),
+            Algorithm::Random => Box::new(Random::new(set)),
+            Algorithm::P2c => Box::new(P2c::new()),
         }
     }
 }
@@ -142,6 +219,9 @@ impl fmt::Display for Algorithm {
         f.write_str(self.name())
     }
 }
+
+#[cfg(test)]
+mod properties;
 
 #[cfg(test)]
 pub(crate) mod testing {
