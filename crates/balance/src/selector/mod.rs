@@ -25,6 +25,7 @@ use crate::Nanos;
 
 mod least_conn;
 mod p2c;
+mod peak_ewma;
 mod random;
 mod round_robin;
 mod sampling;
@@ -33,6 +34,7 @@ mod weighted_round_robin;
 
 pub use least_conn::LeastConn;
 pub use p2c::P2c;
+pub use peak_ewma::{PeakEwma, DEFAULT_ERROR_PENALTY};
 pub use random::Random;
 pub use round_robin::RoundRobin;
 pub use weight_table::WeightTable;
@@ -123,12 +125,17 @@ pub struct SelectorConfig {
     /// τ of the peak-EWMA latency average. Finagle's default is 10 s:
     /// long enough to remember a slow backend, short enough to forgive it.
     pub decay: Nanos,
+    /// `k` in the error penalty `1 + k × error_rate` that multiplies a
+    /// backend's cost in `peak-ewma` and `prequal` (see
+    /// [`DEFAULT_ERROR_PENALTY`] for why 100).
+    pub error_penalty: f64,
 }
 
 impl Default for SelectorConfig {
     fn default() -> Self {
         Self {
             decay: 10 * crate::SECOND,
+            error_penalty: DEFAULT_ERROR_PENALTY,
         }
     }
 }
@@ -146,6 +153,8 @@ pub enum Algorithm {
     Random,
     /// Power of two choices on in-flight per weight.
     P2c,
+    /// Power of two choices on peak-EWMA latency × (in-flight + 1) (Finagle).
+    PeakEwma,
 }
 
 /// The error for an algorithm name Fulcrum does not know.
@@ -164,6 +173,7 @@ impl Algorithm {
         Algorithm::LeastConn,
         Algorithm::Random,
         Algorithm::P2c,
+        Algorithm::PeakEwma,
     ];
 
     /// Every configuration name, in documentation order.
@@ -173,10 +183,13 @@ impl Algorithm {
         "least-conn",
         "random",
         "p2c",
+        "peak-ewma",
     ];
 
-    /// The algorithm used when a cluster names none.
-    pub const DEFAULT: Algorithm = Algorithm::RoundRobin;
+    /// The algorithm used when a cluster names none: `peak-ewma`, which
+    /// reacts to slow, queued and failing backends alike at O(1) per pick,
+    /// and degrades to plain power-of-two-choices when latencies are equal.
+    pub const DEFAULT: Algorithm = Algorithm::PeakEwma;
 
     /// The configuration name.
     pub fn name(self) -> &'static str {
@@ -186,18 +199,19 @@ impl Algorithm {
             Algorithm::LeastConn => "least-conn",
             Algorithm::Random => "random",
             Algorithm::P2c => "p2c",
+            Algorithm::PeakEwma => "peak-ewma",
         }
     }
 
     /// Builds a selector for `set`.
     pub fn build(self, set: &BackendSet, config: &SelectorConfig) -> Box<dyn Selector> {
-        let _ = config;
         match self {
             Algorithm::RoundRobin => Box::new(RoundRobin::new()),
             Algorithm::WeightedRoundRobin => Box::new(WeightedRoundRobin::new(set)),
             Algorithm::LeastConn => Box::new(LeastConn::new()),
             Algorithm::Random => Box::new(Random::new(set)),
             Algorithm::P2c => Box::new(P2c::new()),
+            Algorithm::PeakEwma => Box::new(PeakEwma::new(set, config)),
         }
     }
 }
