@@ -26,6 +26,7 @@ use crate::Nanos;
 mod least_conn;
 mod p2c;
 mod peak_ewma;
+mod prequal;
 mod random;
 mod round_robin;
 mod sampling;
@@ -35,6 +36,7 @@ mod weighted_round_robin;
 pub use least_conn::LeastConn;
 pub use p2c::P2c;
 pub use peak_ewma::{PeakEwma, DEFAULT_ERROR_PENALTY};
+pub use prequal::{Prequal, DEFAULT_MAX_AGE, DEFAULT_PROBES, DEFAULT_Q_RIF, POOL_SIZE};
 pub use random::Random;
 pub use round_robin::RoundRobin;
 pub use weight_table::WeightTable;
@@ -129,6 +131,17 @@ pub struct SelectorConfig {
     /// backend's cost in `peak-ewma` and `prequal` (see
     /// [`DEFAULT_ERROR_PENALTY`] for why 100).
     pub error_penalty: f64,
+    /// `prequal`'s hot/cold quantile Q_RIF (paper default 0.84, see
+    /// [`DEFAULT_Q_RIF`]).
+    pub prequal_q_rif: f64,
+    /// `prequal`'s probes per pick, r_probe (default 3, at most 8).
+    pub prequal_probes: u32,
+    /// Age after which a `prequal` probe is no longer used (default 1 s).
+    pub prequal_max_age: Nanos,
+    /// Age after which a backend's own load report (ORCA) is ignored.
+    /// Default 30 s: three of gRPC's default 10 s out-of-band report periods,
+    /// so one lost report does not drop the signal.
+    pub report_max_age: Nanos,
 }
 
 impl Default for SelectorConfig {
@@ -136,6 +149,10 @@ impl Default for SelectorConfig {
         Self {
             decay: 10 * crate::SECOND,
             error_penalty: DEFAULT_ERROR_PENALTY,
+            prequal_q_rif: DEFAULT_Q_RIF,
+            prequal_probes: DEFAULT_PROBES,
+            prequal_max_age: DEFAULT_MAX_AGE,
+            report_max_age: 30 * crate::SECOND,
         }
     }
 }
@@ -155,6 +172,8 @@ pub enum Algorithm {
     P2c,
     /// Power of two choices on peak-EWMA latency × (in-flight + 1) (Finagle).
     PeakEwma,
+    /// Probe pool + hot-cold lexicographic rule (Prequal, NSDI'24).
+    Prequal,
 }
 
 /// The error for an algorithm name Fulcrum does not know.
@@ -174,6 +193,7 @@ impl Algorithm {
         Algorithm::Random,
         Algorithm::P2c,
         Algorithm::PeakEwma,
+        Algorithm::Prequal,
     ];
 
     /// Every configuration name, in documentation order.
@@ -184,6 +204,7 @@ impl Algorithm {
         "random",
         "p2c",
         "peak-ewma",
+        "prequal",
     ];
 
     /// The algorithm used when a cluster names none: `peak-ewma`, which
@@ -200,6 +221,7 @@ impl Algorithm {
             Algorithm::Random => "random",
             Algorithm::P2c => "p2c",
             Algorithm::PeakEwma => "peak-ewma",
+            Algorithm::Prequal => "prequal",
         }
     }
 
@@ -212,6 +234,7 @@ impl Algorithm {
             Algorithm::Random => Box::new(Random::new(set)),
             Algorithm::P2c => Box::new(P2c::new()),
             Algorithm::PeakEwma => Box::new(PeakEwma::new(set, config)),
+            Algorithm::Prequal => Box::new(Prequal::new(set, config)),
         }
     }
 }
