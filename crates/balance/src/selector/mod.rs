@@ -23,21 +23,28 @@ use std::str::FromStr;
 use crate::backend::{BackendId, BackendSet};
 use crate::Nanos;
 
+mod bounded_load;
+mod hashing;
 mod least_conn;
+mod maglev;
 mod p2c;
 mod peak_ewma;
 mod prequal;
 mod random;
+mod ring_hash;
 mod round_robin;
 mod sampling;
 mod weight_table;
 mod weighted_round_robin;
 
+pub use bounded_load::{BoundedLoad, DEFAULT_BALANCE_FACTOR};
 pub use least_conn::LeastConn;
+pub use maglev::Maglev;
 pub use p2c::P2c;
 pub use peak_ewma::{PeakEwma, DEFAULT_ERROR_PENALTY};
 pub use prequal::{Prequal, DEFAULT_MAX_AGE, DEFAULT_PROBES, DEFAULT_Q_RIF, POOL_SIZE};
 pub use random::Random;
+pub use ring_hash::RingHash;
 pub use round_robin::RoundRobin;
 pub use weight_table::WeightTable;
 pub use weighted_round_robin::WeightedRoundRobin;
@@ -142,6 +149,10 @@ pub struct SelectorConfig {
     /// Default 30 s: three of gRPC's default 10 s out-of-band report periods,
     /// so one lost report does not drop the signal.
     pub report_max_age: Nanos,
+    /// Bounded-load factor c of `ring-hash` and `maglev`: a backend takes a
+    /// key only while below `c ×` its fair share of the requests in flight
+    /// (default 1.25, see [`DEFAULT_BALANCE_FACTOR`]).
+    pub hash_balance_factor: f64,
 }
 
 impl Default for SelectorConfig {
@@ -153,6 +164,7 @@ impl Default for SelectorConfig {
             prequal_probes: DEFAULT_PROBES,
             prequal_max_age: DEFAULT_MAX_AGE,
             report_max_age: 30 * crate::SECOND,
+            hash_balance_factor: DEFAULT_BALANCE_FACTOR,
         }
     }
 }
@@ -174,6 +186,10 @@ pub enum Algorithm {
     PeakEwma,
     /// Probe pool + hot-cold lexicographic rule (Prequal, NSDI'24).
     Prequal,
+    /// Consistent hashing on a ring, with bounded load.
+    RingHash,
+    /// Maglev lookup-table hashing, with bounded load.
+    Maglev,
 }
 
 /// The error for an algorithm name Fulcrum does not know.
@@ -194,6 +210,8 @@ impl Algorithm {
         Algorithm::P2c,
         Algorithm::PeakEwma,
         Algorithm::Prequal,
+        Algorithm::RingHash,
+        Algorithm::Maglev,
     ];
 
     /// Every configuration name, in documentation order.
@@ -205,6 +223,8 @@ impl Algorithm {
         "p2c",
         "peak-ewma",
         "prequal",
+        "ring-hash",
+        "maglev",
     ];
 
     /// The algorithm used when a cluster names none: `peak-ewma`, which
@@ -222,6 +242,8 @@ impl Algorithm {
             Algorithm::P2c => "p2c",
             Algorithm::PeakEwma => "peak-ewma",
             Algorithm::Prequal => "prequal",
+            Algorithm::RingHash => "ring-hash",
+            Algorithm::Maglev => "maglev",
         }
     }
 
@@ -235,6 +257,8 @@ impl Algorithm {
             Algorithm::P2c => Box::new(P2c::new()),
             Algorithm::PeakEwma => Box::new(PeakEwma::new(set, config)),
             Algorithm::Prequal => Box::new(Prequal::new(set, config)),
+            Algorithm::RingHash => Box::new(RingHash::new(set, config)),
+            Algorithm::Maglev => Box::new(Maglev::new(set, config)),
         }
     }
 }

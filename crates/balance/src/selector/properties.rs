@@ -231,3 +231,87 @@ fn slow_start_lowers_a_ramping_backends_share() {
         assert!(b.abs_diff(909) < 150, "{alg}: {b}");
     }
 }
+
+/// The backend address each of `keys` maps to (nothing in flight).
+fn owners(alg: Algorithm, addresses: &[String], keys: u64) -> Vec<String> {
+    let set = BackendSet::new(
+        addresses
+            .iter()
+            .map(|a| Backend::new(a.clone(), 1))
+            .collect(),
+    );
+    let selector = alg.build(&set, &SelectorConfig::default());
+    let mut rng = fastrand::Rng::with_seed(1);
+    (0..keys)
+        .map(|k| {
+            let mut ctx = PickContext::new(1, &mut rng);
+            ctx.key = Some(k);
+            set.get(selector.pick(&set, &mut ctx).unwrap())
+                .address
+                .clone()
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(8))]
+
+    #[test]
+    fn hashing_selectors_remap_about_one_nth_when_a_backend_leaves(
+        n in 5usize..30,
+        removed in any::<prop::sample::Index>(),
+    ) {
+        let keys = 10_000;
+        let all: Vec<String> = (0..n).map(|i| format!("10.1.{}.{}:443", i / 7, i * 13)).collect();
+        let gone = removed.index(n);
+        let rest: Vec<String> = all.iter().enumerate().filter(|&(i, _)| i != gone).map(|(_, a)| a.clone()).collect();
+        for alg in [Algorithm::RingHash, Algorithm::Maglev] {
+            let before = owners(alg, &all, keys);
+            let after = owners(alg, &rest, keys);
+            let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count() as f64 / keys as f64;
+            let bound = 1.5 / n as f64 + 0.02;
+            prop_assert!(moved <= bound, "{} moved {} of keys, bound {}", alg, moved, bound);
+            // Keys that did not belong to the removed backend stay (ring: all; maglev: nearly all).
+            let strays = before.iter().zip(&after).filter(|(b, a)| b != a && **b != all[gone]).count();
+            prop_assert!(strays as f64 / keys as f64 <= 0.02, "{} moved {} other keys", alg, strays);
+        }
+    }
+
+    #[test]
+    fn hashing_selectors_keep_every_backend_under_the_load_bound(
+        n in 2usize..12,
+        hot_keys in 1u64..4,
+        seed in any::<u64>(),
+    ) {
+        for alg in [Algorithm::RingHash, Algorithm::Maglev] {
+            let set = BackendSet::new((0..n).map(|i| Backend::new(format!("b{i}"), 1)).collect());
+            let selector = alg.build(&set, &SelectorConfig::default());
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let mut guards = Vec::new();
+            for _ in 0..300 {
+                // Heavily skewed keys: a few hot ones.
+                let key = rng.u64(0..hot_keys);
+                let total: u32 = set.backends().iter().map(|b| b.state.load.in_flight()).sum();
+                let limit = (1.25 * f64::from(total + 1) / n as f64).ceil() as u32;
+                let mut ctx = PickContext::new(1, &mut rng);
+                ctx.key = Some(key);
+                let id = selector.pick(&set, &mut ctx).unwrap();
+                let load = &set.get(id).state.load;
+                prop_assert!(load.in_flight() < limit, "{}: {} in flight, limit {}", alg, load.in_flight(), limit);
+                guards.push(load.start());
+            }
+        }
+    }
+}
+
+#[test]
+fn hashing_selectors_keep_a_key_on_its_backend() {
+    let addresses: Vec<String> = (0..10).map(|i| format!("b{i}")).collect();
+    for alg in [Algorithm::RingHash, Algorithm::Maglev] {
+        let a = owners(alg, &addresses, 1000);
+        let b = owners(alg, &addresses, 1000);
+        assert_eq!(a, b, "{alg}");
+        let distinct: std::collections::HashSet<_> = a.iter().collect();
+        assert_eq!(distinct.len(), 10, "{alg} spreads keys over every backend");
+    }
+}
