@@ -70,7 +70,8 @@ impl fmt::Display for AdminState {
 /// Run-time state of one backend, shared by every snapshot that contains it.
 #[derive(Debug)]
 pub struct BackendState {
-    /// Live load signals (an `Arc` so [`InFlightGuard`](crate::InFlightGuard)s can own a handle).
+    /// Live load signals (shared so an [`InFlightGuard`](crate::InFlightGuard)
+    /// can outlive the snapshot: `state.load.start()`).
     pub load: Arc<Load>,
     healthy: AtomicBool,
     /// Start of the slow-start window ([`Nanos`]); 0 means "no ramp".

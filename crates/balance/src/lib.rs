@@ -14,12 +14,14 @@
 //! * **are they usable** — [`AdminState`] (operator intent) and the probe
 //!   health bit in [`BackendState`], kept separate;
 //! * **how loaded** — [`Load`], lock-free atomics updated through
-//!   [`InFlightGuard`]s and latency observations;
+//!   [`InFlightGuard`]s and latency observations, and backends' own load
+//!   reports ([`orca`]);
 //! * **which one** — a [`Selector`], built from an [`Algorithm`] for each
 //!   snapshot.
 
 pub mod backend;
 pub mod load;
+pub mod orca;
 pub mod selector;
 
 pub use backend::{AdminState, Backend, BackendId, BackendSet, BackendState};

@@ -158,6 +158,20 @@ impl Load {
         load_f64(&self.error_rate)
     }
 
+    /// The error rate decayed toward zero for the time since the last
+    /// observation, with the same τ as the latency: a backend that failed
+    /// and was then avoided (so produced no successes to lower its rate) is
+    /// forgiven with time and tried again.
+    #[inline]
+    pub fn decayed_error_rate(&self, now: Nanos, decay: Nanos) -> f64 {
+        let e = load_f64(&self.error_rate);
+        if e == 0.0 {
+            return 0.0;
+        }
+        let at = self.ewma_at.load(Ordering::Relaxed);
+        e * blend_weight(now.saturating_sub(at), decay)
+    }
+
     /// Records a load report from the backend itself (e.g. ORCA utilisation).
     pub fn report(&self, now: Nanos, utilisation: f64) {
         if utilisation.is_finite() && utilisation >= 0.0 {
@@ -245,6 +259,15 @@ mod tests {
         }
         assert!(load.error_rate() > 0.9);
         assert_eq!(load.failures(), 20);
+    }
+
+    #[test]
+    fn error_rate_is_forgiven_with_time() {
+        let load = Load::new();
+        load.observe(0, MILLISECOND, Outcome::Failure, SECOND_TAU);
+        let fresh = load.decayed_error_rate(0, SECOND_TAU);
+        assert!(fresh > 0.1);
+        assert!(load.decayed_error_rate(5 * SECOND_TAU, SECOND_TAU) < fresh / 100.0);
     }
 
     const SECOND_TAU: Nanos = crate::SECOND;

@@ -23,9 +23,31 @@ use std::str::FromStr;
 use crate::backend::{BackendId, BackendSet};
 use crate::Nanos;
 
+mod bounded_load;
+mod hashing;
+mod least_conn;
+mod maglev;
+mod p2c;
+mod peak_ewma;
+mod prequal;
+mod random;
+mod ring_hash;
 mod round_robin;
+mod sampling;
+mod weight_table;
+mod weighted_round_robin;
 
+pub use bounded_load::{BoundedLoad, DEFAULT_BALANCE_FACTOR};
+pub use least_conn::LeastConn;
+pub use maglev::Maglev;
+pub use p2c::P2c;
+pub use peak_ewma::{PeakEwma, DEFAULT_ERROR_PENALTY};
+pub use prequal::{Prequal, DEFAULT_MAX_AGE, DEFAULT_PROBES, DEFAULT_Q_RIF, POOL_SIZE};
+pub use random::Random;
+pub use ring_hash::RingHash;
 pub use round_robin::RoundRobin;
+pub use weight_table::WeightTable;
+pub use weighted_round_robin::WeightedRoundRobin;
 
 /// Everything about the current request a selector may look at.
 #[derive(Debug)]
@@ -66,6 +88,44 @@ pub trait Selector: Send + Sync + fmt::Debug {
 
     /// Picks a candidate backend, or `None` when there is none.
     fn pick(&self, set: &BackendSet, ctx: &mut PickContext<'_>) -> Option<BackendId>;
+
+    /// Picks like [`pick`](Selector::pick) and appends a one-line,
+    /// human-readable account of the decision to `out`, e.g.
+    /// `peak-ewma; picked=10.0.0.1:80; candidates=10.0.0.1:80 cost=1.2ms, 10.0.0.2:80 cost=30ms`.
+    ///
+    /// For the `x-fulcrum-debug` response header only: it may allocate and
+    /// may be slower than `pick`. The default names the pick; selectors that
+    /// compare scores list the candidates they considered (at most
+    /// [`EXPLAIN_MAX_CANDIDATES`]).
+    fn explain(
+        &self,
+        set: &BackendSet,
+        ctx: &mut PickContext<'_>,
+        out: &mut String,
+    ) -> Option<BackendId> {
+        let picked = self.pick(set, ctx);
+        write_header(out, self.name(), set, picked);
+        picked
+    }
+}
+
+/// Most candidates an [`explain`](Selector::explain) line lists, so a debug
+/// header stays a header even for a cluster of thousands.
+pub const EXPLAIN_MAX_CANDIDATES: usize = 16;
+
+/// Writes `name; picked=ADDRESS` (or `picked=none`).
+pub(crate) fn write_header(
+    out: &mut String,
+    name: &str,
+    set: &BackendSet,
+    picked: Option<BackendId>,
+) {
+    out.push_str(name);
+    out.push_str("; picked=");
+    match picked {
+        Some(id) => out.push_str(&set.get(id).address),
+        None => out.push_str("none"),
+    }
 }
 
 /// Tunables shared by the selectors; each uses the ones it needs.
@@ -74,12 +134,37 @@ pub struct SelectorConfig {
     /// τ of the peak-EWMA latency average. Finagle's default is 10 s:
     /// long enough to remember a slow backend, short enough to forgive it.
     pub decay: Nanos,
+    /// `k` in the error penalty `1 + k × error_rate` that multiplies a
+    /// backend's cost in `peak-ewma` and `prequal` (see
+    /// [`DEFAULT_ERROR_PENALTY`] for why 100).
+    pub error_penalty: f64,
+    /// `prequal`'s hot/cold quantile Q_RIF (paper default 0.84, see
+    /// [`DEFAULT_Q_RIF`]).
+    pub prequal_q_rif: f64,
+    /// `prequal`'s probes per pick, r_probe (default 3, at most 8).
+    pub prequal_probes: u32,
+    /// Age after which a `prequal` probe is no longer used (default 1 s).
+    pub prequal_max_age: Nanos,
+    /// Age after which a backend's own load report (ORCA) is ignored.
+    /// Default 30 s: three of gRPC's default 10 s out-of-band report periods,
+    /// so one lost report does not drop the signal.
+    pub report_max_age: Nanos,
+    /// Bounded-load factor c of `ring-hash` and `maglev`: a backend takes a
+    /// key only while below `c ×` its fair share of the requests in flight
+    /// (default 1.25, see [`DEFAULT_BALANCE_FACTOR`]).
+    pub hash_balance_factor: f64,
 }
 
 impl Default for SelectorConfig {
     fn default() -> Self {
         Self {
             decay: 10 * crate::SECOND,
+            error_penalty: DEFAULT_ERROR_PENALTY,
+            prequal_q_rif: DEFAULT_Q_RIF,
+            prequal_probes: DEFAULT_PROBES,
+            prequal_max_age: DEFAULT_MAX_AGE,
+            report_max_age: 30 * crate::SECOND,
+            hash_balance_factor: DEFAULT_BALANCE_FACTOR,
         }
     }
 }
@@ -89,6 +174,22 @@ impl Default for SelectorConfig {
 pub enum Algorithm {
     /// Each candidate in turn.
     RoundRobin,
+    /// Smooth weighted round-robin (NGINX).
+    WeightedRoundRobin,
+    /// Fewest in flight per unit of weight, full scan.
+    LeastConn,
+    /// Weighted random.
+    Random,
+    /// Power of two choices on in-flight per weight.
+    P2c,
+    /// Power of two choices on peak-EWMA latency × (in-flight + 1) (Finagle).
+    PeakEwma,
+    /// Probe pool + hot-cold lexicographic rule (Prequal, NSDI'24).
+    Prequal,
+    /// Consistent hashing on a ring, with bounded load.
+    RingHash,
+    /// Maglev lookup-table hashing, with bounded load.
+    Maglev,
 }
 
 /// The error for an algorithm name Fulcrum does not know.
@@ -101,26 +202,63 @@ pub struct UnknownAlgorithm {
 
 impl Algorithm {
     /// Every algorithm, in documentation order.
-    pub const ALL: &'static [Algorithm] = &[Algorithm::RoundRobin];
+    pub const ALL: &'static [Algorithm] = &[
+        Algorithm::RoundRobin,
+        Algorithm::WeightedRoundRobin,
+        Algorithm::LeastConn,
+        Algorithm::Random,
+        Algorithm::P2c,
+        Algorithm::PeakEwma,
+        Algorithm::Prequal,
+        Algorithm::RingHash,
+        Algorithm::Maglev,
+    ];
 
     /// Every configuration name, in documentation order.
-    pub const NAMES: &'static [&'static str] = &["round-robin"];
+    pub const NAMES: &'static [&'static str] = &[
+        "round-robin",
+        "weighted-round-robin",
+        "least-conn",
+        "random",
+        "p2c",
+        "peak-ewma",
+        "prequal",
+        "ring-hash",
+        "maglev",
+    ];
 
-    /// The algorithm used when a cluster names none.
-    pub const DEFAULT: Algorithm = Algorithm::RoundRobin;
+    /// The algorithm used when a cluster names none: `peak-ewma`, which
+    /// reacts to slow, queued and failing backends alike at O(1) per pick,
+    /// and degrades to plain power-of-two-choices when latencies are equal.
+    pub const DEFAULT: Algorithm = Algorithm::PeakEwma;
 
     /// The configuration name.
     pub fn name(self) -> &'static str {
         match self {
             Algorithm::RoundRobin => "round-robin",
+            Algorithm::WeightedRoundRobin => "weighted-round-robin",
+            Algorithm::LeastConn => "least-conn",
+            Algorithm::Random => "random",
+            Algorithm::P2c => "p2c",
+            Algorithm::PeakEwma => "peak-ewma",
+            Algorithm::Prequal => "prequal",
+            Algorithm::RingHash => "ring-hash",
+            Algorithm::Maglev => "maglev",
         }
     }
 
     /// Builds a selector for `set`.
     pub fn build(self, set: &BackendSet, config: &SelectorConfig) -> Box<dyn Selector> {
-        let _ = (set, config);
         match self {
             Algorithm::RoundRobin => Box::new(RoundRobin::new()),
+            Algorithm::WeightedRoundRobin => Box::new(WeightedRoundRobin::new(set)),
+            Algorithm::LeastConn => Box::new(LeastConn::new()),
+            Algorithm::Random => Box::new(Random::new(set)),
+            Algorithm::P2c => Box::new(P2c::new()),
+            Algorithm::PeakEwma => Box::new(PeakEwma::new(set, config)),
+            Algorithm::Prequal => Box::new(Prequal::new(set, config)),
+            Algorithm::RingHash => Box::new(RingHash::new(set, config)),
+            Algorithm::Maglev => Box::new(Maglev::new(set, config)),
         }
     }
 }
@@ -142,6 +280,9 @@ impl fmt::Display for Algorithm {
         f.write_str(self.name())
     }
 }
+
+#[cfg(test)]
+mod properties;
 
 #[cfg(test)]
 pub(crate) mod testing {

@@ -1,0 +1,460 @@
+//! Prequal: probe pool + hot-cold lexicographic rule (Wydrowski et al.,
+//! "Load is not what you should balance: Introducing Prequal", NSDI 2024).
+//!
+//! Prequal balances *latency and requests in flight (RIF)*, not CPU. In the
+//! paper clients send asynchronous probes to random servers; each answer
+//! `(RIF, latency estimate)` goes into a small pool that later queries reuse.
+//! A query then applies the **hot-cold lexicographic (HCL) rule**: a probe is
+//! *hot* when its RIF is above the `Q_RIF` quantile of the RIFs in the pool;
+//! among the *cold* probes take the lowest latency; if every probe were hot,
+//! take the lowest RIF. At YouTube it halved tail latency against weighted
+//! round-robin on CPU utilisation.
+//!
+//! Fulcrum has no probe RPC (yet): a *probe* reads the local [`Load`] view
+//! of a backend, which is exact for this proxy and free, and — when the
+//! backend reports its own utilisation (ORCA, [`Load::reported`]) — scales
+//! RIF by `1 + utilisation` so load other proxies put on the backend counts
+//! too: `rif = (in_flight + 1) × (1 + utilisation) − 1`. RIF is then divided
+//! by the backend's effective weight relative to the mean weight, so weights
+//! and slow start bias the rule. The latency estimate is the decayed peak
+//! EWMA with the same error penalty as [`PeakEwma`](super::PeakEwma), so a
+//! fail-fast backend does not look fast and cold (the paper's "error
+//! aversion" against sinkholing).
+//!
+//! The pool mechanics follow the paper:
+//!
+//! * each pick takes [`SelectorConfig::prequal_probes`] probes (default 3,
+//!   the paper's r_probe; 2–3 is "ideal") of random candidates drawn by
+//!   effective weight, and stores them in a pool of [`POOL_SIZE`] = 16;
+//!   a probe of a backend already pooled refreshes its entry;
+//! * an entry expires after [`SelectorConfig::prequal_max_age`] (default
+//!   1 s — our choice: local probes are refreshed several times per pick, so
+//!   only a quiet cluster keeps entries that long) or after
+//!   `b_reuse = 1 + 1 / ((1 − m/n)·r_probe − r_remove)` uses (the paper's
+//!   reuse budget with δ = 1 and r_remove = 1; unbounded when the pool can
+//!   hold every backend, m ≥ n, where expiry and refreshes keep it current);
+//!   each use adds one to the entry's RIF, as the request it sent will;
+//! * when the pool is full a new probe replaces, alternately, the oldest
+//!   entry and the worst (hottest) one, so the pool neither fills with hot
+//!   backends nor keeps stale ones.
+//!
+//! `Q_RIF` defaults to the paper's **0.84** ([`DEFAULT_Q_RIF`]). prequal-rs
+//! uses 0.6 because 0.84 "herded onto few replicas at high load" in its
+//! simulation; the recommended range is 0.6–0.9. It is configurable
+//! ([`SelectorConfig::prequal_q_rif`]) so the simulator can compare.
+//!
+//! **Concurrency.** `pick` takes `&self` and must be lock-free, so the pool
+//! is a fixed array of atomics. An entry is three words (backend and uses;
+//! RIF and latency as two `f32`s; time) written as "clear, write, publish"
+//! and read with a re-check of the first word, so a reader never mixes two
+//! backends' readings. Concurrent picks may evict the same slot or overshoot
+//! a reuse budget by one; like the races in [`Load`], that costs accuracy
+//! by at most one probe and never correctness (the pick is still a
+//! candidate). If no pooled entry is usable for this request (all excluded
+//! or just evicted by another thread), the cheapest fresh probe is taken.
+//!
+//! [`Load`]: crate::Load
+//! [`Load::reported`]: crate::Load::reported
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::peak_ewma::{Millis, PeakEwma};
+use super::weight_table::WeightTable;
+use super::{write_header, PickContext, Selector, SelectorConfig};
+use crate::backend::{AdminState, BackendId, BackendSet};
+use crate::Nanos;
+
+/// Probe pool size: the paper's 16.
+pub const POOL_SIZE: usize = 16;
+
+/// The paper's default hot/cold quantile.
+pub const DEFAULT_Q_RIF: f64 = 0.84;
+
+/// Probes per pick: the paper's r_probe ≈ 3.
+pub const DEFAULT_PROBES: u32 = 3;
+
+/// Most probes per pick accepted from the configuration (each costs a few
+/// atomic reads and a pool scan).
+pub const MAX_PROBES: u32 = 8;
+
+/// Default probe expiry: 1 s.
+pub const DEFAULT_MAX_AGE: Nanos = crate::SECOND;
+
+/// One pooled probe.
+#[derive(Debug, Default)]
+struct Slot {
+    /// `(backend id + 1) << 32 | uses`; 0 = empty.
+    meta: AtomicU64,
+    /// `rif as f32 bits << 32 | latency (ns) as f32 bits`.
+    sample: AtomicU64,
+    /// When the probe was taken.
+    at: AtomicU64,
+}
+
+/// A consistent reading of one slot.
+#[derive(Clone, Copy, Debug)]
+struct Probe {
+    slot: usize,
+    id: BackendId,
+    uses: u32,
+    rif: f32,
+    latency: f32,
+    at: Nanos,
+}
+
+impl Slot {
+    fn read(&self, slot: usize) -> Option<Probe> {
+        let meta = self.meta.load(Ordering::Acquire);
+        if meta == 0 {
+            return None;
+        }
+        let sample = self.sample.load(Ordering::Acquire);
+        let at = self.at.load(Ordering::Acquire);
+        if self.meta.load(Ordering::Acquire) >> 32 != meta >> 32 {
+            return None; // rewritten while we read
+        }
+        Some(Probe {
+            slot,
+            id: BackendId(((meta >> 32) - 1) as u32),
+            uses: meta as u32,
+            rif: f32::from_bits((sample >> 32) as u32),
+            latency: f32::from_bits(sample as u32),
+            at,
+        })
+    }
+
+    fn write(&self, id: BackendId, rif: f32, latency: f32, at: Nanos) {
+        self.meta.store(0, Ordering::Release);
+        self.sample.store(pack(rif, latency), Ordering::Release);
+        self.at.store(at, Ordering::Release);
+        self.meta
+            .store((u64::from(id.0) + 1) << 32, Ordering::Release);
+    }
+}
+
+fn pack(rif: f32, latency: f32) -> u64 {
+    (u64::from(rif.to_bits()) << 32) | u64::from(latency.to_bits())
+}
+
+/// Prequal over a pool of local probes.
+#[derive(Debug)]
+pub struct Prequal {
+    costs: PeakEwma,
+    table: WeightTable,
+    mean_weight: f64,
+    q_rif: f64,
+    probes: u32,
+    max_age: Nanos,
+    report_max_age: Nanos,
+    reuse_budget: u32,
+    pool: [Slot; POOL_SIZE],
+    /// Alternates eviction between oldest and worst.
+    turn: AtomicU64,
+}
+
+impl Prequal {
+    /// Builds the selector (and an empty pool) for `set`.
+    pub fn new(set: &BackendSet, config: &SelectorConfig) -> Self {
+        let weights: Vec<f64> = set
+            .backends()
+            .iter()
+            .filter(|b| b.admin == AdminState::Enabled && b.weight > 0)
+            .map(|b| f64::from(b.weight))
+            .collect();
+        let n = weights.len().max(1) as f64;
+        let mean_weight = (weights.iter().sum::<f64>() / n).max(1.0);
+        let probes = config.prequal_probes.clamp(1, MAX_PROBES);
+        let denominator = (1.0 - POOL_SIZE as f64 / n) * f64::from(probes) - 1.0;
+        let reuse_budget = if denominator > 0.0 {
+            (1.0 + 1.0 / denominator).round() as u32
+        } else {
+            u32::MAX
+        };
+        Self {
+            costs: PeakEwma::new(set, config),
+            table: WeightTable::new(set),
+            mean_weight,
+            q_rif: config.prequal_q_rif.clamp(0.0, 1.0),
+            probes,
+            max_age: config.prequal_max_age,
+            report_max_age: config.report_max_age,
+            reuse_budget,
+            pool: Default::default(),
+            turn: AtomicU64::new(0),
+        }
+    }
+
+    /// The reuse budget in force (uses per probe; `u32::MAX` = unbounded).
+    pub fn reuse_budget(&self) -> u32 {
+        self.reuse_budget
+    }
+
+    /// Probes `id` now: (RIF per relative weight, latency with error penalty).
+    fn probe(&self, set: &BackendSet, id: BackendId, now: Nanos) -> (f32, f32) {
+        let load = &set.get(id).state.load;
+        let mut rif = f64::from(load.in_flight());
+        if let Some(u) = load.reported(now, self.report_max_age) {
+            rif = (rif + 1.0) * (1.0 + u) - 1.0;
+        }
+        rif /= set.effective_weight(id, now) / self.mean_weight;
+        let latency = self.costs.latency(set, id, now) * self.costs.error_factor(set, id, now);
+        (rif as f32, latency as f32)
+    }
+
+    /// Puts a fresh probe of `id` in the pool.
+    fn store(&self, id: BackendId, rif: f32, latency: f32, now: Nanos) {
+        let mut target = None;
+        let mut oldest = (u64::MAX, 0);
+        let mut worst = (f32::NEG_INFINITY, 0);
+        for (k, slot) in self.pool.iter().enumerate() {
+            match slot.read(k) {
+                Some(p) if p.id == id => {
+                    target = Some(k);
+                    break;
+                }
+                Some(p) if !self.expired(&p, now) => {
+                    if p.at < oldest.0 {
+                        oldest = (p.at, k);
+                    }
+                    if p.rif > worst.0 {
+                        worst = (p.rif, k);
+                    }
+                }
+                _ => target = target.or(Some(k)),
+            }
+        }
+        let k = target.unwrap_or_else(|| {
+            if self.turn.fetch_add(1, Ordering::Relaxed) & 1 == 0 {
+                oldest.1
+            } else {
+                worst.1
+            }
+        });
+        self.pool[k].write(id, rif, latency, now);
+    }
+
+    fn expired(&self, p: &Probe, now: Nanos) -> bool {
+        now.saturating_sub(p.at) > self.max_age || p.uses >= self.reuse_budget
+    }
+
+    /// Takes this pick's probes; returns the cheapest one by the HCL order
+    /// as a fallback, or `None` when there is no candidate at all.
+    fn refresh(&self, set: &BackendSet, ctx: &mut PickContext<'_>) -> Option<BackendId> {
+        let mut fallback: Option<(BackendId, f32, f32)> = None;
+        for _ in 0..self.probes {
+            let id = self.table.draw(set, ctx)?;
+            let (rif, latency) = self.probe(set, id, ctx.now);
+            self.store(id, rif, latency, ctx.now);
+            match fallback {
+                Some((_, r, l)) if (r, l) <= (rif, latency) => {}
+                _ => fallback = Some((id, rif, latency)),
+            }
+        }
+        fallback.map(|(id, _, _)| id)
+    }
+
+    /// The usable pooled probes for this request, in a stack array.
+    fn usable(
+        &self,
+        set: &BackendSet,
+        ctx: &PickContext<'_>,
+    ) -> ([Option<Probe>; POOL_SIZE], usize) {
+        let mut out = [None; POOL_SIZE];
+        let mut m = 0;
+        for (k, slot) in self.pool.iter().enumerate() {
+            if let Some(p) = slot.read(k) {
+                if !self.expired(&p, ctx.now)
+                    && p.id.index() < set.len()
+                    && ctx.is_candidate(set, p.id)
+                {
+                    out[m] = Some(p);
+                    m += 1;
+                }
+            }
+        }
+        (out, m)
+    }
+
+    /// The HCL rule over `probes`: the hot threshold and the chosen probe.
+    fn hot_cold(&self, probes: &[Option<Probe>]) -> (f32, Option<Probe>) {
+        let mut rifs = [0f32; POOL_SIZE];
+        let m = probes.len();
+        for (r, p) in rifs.iter_mut().zip(probes.iter().flatten()) {
+            *r = p.rif;
+        }
+        let rifs = &mut rifs[..m];
+        rifs.sort_unstable_by(f32::total_cmp);
+        let threshold = rifs[((m - 1) as f64 * self.q_rif).round() as usize];
+        let probes = probes.iter().flatten();
+        let cold = probes
+            .clone()
+            .filter(|p| p.rif <= threshold)
+            .min_by(|a, b| {
+                a.latency
+                    .total_cmp(&b.latency)
+                    .then(a.rif.total_cmp(&b.rif))
+            });
+        let chosen = cold.or_else(|| probes.min_by(|a, b| a.rif.total_cmp(&b.rif)));
+        (threshold, chosen.copied())
+    }
+
+    /// Records a use of the chosen probe: one more use, one more request in flight.
+    fn use_probe(&self, p: &Probe) {
+        let slot = &self.pool[p.slot];
+        let meta = slot.meta.load(Ordering::Relaxed);
+        if meta >> 32 == u64::from(p.id.0) + 1 {
+            let _ = slot
+                .meta
+                .compare_exchange(meta, meta + 1, Ordering::AcqRel, Ordering::Relaxed);
+            let _ = slot.sample.compare_exchange(
+                pack(p.rif, p.latency),
+                pack(p.rif + 1.0, p.latency),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
+    }
+}
+
+impl Selector for Prequal {
+    fn name(&self) -> &'static str {
+        "prequal"
+    }
+
+    fn pick(&self, set: &BackendSet, ctx: &mut PickContext<'_>) -> Option<BackendId> {
+        let fallback = self.refresh(set, ctx)?;
+        let (probes, m) = self.usable(set, ctx);
+        if m == 0 {
+            return Some(fallback);
+        }
+        match self.hot_cold(&probes[..m]).1 {
+            Some(p) => {
+                self.use_probe(&p);
+                Some(p.id)
+            }
+            None => Some(fallback),
+        }
+    }
+
+    fn explain(
+        &self,
+        set: &BackendSet,
+        ctx: &mut PickContext<'_>,
+        out: &mut String,
+    ) -> Option<BackendId> {
+        let Some(fallback) = self.refresh(set, ctx) else {
+            write_header(out, self.name(), set, None);
+            return None;
+        };
+        let (probes, m) = self.usable(set, ctx);
+        let (threshold, chosen) = if m == 0 {
+            (0.0, None)
+        } else {
+            self.hot_cold(&probes[..m])
+        };
+        let picked = chosen.map_or(fallback, |p| p.id);
+        if let Some(p) = &chosen {
+            self.use_probe(p);
+        }
+        write_header(out, self.name(), set, Some(picked));
+        let _ = write!(out, "; hot_rif>{threshold:.2}");
+        for (k, p) in probes[..m].iter().flatten().enumerate() {
+            let _ = write!(
+                out,
+                "{}{} rif={:.2} latency={} {}",
+                if k == 0 { "; candidates=" } else { ", " },
+                set.get(p.id).address,
+                p.rif,
+                Millis(f64::from(p.latency)),
+                if p.rif > threshold { "hot" } else { "cold" },
+            );
+        }
+        Some(picked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::Outcome;
+    use crate::selector::testing::set_with_weights;
+    use crate::{MILLISECOND, SECOND};
+
+    const TAU: Nanos = 10 * SECOND;
+
+    #[test]
+    fn prequal_prefers_cold_fast_backends() {
+        let set = set_with_weights(&[1; 4]);
+        for (i, ms) in [5, 50, 50, 50].into_iter().enumerate() {
+            let load = &set.get(BackendId(i as u32)).state.load;
+            load.observe(SECOND, ms * MILLISECOND, Outcome::Success, TAU);
+        }
+        let sel = Prequal::new(&set, &SelectorConfig::default());
+        let mut rng = fastrand::Rng::with_seed(5);
+        let mut fast = 0;
+        for i in 0..100 {
+            let mut ctx = PickContext::new(SECOND + i, &mut rng);
+            fast += usize::from(sel.pick(&set, &mut ctx) == Some(BackendId(0)));
+        }
+        assert!(fast > 80, "{fast}");
+    }
+
+    #[test]
+    fn prequal_avoids_hot_backends_even_when_fast() {
+        let set = set_with_weights(&[1; 8]);
+        for i in 0..8 {
+            let ms = if i == 0 { 1 } else { 20 };
+            let load = &set.get(BackendId(i)).state.load;
+            load.observe(SECOND, ms * MILLISECOND, Outcome::Success, TAU);
+        }
+        // The fast backend is far above everyone else's RIF: hot.
+        let _queue: Vec<_> = (0..50)
+            .map(|_| set.get(BackendId(0)).state.load.start())
+            .collect();
+        let sel = Prequal::new(&set, &SelectorConfig::default());
+        let mut rng = fastrand::Rng::with_seed(5);
+        let mut hot = 0;
+        for i in 0..200 {
+            let mut ctx = PickContext::new(SECOND + i, &mut rng);
+            hot += usize::from(sel.pick(&set, &mut ctx) == Some(BackendId(0)));
+        }
+        assert!(hot < 10, "{hot}");
+    }
+
+    #[test]
+    fn prequal_counts_reported_utilisation_as_load() {
+        let set = set_with_weights(&[1, 1]);
+        set.get(BackendId(0)).state.load.report(SECOND, 1.0);
+        let sel = Prequal::new(&set, &SelectorConfig::default());
+        assert_eq!(sel.probe(&set, BackendId(0), SECOND).0, 1.0);
+        assert_eq!(sel.probe(&set, BackendId(1), SECOND).0, 0.0);
+    }
+
+    #[test]
+    fn prequal_reuse_budget_follows_the_paper() {
+        let small = set_with_weights(&[1; 8]);
+        assert_eq!(
+            Prequal::new(&small, &SelectorConfig::default()).reuse_budget(),
+            u32::MAX
+        );
+        // n = 100: 1 + 1 / (0.84 × 3 − 1) ≈ 1.66 → 2.
+        let large = set_with_weights(&[1; 100]);
+        assert_eq!(
+            Prequal::new(&large, &SelectorConfig::default()).reuse_budget(),
+            2
+        );
+    }
+
+    #[test]
+    fn prequal_explains_hot_and_cold() {
+        let set = set_with_weights(&[1, 1]);
+        let sel = Prequal::new(&set, &SelectorConfig::default());
+        let mut rng = fastrand::Rng::with_seed(5);
+        let mut ctx = PickContext::new(SECOND, &mut rng);
+        let mut out = String::new();
+        assert!(sel.explain(&set, &mut ctx, &mut out).is_some());
+        assert!(out.starts_with("prequal; picked=b"), "{out}");
+        assert!(out.contains("cold"), "{out}");
+    }
+}
