@@ -139,6 +139,13 @@ pub struct FileCluster {
     pub ewma_decay: Option<String>,
     /// Slow-start window for new and recovered backends.
     pub slow_start: Option<String>,
+    /// Request key of `ring-hash` and `maglev`: `client-ip`, `path`,
+    /// `header:NAME` or `cookie:NAME`.
+    pub hash_key: Option<String>,
+    /// Bounded-load factor c of `ring-hash` and `maglev`.
+    pub balance_factor: Option<f64>,
+    /// Read backends' `endpoint-load-metrics` (ORCA) load reports.
+    pub load_reports: Option<bool>,
     /// Active health checking.
     pub health: Option<FileHealth>,
 }
@@ -154,6 +161,9 @@ impl FileCluster {
         "pool_max_idle",
         "ewma_decay",
         "slow_start",
+        "hash_key",
+        "balance_factor",
+        "load_reports",
         "health",
     ];
 }

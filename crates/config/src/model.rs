@@ -233,8 +233,54 @@ pub struct ClusterConfig {
     pub ewma_decay: Duration,
     /// Slow-start window (zero: off).
     pub slow_start: Duration,
+    /// Request key for hashing selectors.
+    pub hash_key: HashKey,
+    /// Bounded-load factor c of `ring-hash` and `maglev`.
+    pub balance_factor: f64,
+    /// Whether backends' ORCA load reports feed Load.
+    pub load_reports: bool,
     /// Active health checks, if configured.
     pub health: Option<HealthConfig>,
+}
+
+/// What a hashing selector hashes to keep a client or object on one backend.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum HashKey {
+    /// The client's IP address (the default).
+    #[default]
+    ClientIp,
+    /// The request path (without query).
+    Path,
+    /// A request header's value.
+    Header(String),
+    /// A cookie's value.
+    Cookie(String),
+}
+
+impl HashKey {
+    /// Parses `client-ip`, `path`, `header:NAME`, `cookie:NAME`.
+    pub fn parse(s: &str) -> Option<HashKey> {
+        match s.split_once(':') {
+            None if s == "client-ip" => Some(HashKey::ClientIp),
+            None if s == "path" => Some(HashKey::Path),
+            Some(("header", name)) if !name.is_empty() => {
+                Some(HashKey::Header(name.to_ascii_lowercase()))
+            }
+            Some(("cookie", name)) if !name.is_empty() => Some(HashKey::Cookie(name.to_owned())),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for HashKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HashKey::ClientIp => f.write_str("client-ip"),
+            HashKey::Path => f.write_str("path"),
+            HashKey::Header(h) => write!(f, "header:{h}"),
+            HashKey::Cookie(c) => write!(f, "cookie:{c}"),
+        }
+    }
 }
 
 /// 1 s to connect: on a LAN a connect takes well under a millisecond, so a
@@ -267,6 +313,9 @@ impl ClusterConfig {
             pool_max_idle: DEFAULT_POOL_MAX_IDLE,
             ewma_decay: DEFAULT_EWMA_DECAY,
             slow_start: Duration::ZERO,
+            hash_key: HashKey::ClientIp,
+            balance_factor: fulcrum_balance::selector::DEFAULT_BALANCE_FACTOR,
+            load_reports: true,
             health: None,
         }
     }

@@ -190,6 +190,9 @@ fn key_lists_match_the_file_shapes() {
         pool_max_idle: Some(1),
         ewma_decay: s(),
         slow_start: s(),
+        hash_key: s(),
+        balance_factor: Some(1.5),
+        load_reports: Some(true),
         health: Some(health.clone()),
     };
     assert_eq!(keys(&cluster), sorted(file::FileCluster::KEYS));

@@ -326,6 +326,28 @@ impl Validator {
         if let Some(d) = self.duration_or_zero(&key("slow_start"), file.slow_start.as_deref()) {
             c.slow_start = d;
         }
+        if let Some(k) = &file.hash_key {
+            match HashKey::parse(k) {
+                Some(k) => c.hash_key = k,
+                None => self.problem(
+                    key("hash_key"),
+                    format!("`{k}` is not a hash key; write client-ip, path, header:NAME or cookie:NAME"),
+                ),
+            }
+        }
+        if let Some(f) = file.balance_factor {
+            if !(f.is_finite() && f > 1.0) {
+                self.problem(
+                    key("balance_factor"),
+                    format!("{f} must be greater than 1.0 (1.25 is a good start)"),
+                );
+            } else {
+                c.balance_factor = f;
+            }
+        }
+        if let Some(b) = file.load_reports {
+            c.load_reports = b;
+        }
         c.health = file.health.as_ref().map(|h| self.health(&key("health"), h));
         c
     }

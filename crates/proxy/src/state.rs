@@ -165,6 +165,7 @@ impl Control {
                 BackendSet::new(backends).with_slow_start(cluster.slow_start.as_nanos() as u64);
             let selector_config = SelectorConfig {
                 decay: cluster.ewma_decay.as_nanos() as u64,
+                hash_balance_factor: cluster.balance_factor,
                 ..SelectorConfig::default()
             };
             let selector = cluster.algorithm.build(&set, &selector_config);

@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use fulcrum_balance::{BackendId, Outcome, PickContext};
+use fulcrum_config::HashKey;
+use http::header::HeaderName;
 use http::uri::{PathAndQuery, Scheme};
 use http::{header, HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -69,6 +71,16 @@ async fn proxy(
             .get(cluster_name)
             .ok_or(ProxyError::NoRoute)?,
     );
+    // The decision trail is for operators: only clients in `debug_from` get it.
+    let debug = req
+        .headers()
+        .get(&X_FULCRUM_DEBUG)
+        .is_some_and(|v| v.as_bytes() == b"1")
+        && listener
+            .config
+            .debug_from
+            .iter()
+            .any(|n| n.contains(conn.peer.ip()));
     drop(snapshot);
 
     let (mut parts, body) = req.into_parts();
@@ -85,6 +97,8 @@ async fn proxy(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let key = request_key(&cluster.config.hash_key, &parts, conn);
+    let mut decisions = debug.then(String::new);
     let mut body = Some(RequestBody::new(body));
     let mut tried = [BackendId(0); MAX_ATTEMPTS];
     let mut attempts = 0;
@@ -97,11 +111,20 @@ async fn proxy(
         let now = clock::now();
         let mut ctx = PickContext {
             now,
-            key: None,
+            key,
             rng: &mut rng,
             exclude: &tried[..attempts],
         };
-        let Some(id) = cluster.selector.pick(&cluster.set, &mut ctx) else {
+        let picked = match decisions.as_mut() {
+            None => cluster.selector.pick(&cluster.set, &mut ctx),
+            Some(out) => {
+                if !out.is_empty() {
+                    out.push_str(" | ");
+                }
+                cluster.selector.explain(&cluster.set, &mut ctx, out)
+            }
+        };
+        let Some(id) = picked else {
             break;
         };
         tried[attempts] = id;
@@ -132,8 +155,16 @@ async fn proxy(
                     .load
                     .observe(finished, latency, outcome, decay);
                 let (mut rparts, rbody) = response.into_parts();
+                if cluster.config.load_reports {
+                    record_load_report(&rparts.headers, &backend.state.load, finished);
+                }
                 headers::remove_hop_by_hop(&mut rparts.headers);
                 headers::append_via(&mut rparts.headers, Version::HTTP_11);
+                if let Some(text) = decisions.take() {
+                    if let Ok(v) = HeaderValue::try_from(text) {
+                        rparts.headers.insert(X_FULCRUM_DECISION.clone(), v);
+                    }
+                }
                 return Ok(Response::from_parts(
                     rparts,
                     ProxyBody::upstream(rbody, guard),
@@ -172,6 +203,59 @@ async fn proxy(
     Err(last_error.unwrap_or_else(|| ProxyError::NoBackend {
         cluster: cluster.name().to_owned(),
     }))
+}
+
+/// Request header asking for the decision trail.
+pub static X_FULCRUM_DEBUG: HeaderName = HeaderName::from_static("x-fulcrum-debug");
+/// Response header carrying the decision trail.
+pub static X_FULCRUM_DECISION: HeaderName = HeaderName::from_static("x-fulcrum-decision");
+/// ORCA load report response header.
+static ENDPOINT_LOAD_METRICS: HeaderName = HeaderName::from_static("endpoint-load-metrics");
+
+/// Feeds a backend's ORCA load report into its Load.
+fn record_load_report(
+    headers: &http::HeaderMap,
+    load: &fulcrum_balance::Load,
+    now: fulcrum_balance::Nanos,
+) {
+    let Some(value) = headers
+        .get(&ENDPOINT_LOAD_METRICS)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return;
+    };
+    if let Some(u) = fulcrum_balance::orca::parse(value)
+        .ok()
+        .and_then(|r| r.utilisation())
+    {
+        load.report(now, u);
+    }
+}
+
+/// Hashes the cluster's request key. Fixed SipHash keys, so every Fulcrum
+/// instance maps a key to the same backend.
+fn request_key(key: &HashKey, parts: &http::request::Parts, conn: &ConnInfo) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match key {
+        HashKey::ClientIp => conn.peer.ip().hash(&mut h),
+        HashKey::Path => parts.uri.path().hash(&mut h),
+        HashKey::Header(name) => parts.headers.get(name.as_str())?.as_bytes().hash(&mut h),
+        HashKey::Cookie(name) => cookie(&parts.headers, name)?.hash(&mut h),
+    }
+    Some(h.finish())
+}
+
+/// The value of cookie `name`, if the request carries it.
+fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
 /// Refuses requests whose body length could be read two ways (RFC 9112
