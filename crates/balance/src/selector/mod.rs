@@ -15,7 +15,22 @@
 //! * honours weights (and so slow start, through
 //!   [`BackendSet::effective_weight`]).
 //!
-//! One file per algorithm, named after its type.
+//! One file per algorithm, named after its type:
+//!
+//! | name | type | picks | cost per pick |
+//! |---|---|---|---|
+//! | `round-robin` | [`RoundRobin`] | each candidate in turn, weights ignored | O(1) |
+//! | `weighted-round-robin` | [`WeightedRoundRobin`] | NGINX's smooth weighted order, precomputed | O(1) |
+//! | `least-conn` | [`LeastConn`] | fewest `(in_flight + 1) / weight`, random among ties | O(n) |
+//! | `random` | [`Random`] | weighted random | O(log n) |
+//! | `p2c` | [`P2c`] | the less loaded of two random candidates | O(1) |
+//! | `peak-ewma` (default) | [`PeakEwma`] | P2C on latency × (in_flight + 1) × error penalty | O(1) |
+//! | `prequal` | [`Prequal`] | probe pool + hot-cold lexicographic rule | O(pool) |
+//! | `ring-hash` | [`RingHash`] | consistent hashing of the key, bounded load | O(log n) |
+//! | `maglev` | [`Maglev`] | Maglev table lookup of the key, bounded load | O(1) |
+//!
+//! For the `x-fulcrum-debug` header, [`Selector::explain`] picks and
+//! describes the decision.
 
 use std::fmt;
 use std::str::FromStr;

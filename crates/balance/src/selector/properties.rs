@@ -126,6 +126,50 @@ fn algorithm_names_round_trip_in_documentation_order() {
     assert!("nope".parse::<Algorithm>().is_err());
 }
 
+#[test]
+fn every_selector_explains_a_candidate_pick() {
+    let (set, _guards) = build(&[
+        Spec {
+            weight: 1,
+            admin: AdminState::Enabled,
+            healthy: true,
+            in_flight: 2,
+        },
+        Spec {
+            weight: 2,
+            admin: AdminState::Enabled,
+            healthy: true,
+            in_flight: 0,
+        },
+        Spec {
+            weight: 1,
+            admin: AdminState::Disabled,
+            healthy: true,
+            in_flight: 0,
+        },
+    ]);
+    for &alg in Algorithm::ALL {
+        let selector = alg.build(&set, &SelectorConfig::default());
+        let mut rng = fastrand::Rng::with_seed(2);
+        let mut ctx = PickContext::new(1, &mut rng);
+        ctx.key = Some(42);
+        let mut out = String::new();
+        let picked = selector.explain(&set, &mut ctx, &mut out).unwrap();
+        assert!(ctx.is_candidate(&set, picked), "{alg}");
+        let expected = format!("{alg}; picked={}", set.get(picked).address);
+        assert!(out.starts_with(&expected), "{alg}: {out}");
+    }
+    let empty = BackendSet::default();
+    let mut rng = fastrand::Rng::with_seed(2);
+    let mut out = String::new();
+    let selector = Algorithm::DEFAULT.build(&empty, &SelectorConfig::default());
+    assert_eq!(
+        selector.explain(&empty, &mut PickContext::new(1, &mut rng), &mut out),
+        None
+    );
+    assert_eq!(out, "peak-ewma; picked=none");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -313,5 +357,30 @@ fn hashing_selectors_keep_a_key_on_its_backend() {
         assert_eq!(a, b, "{alg}");
         let distinct: std::collections::HashSet<_> = a.iter().collect();
         assert_eq!(distinct.len(), 10, "{alg} spreads keys over every backend");
+    }
+}
+
+#[test]
+fn hashing_selectors_bound_load_with_cached_totals_on_large_sets() {
+    let n = 200;
+    for alg in [Algorithm::RingHash, Algorithm::Maglev] {
+        let set = BackendSet::new((0..n).map(|i| Backend::new(format!("b{i}"), 1)).collect());
+        let selector = alg.build(&set, &SelectorConfig::default());
+        let mut rng = fastrand::Rng::with_seed(4);
+        let mut guards = Vec::new();
+        for _ in 0..2000 {
+            let mut ctx = PickContext::new(1, &mut rng);
+            ctx.key = Some(7); // one very hot key
+            let id = selector.pick(&set, &mut ctx).unwrap();
+            guards.push(set.get(id).state.load.start());
+        }
+        let max = set
+            .backends()
+            .iter()
+            .map(|b| b.state.load.in_flight())
+            .max()
+            .unwrap();
+        // Exact bound: ceil(1.25 × 2000 / 200) = 13; the cached totals may lag by a pick or so.
+        assert!(max <= 14, "{alg}: {max}");
     }
 }
