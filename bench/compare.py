@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""Side-by-side HTTP proxy benchmark: Fulcrum, HAProxy, NGINX.
+
+Method (see docs/benchmarks.md):
+- one NGINX "origin" process with three server blocks (three upstreams)
+  serving a small body and a 16 KiB body, pinned to CPU 1 with wrk;
+- each proxy in turn with one worker thread, pinned to CPU 0, round-robin
+  over the three upstreams with upstream keep-alive;
+- wrk (1 thread, 50 connections) for a fixed time per run;
+- CPU time of the proxy process read from /proc/PID/stat (utime + stime)
+  before and after each run -> CPU microseconds per request;
+- runs interleaved (A B C A B C ...), repeated, medians reported.
+Only 127.0.0.1 is used; every process started is stopped at the end.
+"""
+import argparse, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+def wait_port(port, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close(); return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} did not open")
+
+def cpu_ticks(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total
+
+def children(pid):
+    """The process and its descendants (nginx/haproxy may fork workers)."""
+    out = [pid]
+    try:
+        kids = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    except FileNotFoundError:
+        kids = []
+    for k in kids:
+        out += children(int(k))
+    return out
+
+class Proc:
+    def __init__(self, name, argv, port, cpu):
+        self.name, self.port = name, port
+        self.p = subprocess.Popen(["taskset", "-c", str(cpu)] + argv, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_port(port)
+        time.sleep(0.2)
+    def pids(self):
+        return children(self.p.pid)
+    def stop(self):
+        try:
+            os.killpg(self.p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.p.wait(5)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.p.pid, signal.SIGKILL); self.p.wait()
+
+def origin(tmp, ports):
+    www = os.path.join(tmp, "www"); os.makedirs(www, exist_ok=True)
+    with open(os.path.join(www, "small"), "w") as f: f.write("hello fulcrum\n")
+    with open(os.path.join(www, "16k"), "wb") as f: f.write(b"x" * 16384)
+    servers = "\n".join(f"server {{ listen 127.0.0.1:{p}; access_log off; keepalive_requests 100000; location / {{ root {www}; }} }}" for p in ports)
+    conf = os.path.join(tmp, "origin.conf")
+    with open(conf, "w") as f:
+        f.write(f"""daemon off; worker_processes 1; pid {tmp}/origin.pid; error_log {tmp}/origin.err;
+events {{ worker_connections 4096; }}
+http {{ {servers} }}
+""")
+    return Proc("origin", ["nginx", "-c", conf, "-p", tmp], ports[0], 1)
+
+def fulcrum(binary, tmp, port, ups):
+    backends = ", ".join(f'{{ address = "127.0.0.1:{p}" }}' for p in ups)
+    conf = os.path.join(tmp, "fulcrum.toml")
+    with open(conf, "w") as f:
+        f.write(f"""[runtime]
+worker_threads = 1
+[admin]
+bind = "127.0.0.1:0"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:{port}"
+cluster = "app"
+[cluster.app]
+algorithm = "round-robin"
+backends = [{backends}]
+""")
+    env_argv = [binary, "run", "-c", conf]
+    return Proc("fulcrum", env_argv, port, 0)
+
+def haproxy(tmp, port, ups):
+    servers = "\n".join(f"    server s{i} 127.0.0.1:{p}" for i, p in enumerate(ups))
+    conf = os.path.join(tmp, "haproxy.cfg")
+    with open(conf, "w") as f:
+        f.write(f"""global
+    nbthread 1
+    maxconn 4000
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+    http-reuse always
+frontend web
+    bind 127.0.0.1:{port}
+    default_backend app
+backend app
+    balance roundrobin
+{servers}
+""")
+    return Proc("haproxy", ["haproxy", "-db", "-f", conf], port, 0)
+
+def nginx_proxy(tmp, port, ups):
+    servers = "\n".join(f"server 127.0.0.1:{p};" for p in ups)
+    conf = os.path.join(tmp, "nginx-proxy.conf")
+    with open(conf, "w") as f:
+        f.write(f"""daemon off; worker_processes 1; pid {tmp}/proxy.pid; error_log {tmp}/proxy.err;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  upstream app {{ {servers} keepalive 64; }}
+  server {{ listen 127.0.0.1:{port}; keepalive_requests 100000;
+    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}
+}}
+""")
+    return Proc("nginx", ["nginx", "-c", conf, "-p", tmp], port, 0)
+
+def parse_wrk(out):
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    def lat(q):
+        m = re.search(rf"\s{q}%\s+([\d.]+)(us|ms|s)", out)
+        v, unit = float(m.group(1)), m.group(2)
+        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+    errors = 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m: errors += int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m: errors += sum(int(x) for x in m.groups())
+    return rps, total, lat(50), lat(99), errors
+
+SCENARIOS = {
+    "small": ("/small", []),
+    "16k": ("/16k", []),
+    "close": ("/small", ["-H", "Connection: close"]),
+}
+
+def run_once(proc, scenario, duration, conns):
+    path, extra = SCENARIOS[scenario]
+    pids = proc.pids()
+    before = cpu_ticks(pids)
+    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", *extra,
+                          f"http://127.0.0.1:{proc.port}{path}"], capture_output=True, text=True, timeout=duration + 30).stdout
+    after = cpu_ticks(pids)
+    rps, total, p50, p99, errors = parse_wrk(out)
+    cpu_us = (after - before) / TICK * 1e6 / max(total, 1)
+    return dict(rps=rps, p50=p50, p99=p99, cpu_us=cpu_us, errors=errors, total=total)
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--fulcrum", required=True)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--scenarios", default="small,16k,close")
+    ap.add_argument("--proxies", default="fulcrum,haproxy,nginx")
+    args = ap.parse_args()
+    scenarios = args.scenarios.split(",")
+    names = args.proxies.split(",")
+    tmp = tempfile.mkdtemp(prefix="fulcrum-bench-")
+    os.chmod(tmp, 0o755)  # nginx workers run as another user
+    ups = [free_port() for _ in range(3)]
+    started = []
+    results = {(s, n): [] for s in scenarios for n in names}
+    try:
+        started.append(origin(tmp, ups))
+        procs = {}
+        for n in names:
+            port = free_port()
+            p = {"fulcrum": lambda: fulcrum(args.fulcrum, tmp, port, ups),
+                 "haproxy": lambda: haproxy(tmp, port, ups),
+                 "nginx": lambda: nginx_proxy(tmp, port, ups)}[n]()
+            started.append(p); procs[n] = p
+        for rep in range(args.reps):
+            for s in scenarios:
+                for n in names:
+                    r = run_once(procs[n], s, args.duration, args.connections)
+                    results[(s, n)].append(r)
+                    print(f"rep {rep+1} {s:6} {n:8} {r['rps']:>9.0f} req/s  p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms  "
+                          f"cpu {r['cpu_us']:.1f} us/req  errors {r['errors']}", file=sys.stderr, flush=True)
+    finally:
+        for p in reversed(started):
+            p.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"\nMedians of {args.reps} interleaved runs of {args.duration} s, wrk -t1 -c{args.connections}, "
+          f"proxy pinned to CPU 0 with 1 worker, origin and wrk on CPU 1.\n")
+    print("| scenario | proxy | req/s | p50 ms | p99 ms | CPU µs/req | errors |")
+    print("|---|---|---|---|---|---|---|")
+    for s in scenarios:
+        for n in names:
+            rs = results[(s, n)]
+            med = lambda k: statistics.median(r[k] for r in rs)
+            print(f"| {s} | {n} | {med('rps'):.0f} | {med('p50'):.2f} | {med('p99'):.2f} | {med('cpu_us'):.1f} | {sum(r['errors'] for r in rs)} |")
+
+if __name__ == "__main__":
+    main()
