@@ -239,15 +239,14 @@ impl<'a> Engine<'a> {
                     .iter()
                     .map(|w| Backend::new(w.name.clone(), sc.groups[w.group].weight))
                     .collect();
-                let mut view = ProxyView {
+                let (members, set) = snapshot(&all, &world, sc);
+                ProxyView {
+                    selector: build(&set, &sc.selector),
                     all,
-                    members: Vec::new(),
-                    set: BackendSet::default(),
-                    selector: build(&BackendSet::default(), &sc.selector),
+                    members,
+                    set,
                     rng: stream(seed, STREAM_PROXY, p as u64),
-                };
-                rebuild(&mut view, &world, sc, build);
-                view
+                }
             })
             .collect();
         let source = match &sc.arrivals {
@@ -782,24 +781,28 @@ impl<'a> Engine<'a> {
     }
 }
 
-/// Rebuilds a proxy's snapshot and selector from the current membership,
-/// keeping each backend's learned state (the `Arc<BackendState>`).
-fn rebuild(view: &mut ProxyView, world: &[World], sc: &Scenario, build: &BuildSelector<'_>) {
-    view.members = world
+/// The snapshot of the current members over a proxy's backends, and the
+/// set-index -> server-index map.
+fn snapshot(all: &[Backend], world: &[World], sc: &Scenario) -> (Vec<u32>, BackendSet) {
+    let members: Vec<u32> = world
         .iter()
         .enumerate()
         .filter(|(_, w)| w.member)
         .map(|(i, _)| i as u32)
         .collect();
-    let backends = view
-        .members
-        .iter()
-        .map(|&i| view.all[i as usize].clone())
-        .collect();
+    let backends = members.iter().map(|&i| all[i as usize].clone()).collect();
     let mut set = BackendSet::new(backends);
     if sc.slow_start > 0 {
         set = set.with_slow_start(sc.slow_start);
     }
+    (members, set)
+}
+
+/// Rebuilds a proxy's snapshot and selector after a membership change,
+/// keeping each backend's learned state (the shared `BackendState`).
+fn rebuild(view: &mut ProxyView, world: &[World], sc: &Scenario, build: &BuildSelector<'_>) {
+    let (members, set) = snapshot(&view.all, world, sc);
     view.selector = build(&set, &sc.selector);
+    view.members = members;
     view.set = set;
 }
