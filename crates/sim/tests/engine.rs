@@ -1,0 +1,180 @@
+//! Behaviour of the engine a user can see in the metrics.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use fulcrum_balance::{Algorithm, BackendId, BackendSet, PickContext, Selector, MILLISECOND};
+use fulcrum_sim::{run, run_with, Scenario};
+
+fn scenario(text: &str) -> Scenario {
+    Scenario::from_toml(text, Path::new("test.toml")).expect("valid test scenario")
+}
+
+const TWO_BACKENDS: &str = r#"
+    duration = "10s"
+    warmup = "1s"
+    timeout = "50ms"
+    [arrivals]
+    process = "poisson"
+    load = 0.5
+    [service]
+    distribution = "exponential"
+    mean = "1ms"
+    [[backends]]
+    name = "a"
+    [[backends]]
+    name = "b"
+"#;
+
+#[test]
+fn runs_are_deterministic_under_a_seed() {
+    let s = scenario(TWO_BACKENDS);
+    let a = run(&s, Algorithm::RoundRobin, 42);
+    let b = run(&s, Algorithm::RoundRobin, 42);
+    let c = run(&s, Algorithm::RoundRobin, 43);
+    assert_eq!(a.cdf, b.cdf);
+    assert_eq!(a.requests, b.requests);
+    assert_ne!(a.cdf, c.cdf);
+}
+
+#[test]
+fn round_robin_splits_evenly_and_reports_shares_by_name() {
+    let m = run(&scenario(TWO_BACKENDS), Algorithm::RoundRobin, 1);
+    let a = m.backend_share.get("a").unwrap();
+    assert!((a - 0.5).abs() < 0.001, "{a}");
+    assert_eq!(m.timeout_rate, 0.0);
+    assert_eq!(m.error_rate, 0.0);
+}
+
+#[test]
+fn stalled_backend_times_out_while_the_server_keeps_working() {
+    // b is 100x slower for the whole run: every request it gets takes ~100 ms
+    // of work against a 50 ms timeout, and round-robin keeps sending it half.
+    let text = TWO_BACKENDS.replace(
+        "name = \"b\"",
+        "name = \"b\"\nstalls = [{ from = \"0s\", factor = 100.0 }]",
+    );
+    let m = run(&scenario(&text), Algorithm::RoundRobin, 1);
+    assert!(m.timeout_rate > 0.45, "timeouts {}", m.timeout_rate);
+    // Timed-out requests count at the timeout value.
+    assert!((m.p99_ms - 50.0).abs() < 1e-6, "p99 {}", m.p99_ms);
+    // The server still holds its (ever-growing) queue at the end.
+    assert!(m.final_backlog[1] > 1000, "{:?}", m.final_backlog);
+}
+
+#[test]
+fn fail_fast_answers_count_as_errors_not_latency() {
+    let text = TWO_BACKENDS.replace(
+        "name = \"b\"",
+        "name = \"b\"\nfailures = [{ mode = \"fail-fast\", from = \"0s\", latency = \"0.1ms\" }]",
+    );
+    let m = run(&scenario(&text), Algorithm::RoundRobin, 1);
+    assert!((m.error_rate - 0.5).abs() < 0.01, "errors {}", m.error_rate);
+    // The errors' 0.1 ms latencies do not drag the median down.
+    assert!(m.p50_ms > 0.4, "p50 {}", m.p50_ms);
+}
+
+#[test]
+fn health_detection_takes_a_black_hole_out_of_rotation() {
+    let text = TWO_BACKENDS.replace(
+        "name = \"b\"",
+        "name = \"b\"\nfailures = [{ mode = \"black-hole\", from = \"2s\", until = \"4s\", detect = \"500ms\" }]",
+    );
+    let m = run(&scenario(&text), Algorithm::RoundRobin, 1);
+    // Half the traffic for 0.5 s of a 9 s measured window times out.
+    let expected = 0.5 * 0.5 / 9.0;
+    assert!(
+        (m.timeout_rate - expected).abs() < 0.2 * expected,
+        "{}",
+        m.timeout_rate
+    );
+}
+
+/// Records, per pick, what the selector saw as backend 0's reported load.
+#[derive(Debug, Default)]
+struct Recorder {
+    seen: Mutex<Vec<(u64, Option<f64>)>>,
+}
+
+#[derive(Debug)]
+struct Recording<'a>(&'a Recorder);
+
+impl Selector for Recording<'static> {
+    fn name(&self) -> &'static str {
+        "test-recorder"
+    }
+
+    fn pick(&self, set: &BackendSet, ctx: &mut PickContext<'_>) -> Option<BackendId> {
+        let reported = set.get(BackendId(0)).state.load.reported(ctx.now, u64::MAX);
+        self.0.seen.lock().unwrap().push((ctx.now, reported));
+        Some(BackendId(0))
+    }
+}
+
+#[test]
+fn load_reports_arrive_after_their_lag() {
+    let text = TWO_BACKENDS.replace(
+        "[[backends]]\n    name = \"a\"",
+        "[reports]\n    interval = \"10ms\"\n    lag = \"100ms\"\n    [[backends]]\n    name = \"a\"",
+    );
+    let s = scenario(&text);
+    let recorder: &'static Recorder = Box::leak(Box::default());
+    run_with(&s, &|_, _| Box::new(Recording(recorder)), 5);
+    let seen = recorder.seen.lock().unwrap();
+    let first = seen
+        .iter()
+        .find(|(_, r)| r.is_some())
+        .expect("some report arrived")
+        .0;
+    assert!(
+        first >= 100 * MILLISECOND,
+        "report seen at {first} ns, before the lag"
+    );
+    assert!(first < 110 * MILLISECOND, "report seen only at {first} ns");
+    assert!(seen
+        .iter()
+        .filter(|(t, _)| *t < 100 * MILLISECOND)
+        .all(|(_, r)| r.is_none()));
+}
+
+#[test]
+fn each_proxy_learns_only_from_its_own_requests() {
+    // Two proxies; a selector that counts how many latency observations its
+    // own view of backend 0 has. Together they must add up to all requests.
+    #[derive(Debug)]
+    struct Count;
+    impl Selector for Count {
+        fn name(&self) -> &'static str {
+            "test-count"
+        }
+        fn pick(&self, _: &BackendSet, _: &mut PickContext<'_>) -> Option<BackendId> {
+            Some(BackendId(0))
+        }
+    }
+    let text = TWO_BACKENDS.replace("duration = \"10s\"", "duration = \"10s\"\nproxies = 2");
+    let s = scenario(&text);
+    let views: Mutex<Vec<BackendSet>> = Mutex::new(Vec::new());
+    run_with(
+        &s,
+        &|set, _| {
+            views.lock().unwrap().push(set.clone());
+            Box::new(Count)
+        },
+        9,
+    );
+    let views = views.into_inner().unwrap();
+    // Builds happen per proxy; keep the last two (one per proxy).
+    let last: Vec<&BackendSet> = views.iter().rev().take(2).collect();
+    let a = last[0].get(BackendId(0)).state.load.requests();
+    let b = last[1].get(BackendId(0)).state.load.requests();
+    assert!(a > 1000 && b > 1000, "{a} {b}");
+    assert!(!std::sync::Arc::ptr_eq(
+        &last[0].get(BackendId(0)).state,
+        &last[1].get(BackendId(0)).state
+    ));
+    let ratio = a as f64 / b as f64;
+    assert!(
+        (0.9..1.1).contains(&ratio),
+        "proxies split traffic evenly: {a} vs {b}"
+    );
+}
