@@ -123,4 +123,28 @@ mod tests {
         assert_eq!(percentile_label(3.0), "99.9%");
         assert!((nines(0.99) - 2.0).abs() < 1e-9);
     }
+
+    #[test]
+    fn svg_names_every_algorithm() {
+        use crate::{AlgorithmResult, Metrics};
+        let result = |name: &str, scale: f64| AlgorithmResult {
+            algorithm: name.into(),
+            seeds: 1,
+            metrics: Metrics {
+                cdf: vec![(0.0, 0.1 * scale), (0.9, 1.0 * scale), (0.99, 5.0 * scale)],
+                ..Metrics::default()
+            },
+        };
+        let c = Comparison {
+            scenario: "demo".into(),
+            results: vec![result("round-robin", 2.0), result("least-conn", 1.0)],
+        };
+        let path =
+            std::env::temp_dir().join(format!("fulcrum-sim-plot-{}.svg", std::process::id()));
+        latency_cdf_svg(&c, &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(svg.contains("round-robin") && svg.contains("least-conn"));
+        assert!(svg.contains("99%"));
+    }
 }
