@@ -357,6 +357,20 @@ impl BackendState {
         None
     }
 
+    /// Forgets the active-probe verdict (marks it up), e.g. when health
+    /// checking is turned off for the backend's cluster.
+    pub fn clear_probe_verdict(&self, now: Nanos) -> Option<Transition> {
+        let h = &self.health;
+        let mut m = h.lock();
+        m.streak = 0;
+        if h.probe_up() {
+            return None;
+        }
+        let was_up = h.is_up();
+        h.probe_down.store(false, Ordering::Relaxed);
+        self.settle(was_up, Reason::ProbesPassed(0), None, now)
+    }
+
     /// Recent ejections: the multiplier of the next ejection's length.
     pub fn ejection_count(&self) -> u32 {
         self.health.lock().ejection_count

@@ -57,9 +57,15 @@ impl RequestBody {
         }
         Some(Self {
             slot: Arc::clone(&self.slot),
-            size_hint: self.size_hint.clone(),
+            size_hint: self.size_hint,
             end_stream: self.end_stream,
         })
+    }
+
+    /// Whether any attempt has started reading the body (so it may have
+    /// reached a backend).
+    pub fn was_read(&self) -> bool {
+        self.slot.started.load(Ordering::Acquire)
     }
 
     /// Whether the body carries no data at all.
@@ -89,7 +95,7 @@ impl Body for RequestBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.size_hint.clone()
+        self.size_hint
     }
 }
 
