@@ -658,6 +658,21 @@ mod tests {
     }
 
     #[test]
+    fn a_draining_backend_is_drained_once_nothing_is_in_flight() {
+        let mut b = Backend::new("b0", 1);
+        b.admin = crate::AdminState::Draining;
+        let guard = b.state.load.start();
+        assert!(!b.is_usable());
+        assert!(!b.is_drained(), "a request is still in flight");
+        drop(guard);
+        assert!(b.is_drained());
+        assert!(
+            !Backend::new("b1", 1).is_drained(),
+            "enabled is never drained"
+        );
+    }
+
+    #[test]
     fn panic_threshold_zero_never_panics() {
         let p = policy();
         let set = set(2).with_panic_threshold(0);
