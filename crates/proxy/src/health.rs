@@ -297,3 +297,99 @@ async fn probe_once(address: &str, config: &HealthConfig) -> Result<(), String> 
     conn.abort();
     outcome
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fulcrum_config::{BackendConfig, Command};
+    use fulcrum_testbed::{spawn_backend, BackendOptions};
+
+    async fn wait_until(mut f: impl FnMut() -> bool) -> bool {
+        for _ in 0..100 {
+            if f() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    fn healthy(runtime: &Runtime, address: &str) -> bool {
+        let snapshot = runtime.snapshot();
+        let set = &snapshot.clusters["app"].set;
+        set.get(set.find(address).unwrap()).state.is_healthy()
+    }
+
+    #[tokio::test]
+    async fn probers_follow_membership_and_keep_state_across_reloads() {
+        let a = spawn_backend(BackendOptions::new("a")).await.unwrap();
+        let b = spawn_backend(BackendOptions::new("b")).await.unwrap();
+        a.set_healthy(false);
+        b.set_healthy(false);
+        let text = format!(
+            "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\ncluster = \"app\"\n\
+             [cluster.app]\nbackends = [{{ address = \"{}\" }}]\npanic_threshold = 0\n\
+             [cluster.app.health]\ninterval = \"50ms\"\ntimeout = \"50ms\"\njitter = \"0s\"\n\
+             expect_status = \"200\"\nrise = 1\nfall = 1\n",
+            a.addr
+        );
+        let runtime = Runtime::new(fulcrum_config::parse(&text, None).unwrap());
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(supervise(Arc::clone(&runtime), stopped));
+        let a_addr = a.addr.to_string();
+        assert!(
+            wait_until(|| !healthy(&runtime, &a_addr)).await,
+            "a marked down"
+        );
+
+        // A backend added at run time is probed too.
+        let b_addr = b.addr.to_string();
+        runtime
+            .apply([Command::AddBackend {
+                cluster: "app".into(),
+                backend: BackendConfig {
+                    address: b_addr.clone(),
+                    weight: 1,
+                    state: Default::default(),
+                },
+            }])
+            .unwrap();
+        assert!(
+            wait_until(|| !healthy(&runtime, &b_addr)).await,
+            "b marked down"
+        );
+        // The reload kept a's verdict (its state survived the new snapshot).
+        assert!(!healthy(&runtime, &a_addr));
+        b.set_healthy(true);
+        assert!(wait_until(|| healthy(&runtime, &b_addr)).await, "b back up");
+        let state = {
+            let snapshot = runtime.snapshot();
+            let set = &snapshot.clusters["app"].set;
+            Arc::clone(&set.get(set.find(&b_addr).unwrap()).state)
+        };
+        assert!(state.ramp_since().is_some());
+
+        // Removed: its prober stops, so its probe count stops growing.
+        runtime
+            .apply([Command::RemoveBackend {
+                cluster: "app".into(),
+                address: b_addr.clone(),
+            }])
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let probes = state
+            .health
+            .probes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            state
+                .health
+                .probes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            probes
+        );
+        let _ = stop.send(true);
+        task.await.unwrap();
+    }
+}
