@@ -193,13 +193,13 @@ async fn black_hole_backend_is_bounded_retried_and_ejected() {
 async fn flapping_backend_causes_no_errors_and_does_not_oscillate() {
     let bs = backends(&["1ms", "1ms", "1ms"]).await;
     let addrs: Vec<_> = bs.iter().map(|b| b.addr).collect();
-    // rise × interval (1.25 s) is longer than an up phase (1 s): once down,
+    // rise × interval (1.5 s) is longer than an up phase (1 s): once down,
     // the flapping backend stays down instead of following every flap.
     let config = simple_config(&cluster_with(
         "round-robin",
         &addrs,
         "[cluster.app.health]\ninterval = \"250ms\"\nunhealthy_interval = \"250ms\"\n\
-         timeout = \"200ms\"\nrise = 5\nfall = 3\njitter = \"10ms\"\n",
+         timeout = \"200ms\"\nrise = 6\nfall = 3\njitter = \"10ms\"\n",
     ));
     let proxy = Proxy::run(&config);
     let load = tokio::spawn(run_load(load_options(
