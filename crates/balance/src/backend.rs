@@ -10,6 +10,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::health::Health;
 use crate::load::Load;
 use crate::Nanos;
 
@@ -73,6 +74,9 @@ pub struct BackendState {
     /// Live load signals (shared so an [`InFlightGuard`](crate::InFlightGuard)
     /// can outlive the snapshot: `state.load.start()`).
     pub load: Arc<Load>,
+    /// The health state machine (active probes, passive outlier detection)
+    /// whose verdict drives the healthy bit; see [`crate::health`].
+    pub health: Health,
     healthy: AtomicBool,
     /// Start of the slow-start window ([`Nanos`]); 0 means "no ramp".
     ramp_since: AtomicU64,
@@ -89,6 +93,7 @@ impl BackendState {
     pub fn new() -> Self {
         Self {
             load: Arc::new(Load::new()),
+            health: Health::new(),
             healthy: AtomicBool::new(true),
             ramp_since: AtomicU64::new(0),
         }
@@ -116,6 +121,22 @@ impl BackendState {
         match self.ramp_since.load(Ordering::Relaxed) {
             0 => None,
             t => Some(t),
+        }
+    }
+}
+
+/// The panic-mode flag of one snapshot and the threshold it is computed with.
+#[derive(Debug, Default)]
+pub(crate) struct PanicFlag {
+    pub(crate) threshold: u32,
+    pub(crate) active: AtomicBool,
+}
+
+impl PanicFlag {
+    fn new(threshold: u32) -> Self {
+        Self {
+            threshold,
+            active: AtomicBool::new(false),
         }
     }
 }
@@ -150,6 +171,20 @@ impl Backend {
     pub fn is_usable(&self) -> bool {
         self.admin == AdminState::Enabled && self.weight > 0 && self.state.is_healthy()
     }
+
+    /// Whether this backend may take a new request when health is ignored
+    /// (panic mode): enabled with a non-zero weight.
+    #[inline]
+    pub fn is_enabled(&self) -> bool {
+        self.admin == AdminState::Enabled && self.weight > 0
+    }
+
+    /// Whether a draining backend has finished: draining (or disabled) and
+    /// nothing in flight, so the operator may remove it without cutting a
+    /// request.
+    pub fn is_drained(&self) -> bool {
+        self.admin != AdminState::Enabled && self.state.load.in_flight() == 0
+    }
 }
 
 /// An immutable snapshot of a cluster's backends.
@@ -160,6 +195,8 @@ pub struct BackendSet {
     backends: Vec<Backend>,
     /// Length of the slow-start window; 0 disables slow start.
     slow_start: Nanos,
+    /// Panic mode: see [`crate::health`]. Shared by clones of the snapshot.
+    panic: Arc<PanicFlag>,
 }
 
 impl BackendSet {
@@ -169,6 +206,7 @@ impl BackendSet {
         Self {
             backends,
             slow_start: 0,
+            panic: Arc::new(PanicFlag::default()),
         }
     }
 
@@ -177,6 +215,43 @@ impl BackendSet {
     pub fn with_slow_start(mut self, window: Nanos) -> Self {
         self.slow_start = window;
         self
+    }
+
+    /// Sets the panic threshold in percent (0 = never panic) and computes
+    /// the panic flag from the backends' current health.
+    pub fn with_panic_threshold(mut self, percent: u32) -> Self {
+        self.panic = Arc::new(PanicFlag::new(percent.min(100)));
+        self.refresh_panic();
+        self
+    }
+
+    /// Whether the cluster is in panic mode: fewer than the panic threshold
+    /// of its enabled backends are healthy, so health is ignored and every
+    /// enabled backend is a candidate.
+    #[inline]
+    pub fn in_panic(&self) -> bool {
+        self.panic.active.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn panic_flag(&self) -> &AtomicBool {
+        &self.panic.active
+    }
+
+    /// The panic threshold in percent (0 = never panic).
+    pub fn panic_threshold(&self) -> u32 {
+        self.panic.threshold
+    }
+
+    /// Whether backend `id` may take a new request: [`Backend::is_usable`],
+    /// or in panic mode [`Backend::is_enabled`].
+    #[inline]
+    pub fn is_usable(&self, id: BackendId) -> bool {
+        let b = self.get(id);
+        if self.in_panic() {
+            b.is_enabled()
+        } else {
+            b.is_usable()
+        }
     }
 
     /// The slow-start window in nanoseconds (0 = off).

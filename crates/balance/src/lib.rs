@@ -11,8 +11,9 @@
 //!
 //! * **which backends exist** — [`BackendSet`], an immutable snapshot built
 //!   off the hot path whenever membership, weights or admin state change;
-//! * **are they usable** — [`AdminState`] (operator intent) and the probe
-//!   health bit in [`BackendState`], kept separate;
+//! * **are they usable** — [`AdminState`] (operator intent) and the
+//!   [`Health`] state machine (probes, outlier detection, panic mode) that
+//!   drives the health bit in [`BackendState`], kept separate;
 //! * **how loaded** — [`Load`], lock-free atomics updated through
 //!   [`InFlightGuard`]s and latency observations, and backends' own load
 //!   reports ([`orca`]);
@@ -20,12 +21,16 @@
 //!   snapshot.
 
 pub mod backend;
+pub mod health;
 pub mod load;
 pub mod orca;
+pub mod retry_budget;
 pub mod selector;
 
 pub use backend::{AdminState, Backend, BackendId, BackendSet, BackendState};
+pub use health::{Health, HealthPolicy, PanicChange, Reason, Transition};
 pub use load::{InFlightGuard, Load, Outcome};
+pub use retry_budget::RetryBudget;
 pub use selector::{Algorithm, PickContext, Selector, SelectorConfig, UnknownAlgorithm};
 
 /// Monotonic time in nanoseconds since an arbitrary, caller-chosen epoch.

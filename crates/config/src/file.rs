@@ -148,6 +148,18 @@ pub struct FileCluster {
     pub load_reports: Option<bool>,
     /// Active health checking.
     pub health: Option<FileHealth>,
+    /// Passive health checking (outlier detection).
+    pub outlier: Option<FileOutlier>,
+    /// Retries after the first attempt.
+    pub retries: Option<u32>,
+    /// Share of requests that may be retried (0.0 ..= 1.0).
+    pub retry_budget: Option<f64>,
+    /// Retries per second always allowed, whatever the budget.
+    pub retry_budget_min: Option<u32>,
+    /// Time allowed for one attempt's response headers.
+    pub try_timeout: Option<String>,
+    /// Percent of healthy backends below which health is ignored (panic mode).
+    pub panic_threshold: Option<u32>,
 }
 
 impl FileCluster {
@@ -165,6 +177,12 @@ impl FileCluster {
         "balance_factor",
         "load_reports",
         "health",
+        "outlier",
+        "retries",
+        "retry_budget",
+        "retry_budget_min",
+        "try_timeout",
+        "panic_threshold",
     ];
 }
 
@@ -200,10 +218,57 @@ pub struct FileHealth {
     pub rise: Option<u32>,
     /// Consecutive failures to mark a backend down.
     pub fall: Option<u32>,
+    /// HTTP method of HTTP checks.
+    pub method: Option<String>,
+    /// Host header of HTTP checks.
+    pub host: Option<String>,
+    /// Accepted statuses of HTTP checks: `"200-399"`, `"200,204"`.
+    pub expect_status: Option<String>,
+    /// Text the HTTP check's response body must contain.
+    pub body_contains: Option<String>,
+    /// Random spread added to each interval.
+    pub jitter: Option<String>,
+    /// Time between probes while a backend is down.
+    pub unhealthy_interval: Option<String>,
 }
 
 impl FileHealth {
     /// Keys of `[cluster.NAME.health]`.
-    pub const KEYS: &'static [&'static str] =
-        &["type", "path", "interval", "timeout", "rise", "fall"];
+    pub const KEYS: &'static [&'static str] = &[
+        "type",
+        "path",
+        "interval",
+        "timeout",
+        "rise",
+        "fall",
+        "method",
+        "host",
+        "expect_status",
+        "body_contains",
+        "jitter",
+        "unhealthy_interval",
+    ];
+}
+
+/// `[cluster.NAME.outlier]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct FileOutlier {
+    /// Failed requests in a row that eject a backend (0: off).
+    pub consecutive_failures: Option<u32>,
+    /// First ejection length.
+    pub base_ejection: Option<String>,
+    /// Longest ejection.
+    pub max_ejection: Option<String>,
+    /// Most of the cluster ejected at once, in percent.
+    pub max_ejection_percent: Option<u32>,
+}
+
+impl FileOutlier {
+    /// Keys of `[cluster.NAME.outlier]`.
+    pub const KEYS: &'static [&'static str] = &[
+        "consecutive_failures",
+        "base_ejection",
+        "max_ejection",
+        "max_ejection_percent",
+    ];
 }

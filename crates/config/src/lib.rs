@@ -126,6 +126,7 @@ fn known_keys(parent: &str) -> &'static [&'static str] {
         ["cluster", _] => FileCluster::KEYS,
         ["cluster", _, "backends"] => FileBackend::KEYS,
         ["cluster", _, "health"] => FileHealth::KEYS,
+        ["cluster", _, "outlier"] => FileOutlier::KEYS,
         _ => &[],
     }
 }

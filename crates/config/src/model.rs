@@ -241,6 +241,52 @@ pub struct ClusterConfig {
     pub load_reports: bool,
     /// Active health checks, if configured.
     pub health: Option<HealthConfig>,
+    /// Passive health checks (outlier detection).
+    pub outlier: OutlierConfig,
+    /// Retries after the first attempt (so `retries + 1` attempts at most).
+    pub retries: u32,
+    /// Share of requests that may be retried (the retry budget's ratio).
+    pub retry_budget: f64,
+    /// Retries per second allowed whatever the ratio (the budget's floor).
+    pub retry_budget_min: u32,
+    /// Time allowed for one attempt's response headers; `None` uses
+    /// `response_timeout`, which always bounds the request as a whole.
+    pub try_timeout: Option<Duration>,
+    /// Percent of healthy enabled backends below which the cluster ignores
+    /// health (panic mode); 0 never panics.
+    pub panic_threshold: u32,
+}
+
+/// Two retries (three attempts) by default: rides out two dead backends
+/// without letting one request hammer a whole cluster.
+pub const DEFAULT_RETRIES: u32 = 2;
+/// Most retries a cluster may configure.
+pub const MAX_RETRIES: u32 = 5;
+
+/// Passive health checking: eject backends that fail requests in a row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutlierConfig {
+    /// Failed requests in a row (5xx, connect failure, reset, timeout) that
+    /// eject a backend; 0 turns outlier detection off.
+    pub consecutive_failures: u32,
+    /// First ejection length; the n-th recent ejection lasts n times this.
+    pub base_ejection: Duration,
+    /// Longest single ejection.
+    pub max_ejection: Duration,
+    /// Most of the cluster ejected at once (percent; at least one backend).
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        use fulcrum_balance::health as h;
+        Self {
+            consecutive_failures: h::DEFAULT_CONSECUTIVE_FAILURES,
+            base_ejection: Duration::from_nanos(h::DEFAULT_BASE_EJECTION),
+            max_ejection: Duration::from_nanos(h::DEFAULT_MAX_EJECTION),
+            max_ejection_percent: h::DEFAULT_MAX_EJECTION_PERCENT,
+        }
+    }
 }
 
 /// What a hashing selector hashes to keep a client or object on one backend.
@@ -317,6 +363,12 @@ impl ClusterConfig {
             balance_factor: fulcrum_balance::selector::DEFAULT_BALANCE_FACTOR,
             load_reports: true,
             health: None,
+            outlier: OutlierConfig::default(),
+            retries: DEFAULT_RETRIES,
+            retry_budget: fulcrum_balance::retry_budget::DEFAULT_RATIO,
+            retry_budget_min: fulcrum_balance::retry_budget::DEFAULT_MIN_PER_SECOND,
+            try_timeout: None,
+            panic_threshold: fulcrum_balance::health::DEFAULT_PANIC_THRESHOLD,
         }
     }
 }
@@ -360,6 +412,20 @@ pub struct HealthConfig {
     pub rise: u32,
     /// Consecutive failures to mark a backend down.
     pub fall: u32,
+    /// HTTP checks: the method (default `GET`).
+    pub method: String,
+    /// HTTP checks: the Host header (default: the backend's address).
+    pub host: Option<String>,
+    /// HTTP checks: accepted status ranges, inclusive (default 200-399).
+    pub expect_status: Vec<(u16, u16)>,
+    /// HTTP checks: text the body must contain, if any.
+    pub body_contains: Option<String>,
+    /// Up to this much random time is added to each interval, so probes of
+    /// many proxies and backends do not synchronise.
+    pub jitter: Duration,
+    /// Time between probes while a backend is down: shorter, so a recovered
+    /// backend is back sooner.
+    pub unhealthy_interval: Duration,
 }
 
 impl Default for HealthConfig {
@@ -372,6 +438,21 @@ impl Default for HealthConfig {
             timeout: Duration::from_millis(500),
             rise: 2,
             fall: 2,
+            method: "GET".into(),
+            host: None,
+            expect_status: vec![(200, 399)],
+            body_contains: None,
+            jitter: Duration::from_millis(100),
+            unhealthy_interval: Duration::from_millis(500),
         }
+    }
+}
+
+impl HealthConfig {
+    /// Whether an HTTP check's answer `status` counts as a pass.
+    pub fn accepts_status(&self, status: u16) -> bool {
+        self.expect_status
+            .iter()
+            .any(|&(lo, hi)| (lo..=hi).contains(&status))
     }
 }

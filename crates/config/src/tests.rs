@@ -180,7 +180,20 @@ fn key_lists_match_the_file_shapes() {
         timeout: s(),
         rise: Some(1),
         fall: Some(1),
+        method: s(),
+        host: s(),
+        expect_status: s(),
+        body_contains: s(),
+        jitter: s(),
+        unhealthy_interval: s(),
     };
+    let outlier = file::FileOutlier {
+        consecutive_failures: Some(1),
+        base_ejection: s(),
+        max_ejection: s(),
+        max_ejection_percent: Some(1),
+    };
+    assert_eq!(keys(&outlier), sorted(file::FileOutlier::KEYS));
     let cluster = file::FileCluster {
         algorithm: s(),
         backends: Some(vec![]),
@@ -194,6 +207,12 @@ fn key_lists_match_the_file_shapes() {
         balance_factor: Some(1.5),
         load_reports: Some(true),
         health: Some(health.clone()),
+        outlier: Some(outlier),
+        retries: Some(1),
+        retry_budget: Some(0.2),
+        retry_budget_min: Some(1),
+        try_timeout: s(),
+        panic_threshold: Some(1),
     };
     assert_eq!(keys(&cluster), sorted(file::FileCluster::KEYS));
     assert_eq!(keys(&health), sorted(file::FileHealth::KEYS));
@@ -269,4 +288,70 @@ fn ipnet_contains_matches_prefixes() {
     assert!(IpNet::parse("0.0.0.0/0")
         .unwrap()
         .contains("8.8.8.8".parse().unwrap()));
+}
+
+#[test]
+fn parse_accepts_health_outlier_and_retry_keys() {
+    let text = GOOD.replace(
+        "rise = 2\nfall = 2\n",
+        "rise = 2\nfall = 2\nmethod = \"HEAD\"\nhost = \"app.internal\"\nexpect_status = \"200-299, 404\"\nbody_contains = \"ok\"\njitter = \"50ms\"\nunhealthy_interval = \"250ms\"\n",
+    ) + "retries = 1\nretry_budget = 0.1\nretry_budget_min = 3\ntry_timeout = \"2s\"\npanic_threshold = 30\n\n[cluster.api.outlier]\nconsecutive_failures = 7\nbase_ejection = \"10s\"\nmax_ejection = \"1m\"\nmax_ejection_percent = 25\n";
+    let c = parse(&text, None).expect("valid");
+    let h = c.clusters["app"].health.as_ref().unwrap();
+    assert_eq!(h.method, "HEAD");
+    assert_eq!(h.host.as_deref(), Some("app.internal"));
+    assert_eq!(h.expect_status, vec![(200, 299), (404, 404)]);
+    assert!(h.accepts_status(404) && !h.accepts_status(500));
+    assert_eq!(h.jitter, std::time::Duration::from_millis(50));
+    assert_eq!(h.unhealthy_interval, std::time::Duration::from_millis(250));
+    let api = &c.clusters["api"];
+    assert_eq!(api.retries, 1);
+    assert_eq!(api.retry_budget, 0.1);
+    assert_eq!(api.retry_budget_min, 3);
+    assert_eq!(api.try_timeout, Some(std::time::Duration::from_secs(2)));
+    assert_eq!(api.panic_threshold, 30);
+    assert_eq!(api.outlier.consecutive_failures, 7);
+    assert_eq!(api.outlier.max_ejection_percent, 25);
+    // Defaults follow the interval.
+    let d = &parse(GOOD, None).unwrap().clusters["app"];
+    let h = d.health.as_ref().unwrap();
+    assert_eq!(h.unhealthy_interval, std::time::Duration::from_millis(500));
+    assert_eq!(h.expect_status, vec![(200, 399)]);
+    assert_eq!(d.retries, 2);
+    assert_eq!(d.panic_threshold, 50);
+}
+
+#[test]
+fn parse_rejects_bad_health_and_retry_values_naming_the_key() {
+    let text = GOOD.replace(
+        "rise = 2\n",
+        "rise = 2\nexpect_status = \"200-99\"\nmethod = \"get\"\n",
+    ) + "retries = 9\nretry_budget = 1.5\ntry_timeout = \"1m\"\npanic_threshold = 120\n\n[cluster.api.outlier]\nmax_ejection_percent = 101\nbase_ejection = \"10s\"\nmax_ejection = \"1s\"\nconsecutive_failurs = 3\n";
+    let p = problems(&text);
+    let mut keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "cluster.api.outlier.consecutive_failurs",
+            "cluster.api.outlier.max_ejection",
+            "cluster.api.outlier.max_ejection_percent",
+            "cluster.api.panic_threshold",
+            "cluster.api.retries",
+            "cluster.api.retry_budget",
+            "cluster.api.try_timeout",
+            "cluster.app.health.expect_status",
+            "cluster.app.health.method",
+        ],
+        "{p:?}"
+    );
+    let typo = p
+        .iter()
+        .find(|p| p.key.ends_with("consecutive_failurs"))
+        .unwrap();
+    assert!(
+        typo.message.contains("did you mean `consecutive_failures`"),
+        "{}",
+        typo.message
+    );
 }

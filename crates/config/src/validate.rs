@@ -349,7 +349,86 @@ impl Validator {
             c.load_reports = b;
         }
         c.health = file.health.as_ref().map(|h| self.health(&key("health"), h));
+        self.resilience(name, file, &mut c);
         c
+    }
+
+    /// Outlier detection, retries and panic mode of `[cluster.NAME]`.
+    fn resilience(&mut self, name: &str, file: &FileCluster, c: &mut ClusterConfig) {
+        let key = |k: &str| format!("cluster.{name}.{k}");
+        if let Some(o) = &file.outlier {
+            let okey = |k: &str| format!("cluster.{name}.outlier.{k}");
+            if let Some(n) = o.consecutive_failures {
+                c.outlier.consecutive_failures = n;
+            }
+            if let Some(d) = self.duration(&okey("base_ejection"), o.base_ejection.as_deref()) {
+                c.outlier.base_ejection = d;
+            }
+            if let Some(d) = self.duration(&okey("max_ejection"), o.max_ejection.as_deref()) {
+                c.outlier.max_ejection = d;
+            }
+            if c.outlier.max_ejection < c.outlier.base_ejection {
+                self.problem(
+                    okey("max_ejection"),
+                    format!(
+                        "{:?} is shorter than base_ejection {:?}; make it at least as long",
+                        c.outlier.max_ejection, c.outlier.base_ejection
+                    ),
+                );
+            }
+            if let Some(p) = o.max_ejection_percent {
+                if p > 100 {
+                    self.problem(
+                        okey("max_ejection_percent"),
+                        format!("{p} is not a percentage; write 0 to 100 (10 is Envoy's default)"),
+                    );
+                }
+                c.outlier.max_ejection_percent = p.min(100);
+            }
+        }
+        if let Some(n) = file.retries {
+            if n > MAX_RETRIES {
+                self.problem(
+                    key("retries"),
+                    format!("{n} is above the maximum {MAX_RETRIES}; retries multiply load on a failing cluster"),
+                );
+            }
+            c.retries = n.min(MAX_RETRIES);
+        }
+        if let Some(r) = file.retry_budget {
+            if !(r.is_finite() && (0.0..=1.0).contains(&r)) {
+                self.problem(
+                    key("retry_budget"),
+                    format!("{r} is not a ratio; write a share of requests between 0.0 and 1.0, e.g. 0.2"),
+                );
+            } else {
+                c.retry_budget = r;
+            }
+        }
+        if let Some(n) = file.retry_budget_min {
+            c.retry_budget_min = n;
+        }
+        if let Some(d) = self.duration(&key("try_timeout"), file.try_timeout.as_deref()) {
+            if d > c.response_timeout {
+                self.problem(
+                    key("try_timeout"),
+                    format!(
+                        "{d:?} is longer than response_timeout {:?}, which bounds all attempts together; make it shorter",
+                        c.response_timeout
+                    ),
+                );
+            }
+            c.try_timeout = Some(d);
+        }
+        if let Some(p) = file.panic_threshold {
+            if p > 100 {
+                self.problem(
+                    key("panic_threshold"),
+                    format!("{p} is not a percentage; write 0 (never) to 100, 50 is the default"),
+                );
+            }
+            c.panic_threshold = p.min(100);
+        }
     }
 
     fn backend(&mut self, key: &str, file: &FileBackend) -> Option<BackendConfig> {
@@ -428,6 +507,18 @@ impl Validator {
         if let Some(d) = self.duration(&format!("{key}.timeout"), file.timeout.as_deref()) {
             h.timeout = d;
         }
+        h.jitter = h.interval / 10;
+        h.unhealthy_interval = h.interval / 2;
+        if let Some(d) = self.duration_or_zero(&format!("{key}.jitter"), file.jitter.as_deref()) {
+            h.jitter = d;
+        }
+        if let Some(d) = self.duration(
+            &format!("{key}.unhealthy_interval"),
+            file.unhealthy_interval.as_deref(),
+        ) {
+            h.unhealthy_interval = d;
+        }
+        self.http_check(key, file, &mut h);
         for (name, value, slot) in [
             ("rise", file.rise, &mut h.rise),
             ("fall", file.fall, &mut h.fall),
@@ -441,6 +532,64 @@ impl Validator {
             }
         }
         h
+    }
+
+    /// The HTTP-only keys of `[cluster.NAME.health]`.
+    fn http_check(&mut self, key: &str, file: &FileHealth, h: &mut HealthConfig) {
+        let tcp = h.kind == HealthKind::Tcp;
+        for (name, set) in [
+            ("method", file.method.is_some()),
+            ("host", file.host.is_some()),
+            ("expect_status", file.expect_status.is_some()),
+            ("body_contains", file.body_contains.is_some()),
+        ] {
+            if tcp && set {
+                self.problem(
+                    format!("{key}.{name}"),
+                    "only http checks have this; remove it or set type = \"http\"",
+                );
+            }
+        }
+        if let Some(m) = &file.method {
+            if m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase()) {
+                self.problem(
+                    format!("{key}.method"),
+                    format!("`{m}` is not an HTTP method; write e.g. \"GET\" or \"HEAD\""),
+                );
+            }
+            h.method = m.clone();
+        }
+        if let Some(host) = &file.host {
+            if host.is_empty()
+                || host
+                    .bytes()
+                    .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            {
+                self.problem(
+                    format!("{key}.host"),
+                    format!("`{host}` is not a host name; write e.g. \"app.example.com\""),
+                );
+            }
+            h.host = Some(host.clone());
+        }
+        if let Some(text) = &file.expect_status {
+            match parse_status_ranges(text) {
+                Some(ranges) => h.expect_status = ranges,
+                None => self.problem(
+                    format!("{key}.expect_status"),
+                    format!("`{text}` is not a status list; write ranges and codes such as \"200-399\" or \"200,204\""),
+                ),
+            }
+        }
+        if let Some(b) = &file.body_contains {
+            if b.is_empty() {
+                self.problem(
+                    format!("{key}.body_contains"),
+                    "is empty; remove it or write the text a healthy answer contains",
+                );
+            }
+            h.body_contains = Some(b.clone());
+        }
     }
 
     fn socket_addr(&mut self, key: &str, s: &str) -> Option<SocketAddr> {
@@ -481,6 +630,27 @@ impl Validator {
             }
         }
     }
+}
+
+/// Parses `"200-399"`, `"200,204"`, `"200-299, 404"` into inclusive ranges
+/// of valid statuses (100..=599).
+pub(crate) fn parse_status_ranges(text: &str) -> Option<Vec<(u16, u16)>> {
+    let mut out = Vec::new();
+    for part in text.split(',') {
+        let part = part.trim();
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a.trim().parse().ok()?, b.trim().parse().ok()?),
+            None => {
+                let s = part.parse().ok()?;
+                (s, s)
+            }
+        };
+        if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
+            return None;
+        }
+        out.push((lo, hi));
+    }
+    Some(out)
 }
 
 pub(crate) fn valid_host_port(s: &str) -> bool {

@@ -62,6 +62,12 @@ impl RequestBody {
         })
     }
 
+    /// Whether any attempt has started reading the body (so it may have
+    /// reached a backend).
+    pub fn was_read(&self) -> bool {
+        self.slot.started.load(Ordering::Acquire)
+    }
+
     /// Whether the body carries no data at all.
     pub fn is_empty(&self) -> bool {
         self.end_stream

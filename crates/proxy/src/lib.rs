@@ -10,12 +10,14 @@
 //!   ([`Server`]);
 //! * [`http`]: the L7 request path (route, pick, forward, retry);
 //! * [`upstream`]: per-cluster keep-alive connection pools;
+//! * [`health`]: active probers, passive-health reporting and panic mode;
 //! * [`headers`], [`body`]: header rewriting and streaming bodies.
 
 pub mod body;
 pub mod clock;
 pub mod framing;
 pub mod headers;
+pub mod health;
 pub mod http;
 pub mod listener;
 pub mod routes;

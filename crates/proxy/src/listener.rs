@@ -82,6 +82,10 @@ impl Server {
         }
         let (shutdown, _) = watch::channel(false);
         let (alive, done) = mpsc::channel(1);
+        tokio::spawn(crate::health::supervise(
+            Arc::clone(&runtime),
+            shutdown.subscribe(),
+        ));
         let mut bound = Vec::new();
         for (config, socket) in sockets {
             let addr = socket.local_addr().expect("bound socket has an address");

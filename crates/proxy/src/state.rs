@@ -15,7 +15,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use fulcrum_balance::{Backend, BackendSet, BackendState, Selector, SelectorConfig};
+use fulcrum_balance::{
+    Backend, BackendSet, BackendState, HealthPolicy, RetryBudget, Selector, SelectorConfig,
+};
 use fulcrum_config::{ClusterConfig, Command, CommandError, Config, ListenerConfig};
 
 use crate::clock;
@@ -37,6 +39,10 @@ pub struct ClusterSnapshot {
     pub upstream: Upstream,
     /// Each backend's address as a URI authority, by [`fulcrum_balance::BackendId`].
     pub authorities: Vec<http::uri::Authority>,
+    /// Health thresholds (probes and outlier detection).
+    pub health: HealthPolicy,
+    /// The cluster's retry budget (survives reloads while its settings do).
+    pub retry_budget: Arc<RetryBudget>,
 }
 
 impl ClusterSnapshot {
@@ -73,6 +79,7 @@ struct Control {
     generation: u64,
     backend_states: HashMap<(String, String), Arc<BackendState>>,
     upstreams: HashMap<String, Upstream>,
+    retry_budgets: HashMap<String, Arc<RetryBudget>>,
 }
 
 /// The running configuration.
@@ -90,6 +97,7 @@ impl Runtime {
             generation: 0,
             backend_states: HashMap::new(),
             upstreams: HashMap::new(),
+            retry_budgets: HashMap::new(),
         };
         let snapshot = control.build();
         Arc::new(Self {
@@ -137,6 +145,7 @@ impl Control {
         let now = clock::now();
         let mut live_states = HashMap::new();
         let mut live_upstreams = HashMap::new();
+        let mut live_budgets = HashMap::new();
         let mut clusters = HashMap::new();
         for (name, cluster) in &self.model.clusters {
             let backends: Vec<Backend> = cluster
@@ -161,8 +170,9 @@ impl Control {
                     }
                 })
                 .collect();
-            let set =
-                BackendSet::new(backends).with_slow_start(cluster.slow_start.as_nanos() as u64);
+            let set = BackendSet::new(backends)
+                .with_slow_start(cluster.slow_start.as_nanos() as u64)
+                .with_panic_threshold(cluster.panic_threshold);
             let selector_config = SelectorConfig {
                 decay: cluster.ewma_decay.as_nanos() as u64,
                 hash_balance_factor: cluster.balance_factor,
@@ -183,6 +193,16 @@ impl Control {
                 _ => Upstream::new(cluster),
             };
             live_upstreams.insert(name.clone(), upstream.clone());
+            let retry_budget = match self.retry_budgets.get(name) {
+                Some(b) if b.matches(cluster.retry_budget, cluster.retry_budget_min) => {
+                    Arc::clone(b)
+                }
+                _ => Arc::new(RetryBudget::new(
+                    cluster.retry_budget,
+                    cluster.retry_budget_min,
+                )),
+            };
+            live_budgets.insert(name.clone(), Arc::clone(&retry_budget));
             clusters.insert(
                 name.clone(),
                 Arc::new(ClusterSnapshot {
@@ -192,11 +212,14 @@ impl Control {
                     selector_config,
                     upstream,
                     authorities,
+                    health: crate::health::policy(cluster),
+                    retry_budget,
                 }),
             );
         }
         self.backend_states = live_states;
         self.upstreams = live_upstreams;
+        self.retry_budgets = live_budgets;
         let listeners = self
             .model
             .listeners

@@ -103,7 +103,7 @@ fn scan(set: &BackendSet, now: Nanos) -> u64 {
     let mut total = 0u64;
     let mut weight = 0f64;
     for (i, b) in set.backends().iter().enumerate() {
-        if b.is_usable() {
+        if set.is_usable(BackendId(i as u32)) {
             total += u64::from(b.state.load.in_flight());
             weight += set.effective_weight(BackendId(i as u32), now);
         }

@@ -89,10 +89,12 @@ impl<'a> PickContext<'a> {
         }
     }
 
-    /// Whether `id` may take this request: usable and not already tried.
+    /// Whether `id` may take this request: usable (or merely enabled while
+    /// the set is in panic mode, see [`BackendSet::is_usable`]) and not
+    /// already tried.
     #[inline]
     pub fn is_candidate(&self, set: &BackendSet, id: BackendId) -> bool {
-        set.get(id).is_usable() && !self.exclude.contains(&id)
+        set.is_usable(id) && !self.exclude.contains(&id)
     }
 }
 

@@ -4,23 +4,24 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use fulcrum_balance::{BackendId, Outcome, PickContext};
+use fulcrum_balance::{BackendId, InFlightGuard, Outcome, PickContext};
 use fulcrum_config::HashKey;
 use http::header::HeaderName;
 use http::uri::{PathAndQuery, Scheme};
-use http::{header, HeaderValue, Request, Response, Uri, Version};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use super::error::ProxyError;
 use crate::body::{ProxyBody, RequestBody};
 use crate::clock;
 use crate::headers;
+use crate::health;
 use crate::state::{ClusterSnapshot, Runtime};
 
-/// Most backends one request tries. Connect failures are retried on other
-/// backends (nothing was sent, so it is always safe); three attempts ride
-/// out two dead backends without letting one request hammer a whole cluster.
-const MAX_ATTEMPTS: usize = 3;
+/// Most backends one request can try: the first attempt plus the largest
+/// `retries` a cluster may configure. The cluster's `retries` (default 2)
+/// and its retry budget decide how many are actually made.
+const MAX_ATTEMPTS: usize = 1 + fulcrum_config::MAX_RETRIES as usize;
 
 /// What the proxy knows about the client connection a request came on.
 #[derive(Clone, Debug)]
@@ -100,14 +101,29 @@ async fn proxy(
     let key = request_key(&cluster.config.hash_key, &parts, conn);
     let mut decisions = debug.then(String::new);
     let mut body = Some(RequestBody::new(body));
+    let max_attempts = 1 + (cluster.config.retries as usize).min(MAX_ATTEMPTS - 1);
     let mut tried = [BackendId(0); MAX_ATTEMPTS];
     let mut attempts = 0;
     let mut rng = fastrand::Rng::new();
     let mut last_error = None;
-    while attempts < MAX_ATTEMPTS {
+    // The last retryable answer (502/503/504), returned if no retry does better.
+    let mut held: Option<(Response<Incoming>, InFlightGuard, BackendId)> = None;
+    let mut only_connect_failures = true;
+    let idempotent = is_idempotent(&parts.method);
+    let deadline = Instant::now() + cluster.config.response_timeout;
+    let try_timeout = cluster
+        .config
+        .try_timeout
+        .unwrap_or(cluster.config.response_timeout);
+    cluster.retry_budget.deposit();
+    while attempts < max_attempts {
         let Some(request_body) = body.take() else {
             break;
         };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            break;
+        }
         let now = clock::now();
         let mut ctx = PickContext {
             now,
@@ -127,6 +143,10 @@ async fn proxy(
         let Some(id) = picked else {
             break;
         };
+        if attempts > 0 && !cluster.retry_budget.try_withdraw(now) {
+            tracing::debug!(cluster = %cluster.name(), "retry refused: the cluster's retry budget is spent");
+            break;
+        }
         tried[attempts] = id;
         attempts += 1;
         let backend = cluster.set.get(id);
@@ -136,7 +156,7 @@ async fn proxy(
         let guard = backend.state.load.start();
         let started = Instant::now();
         let sent = tokio::time::timeout(
-            cluster.config.response_timeout,
+            try_timeout.min(remaining),
             cluster.upstream.client().request(upstream_req),
         )
         .await;
@@ -145,64 +165,144 @@ async fn proxy(
         let decay = cluster.selector_config.decay;
         match sent {
             Ok(Ok(response)) => {
-                let outcome = if response.status().is_server_error() {
+                only_connect_failures = false;
+                let status = response.status();
+                let outcome = if status.is_server_error() {
                     Outcome::Failure
                 } else {
                     Outcome::Success
                 };
+                // A backend asking for less (429, Retry-After) is made less
+                // attractive through its Load error rate, without counting
+                // against its health.
+                let throttled = status == StatusCode::TOO_MANY_REQUESTS
+                    || response.headers().contains_key(header::RETRY_AFTER);
+                let load_outcome = if throttled { Outcome::Failure } else { outcome };
                 backend
                     .state
                     .load
-                    .observe(finished, latency, outcome, decay);
-                let (mut rparts, rbody) = response.into_parts();
-                if cluster.config.load_reports {
-                    record_load_report(&rparts.headers, &backend.state.load, finished);
-                }
-                headers::remove_hop_by_hop(&mut rparts.headers);
-                headers::append_via(&mut rparts.headers, Version::HTTP_11);
-                if let Some(text) = decisions.take() {
-                    if let Ok(v) = HeaderValue::try_from(text) {
-                        rparts.headers.insert(X_FULCRUM_DECISION.clone(), v);
+                    .observe(finished, latency, load_outcome, decay);
+                health::observe(&cluster, id, outcome, finished);
+                let gateway_error = matches!(status.as_u16(), 502..=504);
+                if gateway_error && attempts < max_attempts {
+                    if let Some(b) = replayable(retry_body, idempotent, false) {
+                        tracing::debug!(cluster = %cluster.name(), backend = %backend.address, %status, "retrying elsewhere");
+                        held = Some((response, guard, id));
+                        body = Some(b);
+                        continue;
                     }
                 }
-                return Ok(Response::from_parts(
-                    rparts,
-                    ProxyBody::upstream(rbody, guard),
-                ));
+                return Ok(forward(&cluster, id, response, guard, decisions, finished));
             }
             Ok(Err(e)) => {
                 backend
                     .state
                     .load
                     .observe(finished, latency, Outcome::Failure, decay);
+                health::observe(&cluster, id, Outcome::Failure, finished);
                 let connect = e.is_connect();
+                only_connect_failures &= connect;
                 tracing::debug!(cluster = %cluster.name(), backend = %backend.address, error = %e, connect, "upstream attempt failed");
                 last_error = Some(ProxyError::Upstream {
                     cluster: cluster.name().to_owned(),
                     backend: backend.address.clone(),
                     reason: error_chain(&e),
                 });
-                // Nothing reached the backend on a connect failure, so any
-                // request may go elsewhere if its body is still unread.
-                if connect {
-                    body = retry_body;
-                }
+                body = replayable(retry_body, idempotent, connect);
             }
             Err(_elapsed) => {
+                only_connect_failures = false;
                 backend
                     .state
                     .load
                     .observe(finished, latency, Outcome::Failure, decay);
+                health::observe(&cluster, id, Outcome::Failure, finished);
+                tracing::debug!(cluster = %cluster.name(), backend = %backend.address, "upstream attempt timed out");
                 last_error = Some(ProxyError::Timeout {
                     cluster: cluster.name().to_owned(),
                     backend: backend.address.clone(),
                 });
+                body = replayable(retry_body, idempotent, false);
             }
         }
+    }
+    if let Some((response, guard, id)) = held {
+        return Ok(forward(
+            &cluster,
+            id,
+            response,
+            guard,
+            decisions,
+            clock::now(),
+        ));
+    }
+    if attempts > 0 && only_connect_failures {
+        // Every backend tried refused the connection: none is there to
+        // serve, which is a 503, not a bad answer (502).
+        tracing::debug!(cluster = %cluster.name(), attempts, "no backend accepted a connection");
+        last_error = None;
+    }
+    if last_error.is_none() && Instant::now() >= deadline {
+        last_error = Some(ProxyError::Timeout {
+            cluster: cluster.name().to_owned(),
+            backend: "-".to_owned(),
+        });
     }
     Err(last_error.unwrap_or_else(|| ProxyError::NoBackend {
         cluster: cluster.name().to_owned(),
     }))
+}
+
+/// Methods safe to send twice (RFC 9110 §9.2.2): a retry after the backend
+/// may have seen the request cannot do harm.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// The body for another attempt, if the request may be sent again.
+///
+/// * after a connect failure nothing was sent: any request whose body was
+///   not read may go again;
+/// * after an answer or a broken exchange the backend may have acted on
+///   the request: only idempotent methods, or requests whose (non-empty)
+///   body it never started reading, go again.
+///
+/// A body that was partly read is never replayed (it is not buffered).
+fn replayable(
+    body: Option<RequestBody>,
+    idempotent: bool,
+    connect_failure: bool,
+) -> Option<RequestBody> {
+    let body = body?.reclaim()?;
+    let untouched = !body.is_empty() && !body.was_read();
+    (connect_failure || idempotent || untouched).then_some(body)
+}
+
+/// Turns the backend's answer into the client's.
+fn forward(
+    cluster: &ClusterSnapshot,
+    id: BackendId,
+    response: Response<Incoming>,
+    guard: InFlightGuard,
+    decisions: Option<String>,
+    finished: fulcrum_balance::Nanos,
+) -> Response<ProxyBody> {
+    let backend = cluster.set.get(id);
+    let (mut rparts, rbody) = response.into_parts();
+    if cluster.config.load_reports {
+        record_load_report(&rparts.headers, &backend.state.load, finished);
+    }
+    headers::remove_hop_by_hop(&mut rparts.headers);
+    headers::append_via(&mut rparts.headers, Version::HTTP_11);
+    if let Some(text) = decisions {
+        if let Ok(v) = HeaderValue::try_from(text) {
+            rparts.headers.insert(X_FULCRUM_DECISION.clone(), v);
+        }
+    }
+    Response::from_parts(rparts, ProxyBody::upstream(rbody, guard))
 }
 
 /// Request header asking for the decision trail.

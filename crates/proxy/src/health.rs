@@ -1,0 +1,395 @@
+//! Health checking at run time: active probers, the supervisor that keeps
+//! them in step with the configuration, and reporting of transitions.
+//!
+//! The state machine itself is pure and lives in
+//! [`fulcrum_balance::health`]; this module feeds it.
+//!
+//! * One **supervisor** task per [`Runtime`] ([`supervise`]) wakes every
+//!   [`TICK`], reads the current snapshot and
+//!   - starts a prober for every `(cluster, address)` of a cluster with
+//!     `[cluster.NAME.health]`, restarts it when its settings change and
+//!     stops it when the backend or the health section goes away (the
+//!     backend's `Arc<BackendState>` survives reloads, so a reload does not
+//!     reset what probes learned);
+//!   - ends expired outlier ejections ([`BackendState::tick_health`]);
+//!   - recomputes each cluster's panic mode and logs changes.
+//! * A **prober** task probes one backend every `interval` (every
+//!   `unhealthy_interval` while it is down) plus a random `jitter`, starting
+//!   at a random offset so probes of many backends do not line up. An HTTP
+//!   probe opens a fresh connection (as HAProxy does: it also checks that
+//!   the backend accepts), sends `METHOD path` with the configured Host and
+//!   `connection: close`, and passes when the status is in `expect_status`
+//!   and, if set, the body (first 64 KiB) contains `body_contains`. A TCP
+//!   probe passes when the connect succeeds. Each probe is bounded by
+//!   `timeout`.
+//! * Passive observations come from the request path
+//!   (`crate::http::service`) through [`BackendState::record_outcome`]; its
+//!   transitions are reported here too ([`report`]).
+//!
+//! Every transition is logged with its reason: `warn` when a backend goes
+//! down, `info` when it comes back; panic mode is logged at `warn`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fulcrum_balance::{BackendId, BackendState, HealthPolicy, Nanos, Outcome, Transition};
+use fulcrum_config::{ClusterConfig, HealthConfig, HealthKind};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::clock;
+use crate::state::{ClusterSnapshot, Runtime};
+
+/// How often the supervisor reconciles probers, ends ejections and checks
+/// panic mode: 100 ms keeps an ejection's end and a new backend's first
+/// probe prompt, at a cost of one pass over the backends.
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// Most of an HTTP probe's body searched for `body_contains`.
+pub const PROBE_BODY_LIMIT: usize = 64 * 1024;
+
+/// The health thresholds of a cluster's configuration.
+pub fn policy(cluster: &ClusterConfig) -> HealthPolicy {
+    let (rise, fall) = cluster.health.as_ref().map_or((2, 2), |h| (h.rise, h.fall));
+    HealthPolicy {
+        rise,
+        fall,
+        consecutive_failures: cluster.outlier.consecutive_failures,
+        base_ejection: cluster.outlier.base_ejection.as_nanos() as u64,
+        max_ejection: cluster.outlier.max_ejection.as_nanos() as u64,
+        max_ejection_percent: cluster.outlier.max_ejection_percent,
+    }
+}
+
+/// Logs a backend's health transition and updates its cluster's panic mode.
+/// `detail` adds what the last observation was (e.g. a probe's error).
+pub fn report(cluster: &ClusterSnapshot, address: &str, t: &Transition, detail: Option<&str>) {
+    let detail = detail.unwrap_or("");
+    if t.up {
+        tracing::info!(cluster = %cluster.name(), backend = %address, reason = %t.reason, "backend up");
+    } else if let Some(d) = t.ejected_for {
+        tracing::warn!(
+            cluster = %cluster.name(),
+            backend = %address,
+            reason = %t.reason,
+            ejected_for = ?Duration::from_nanos(d),
+            "backend ejected"
+        );
+    } else {
+        tracing::warn!(cluster = %cluster.name(), backend = %address, reason = %t.reason, last_error = %detail, "backend down");
+    }
+    refresh_panic(cluster);
+}
+
+/// Feeds one request attempt's outcome into the backend's passive health
+/// (outlier detection) and reports an ejection.
+#[inline]
+pub fn observe(cluster: &ClusterSnapshot, id: BackendId, outcome: Outcome, now: Nanos) {
+    let b = cluster.set.get(id);
+    if let Some(t) = b
+        .state
+        .record_outcome(outcome, now, &cluster.health, &cluster.set)
+    {
+        report(cluster, &b.address, &t, None);
+    }
+}
+
+/// Recomputes a cluster's panic mode and logs a change.
+pub fn refresh_panic(cluster: &ClusterSnapshot) {
+    if let Some(change) = cluster.set.refresh_panic() {
+        if change.active {
+            tracing::warn!(
+                cluster = %cluster.name(),
+                healthy = change.healthy,
+                enabled = change.enabled,
+                threshold_percent = cluster.set.panic_threshold(),
+                "panic mode: too few healthy backends, ignoring health and spreading over all enabled backends"
+            );
+        } else {
+            tracing::info!(
+                cluster = %cluster.name(),
+                healthy = change.healthy,
+                enabled = change.enabled,
+                "panic mode over"
+            );
+        }
+    }
+}
+
+/// A running prober and what it was started with.
+struct Prober {
+    config: HealthConfig,
+    policy: HealthPolicy,
+    state: Arc<BackendState>,
+    task: JoinHandle<()>,
+}
+
+/// Runs health checking for `runtime` until `shutdown` turns true.
+pub async fn supervise(runtime: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) {
+    let mut probers: HashMap<(String, String), Prober> = HashMap::new();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => break,
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+        let snapshot = runtime.snapshot();
+        let now = clock::now();
+        let mut live = HashSet::new();
+        for cluster in snapshot.clusters.values() {
+            for b in cluster.set.backends() {
+                if let Some(t) = b.state.tick_health(now, &cluster.health) {
+                    report(cluster, &b.address, &t, None);
+                }
+                let Some(config) = &cluster.config.health else {
+                    // Health checking off: no stale probe verdict may keep it down.
+                    if let Some(t) = b.state.clear_probe_verdict(now) {
+                        report(cluster, &b.address, &t, Some("health checking turned off"));
+                    }
+                    continue;
+                };
+                let key = (cluster.name().to_owned(), b.address.clone());
+                let current = probers.get(&key).is_some_and(|p| {
+                    p.config == *config
+                        && p.policy == cluster.health
+                        && Arc::ptr_eq(&p.state, &b.state)
+                });
+                if !current {
+                    let task = tokio::spawn(probe_loop(
+                        Arc::clone(&runtime),
+                        key.0.clone(),
+                        key.1.clone(),
+                        Arc::clone(&b.state),
+                        config.clone(),
+                        cluster.health.clone(),
+                    ));
+                    let prober = Prober {
+                        config: config.clone(),
+                        policy: cluster.health.clone(),
+                        state: Arc::clone(&b.state),
+                        task,
+                    };
+                    if let Some(old) = probers.insert(key.clone(), prober) {
+                        old.task.abort();
+                    }
+                }
+                live.insert(key);
+            }
+            refresh_panic(cluster);
+        }
+        probers.retain(|key, p| {
+            let keep = live.contains(key);
+            if !keep {
+                p.task.abort();
+            }
+            keep
+        });
+    }
+    for (_, p) in probers {
+        p.task.abort();
+    }
+}
+
+/// Probes one backend forever (until aborted by the supervisor).
+async fn probe_loop(
+    runtime: Arc<Runtime>,
+    cluster: String,
+    address: String,
+    state: Arc<BackendState>,
+    config: HealthConfig,
+    policy: HealthPolicy,
+) {
+    let mut rng = fastrand::Rng::new();
+    // Start at a random point of the interval so probes spread out.
+    tokio::time::sleep(random_up_to(&mut rng, config.interval)).await;
+    loop {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(config.timeout, probe_once(&address, &config)).await
+        {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {:?}", config.timeout)),
+        };
+        let now = clock::now();
+        let latency = started.elapsed().as_nanos() as u64;
+        if let Err(e) = &result {
+            tracing::debug!(cluster = %cluster, backend = %address, error = %e, "health probe failed");
+        }
+        if let Some(t) = state.record_probe(result.is_ok(), latency, now, &policy) {
+            let snapshot = runtime.snapshot();
+            match snapshot.clusters.get(&cluster) {
+                Some(c) => report(c, &address, &t, result.as_ref().err().map(String::as_str)),
+                None => {
+                    tracing::info!(cluster = %cluster, backend = %address, up = t.up, reason = %t.reason, "backend health changed")
+                }
+            }
+        }
+        let base = if state.health.probe_up() {
+            config.interval
+        } else {
+            config.unhealthy_interval
+        };
+        tokio::time::sleep(base + random_up_to(&mut rng, config.jitter)).await;
+    }
+}
+
+fn random_up_to(rng: &mut fastrand::Rng, max: Duration) -> Duration {
+    let nanos = max.as_nanos().min(u64::MAX as u128) as u64;
+    Duration::from_nanos(rng.u64(0..=nanos))
+}
+
+/// One probe; `Err` says why it failed.
+async fn probe_once(address: &str, config: &HealthConfig) -> Result<(), String> {
+    let stream = TcpStream::connect(address)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let path = match &config.kind {
+        HealthKind::Tcp => return Ok(()),
+        HealthKind::Http { path } => path,
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let conn = tokio::spawn(conn);
+    let outcome = async {
+        let host = config.host.as_deref().unwrap_or(address);
+        let request = http::Request::builder()
+            .method(config.method.as_str())
+            .uri(path.as_str())
+            .header(http::header::HOST, host)
+            .header(http::header::USER_AGENT, "fulcrum-health-check")
+            .header(http::header::CONNECTION, "close")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("request: {e}"))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        let status = response.status().as_u16();
+        if !config.accepts_status(status) {
+            return Err(format!("status {status}"));
+        }
+        if let Some(needle) = &config.body_contains {
+            let body = Limited::new(response.into_body(), PROBE_BODY_LIMIT)
+                .collect()
+                .await
+                .map_err(|e| format!("body: {e}"))?
+                .to_bytes();
+            let found = body
+                .windows(needle.len().max(1))
+                .any(|w| w == needle.as_bytes());
+            if !found {
+                return Err(format!("body does not contain `{needle}`"));
+            }
+        }
+        Ok(())
+    }
+    .await;
+    conn.abort();
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fulcrum_config::{BackendConfig, Command};
+    use fulcrum_testbed::{spawn_backend, BackendOptions};
+
+    async fn wait_until(mut f: impl FnMut() -> bool) -> bool {
+        for _ in 0..100 {
+            if f() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    fn healthy(runtime: &Runtime, address: &str) -> bool {
+        let snapshot = runtime.snapshot();
+        let set = &snapshot.clusters["app"].set;
+        set.get(set.find(address).unwrap()).state.is_healthy()
+    }
+
+    #[tokio::test]
+    async fn probers_follow_membership_and_keep_state_across_reloads() {
+        let a = spawn_backend(BackendOptions::new("a")).await.unwrap();
+        let b = spawn_backend(BackendOptions::new("b")).await.unwrap();
+        a.set_healthy(false);
+        b.set_healthy(false);
+        let text = format!(
+            "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\ncluster = \"app\"\n\
+             [cluster.app]\nbackends = [{{ address = \"{}\" }}]\npanic_threshold = 0\n\
+             [cluster.app.health]\ninterval = \"50ms\"\ntimeout = \"50ms\"\njitter = \"0s\"\n\
+             expect_status = \"200\"\nrise = 1\nfall = 1\n",
+            a.addr
+        );
+        let runtime = Runtime::new(fulcrum_config::parse(&text, None).unwrap());
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(supervise(Arc::clone(&runtime), stopped));
+        let a_addr = a.addr.to_string();
+        assert!(
+            wait_until(|| !healthy(&runtime, &a_addr)).await,
+            "a marked down"
+        );
+
+        // A backend added at run time is probed too.
+        let b_addr = b.addr.to_string();
+        runtime
+            .apply([Command::AddBackend {
+                cluster: "app".into(),
+                backend: BackendConfig {
+                    address: b_addr.clone(),
+                    weight: 1,
+                    state: Default::default(),
+                },
+            }])
+            .unwrap();
+        assert!(
+            wait_until(|| !healthy(&runtime, &b_addr)).await,
+            "b marked down"
+        );
+        // The reload kept a's verdict (its state survived the new snapshot).
+        assert!(!healthy(&runtime, &a_addr));
+        b.set_healthy(true);
+        assert!(wait_until(|| healthy(&runtime, &b_addr)).await, "b back up");
+        let state = {
+            let snapshot = runtime.snapshot();
+            let set = &snapshot.clusters["app"].set;
+            Arc::clone(&set.get(set.find(&b_addr).unwrap()).state)
+        };
+        assert!(state.ramp_since().is_some());
+
+        // Removed: its prober stops, so its probe count stops growing.
+        runtime
+            .apply([Command::RemoveBackend {
+                cluster: "app".into(),
+                address: b_addr.clone(),
+            }])
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let probes = state
+            .health
+            .probes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            state
+                .health
+                .probes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            probes
+        );
+        let _ = stop.send(true);
+        task.await.unwrap();
+    }
+}
