@@ -292,8 +292,9 @@ impl BackendSet {
     }
 
     /// Weight after slow start at `now`: ramps linearly from 10% to 100% of
-    /// the configured weight over the window (never below 1 for a non-zero
-    /// weight, so a ramping backend still gets *some* traffic).
+    /// the configured weight over the window. Starting at 10% rather than 0
+    /// lets a ramping backend take *some* traffic at once, so its latency
+    /// is learned; the value is fractional, so weight-1 backends ramp too.
     #[inline]
     pub fn effective_weight(&self, id: BackendId, now: Nanos) -> f64 {
         let b = self.get(id);
@@ -304,7 +305,7 @@ impl BackendSet {
         match b.state.ramp_since() {
             Some(since) if now < since.saturating_add(self.slow_start) => {
                 let elapsed = now.saturating_sub(since) as f64 / self.slow_start as f64;
-                (w * (0.1 + 0.9 * elapsed)).max(1.0_f64.min(w))
+                w * (0.1 + 0.9 * elapsed)
             }
             _ => w,
         }

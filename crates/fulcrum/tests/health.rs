@@ -51,8 +51,7 @@ impl Drop for BackendProcess {
     }
 }
 
-/// A cluster over `addrs`, weight 100 each (slow start cannot lower a
-/// weight below 1, so a weight-1 backend would not visibly ramp).
+/// A cluster over `addrs`, weight 100 each.
 fn cluster_with(algorithm: &str, addrs: &[SocketAddr], extra: &str) -> String {
     let list: Vec<(SocketAddr, u32)> = addrs.iter().map(|a| (*a, 100)).collect();
     format!("{}{extra}", cluster_block("app", algorithm, &list))
