@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use fastrand::Rng;
 use fulcrum_balance::{
-    Algorithm, Backend, BackendSet, InFlightGuard, Load, Nanos, Outcome, PickContext, Selector,
+    Algorithm, Backend, BackendSet, InFlightGuard, Nanos, Outcome, PickContext, Selector,
     SelectorConfig, SECOND,
 };
 
@@ -30,41 +30,6 @@ use crate::dist::{exponential, mix64};
 use crate::metrics::{cdf_points, percentile, Metrics, Shares};
 use crate::scenario::{Arrivals, FailureMode, Scenario};
 use crate::server::{JobRef, Lru, Server};
-
-/// Starts counting a request in flight on a backend's [`Load`].
-///
-/// `Load::start` needs an `Arc<Load>`. The balance branch being merged
-/// alongside this one turns `BackendState::load` from `Load` into
-/// `Arc<Load>` for exactly this; until both are merged, a plain `Load`
-/// cannot hand out guards, so the request is not counted (no selector
-/// present before that change reads in-flight counts). The engine keeps its
-/// own outstanding counts for metrics either way. Once `load` is an
-/// `Arc<Load>` everywhere this bridge can go and callers use `start()`.
-trait StartInFlight {
-    fn start_in_flight(&self) -> Option<InFlightGuard>;
-}
-
-impl StartInFlight for Arc<Load> {
-    fn start_in_flight(&self) -> Option<InFlightGuard> {
-        Some(self.start())
-    }
-}
-
-impl StartInFlight for Load {
-    fn start_in_flight(&self) -> Option<InFlightGuard> {
-        None
-    }
-}
-
-/// Whether the linked balance crate lets the simulator count requests in
-/// flight on each proxy's [`Load`] (true once `BackendState::load` is an
-/// `Arc<Load>`). Selectors that read in-flight counts need it.
-pub fn tracks_in_flight() -> bool {
-    fulcrum_balance::BackendState::new()
-        .load
-        .start_in_flight()
-        .is_some()
-}
 
 /// Builds a selector for a snapshot: normally `Algorithm::build`, or any
 /// other [`Selector`] (tests validate the engine with textbook policies).
@@ -492,7 +457,7 @@ impl<'a> Engine<'a> {
             return;
         };
         let server = view.members[id.index()] as usize;
-        let guard = view.set.get(id).state.load.start_in_flight();
+        let guard = Some(view.set.get(id).state.load.start());
         if measured {
             self.stats.dispatched[server] += 1;
         }

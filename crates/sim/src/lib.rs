@@ -45,7 +45,7 @@ pub mod server;
 
 use fulcrum_balance::Algorithm;
 
-pub use engine::{run, run_with, tracks_in_flight, BuildSelector};
+pub use engine::{run, run_with, BuildSelector};
 pub use metrics::{Metrics, Shares};
 pub use scenario::{Scenario, ScenarioError};
 

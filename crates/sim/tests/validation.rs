@@ -15,7 +15,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use fulcrum_balance::{Algorithm, BackendId, BackendSet, PickContext, Selector};
-use fulcrum_sim::{run, run_with, tracks_in_flight, Scenario};
+use fulcrum_sim::{run, run_with, Scenario};
 
 fn scenario(text: &str) -> Scenario {
     Scenario::from_toml(text, Path::new("test.toml")).expect("valid test scenario")
@@ -102,10 +102,6 @@ fn supermarket_scenario() -> Scenario {
 fn supermarket_model_matches_d_choice_theory() {
     assert!((supermarket_mean(0.9, 2) - 2.61).abs() < 0.01);
     assert!((supermarket_mean(0.9, 3) - 2.03).abs() < 0.01);
-    if !tracks_in_flight() {
-        eprintln!("skipped: this balance crate cannot count requests in flight yet");
-        return;
-    }
     let s = supermarket_scenario();
     for d in [1usize, 2, 3] {
         let m = run_with(&s, &|_, _| Box::new(DChoice(d)), 7);
@@ -122,16 +118,9 @@ fn supermarket_model_matches_d_choice_theory() {
 
 #[test]
 fn real_random_and_p2c_selectors_match_the_supermarket_model() {
-    if !tracks_in_flight() {
-        eprintln!("skipped: this balance crate cannot count requests in flight yet");
-        return;
-    }
     let s = supermarket_scenario();
     for (name, d) in [("random", 1), ("p2c", 2)] {
-        let Ok(algorithm) = Algorithm::from_str(name) else {
-            eprintln!("skipped {name}: not in this balance crate yet");
-            continue;
-        };
+        let algorithm = Algorithm::from_str(name).expect("a known algorithm");
         let m = run(&s, algorithm, 7);
         let want = supermarket_mean(0.9, d);
         let rel = (m.mean_ms - want).abs() / want;
