@@ -99,6 +99,19 @@ impl FramingGuard {
                             break;
                         }
                     }
+                    // Fast path: a whole head inside this read is checked in
+                    // place, without copying it.
+                    if self.head.is_empty() && !(self.first && data[i..].starts_with(b"PRI ")) {
+                        let window = &data[i..data.len().min(i + self.max_head)];
+                        if let Some(len) = find_head_end(window, 0) {
+                            let verdict = classify(&data[i..i + len], self.max_headers);
+                            self.first = false;
+                            let start = i;
+                            i += len;
+                            self.apply(verdict).map_err(|reason| (start, reason))?;
+                            continue;
+                        }
+                    }
                     let head_start_here = if self.head.is_empty() { i } else { 0 };
                     let before = self.head.len();
                     let room = (self.max_head + 4).saturating_sub(before);
@@ -243,63 +256,111 @@ impl FramingGuard {
 
     /// Checks the complete head in `self.head[..end]` and sets the body state.
     fn inspect_head(&mut self, end: usize) -> Result<(), Rejection> {
-        let mut headers = vec![httparse::EMPTY_HEADER; self.max_headers];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&self.head[..end]) {
-            Ok(httparse::Status::Complete(_)) => {}
+        let verdict = classify(&self.head[..end], self.max_headers);
+        self.apply(verdict)
+    }
+
+    /// Sets the state for the message whose head was classified.
+    fn apply(&mut self, verdict: Result<HeadKind, Rejection>) -> Result<(), Rejection> {
+        match verdict? {
             // Malformed or too many headers: the HTTP parser refuses it itself.
-            _ => {
-                self.state = State::Pass;
-                return Ok(());
+            HeadKind::Unparsed => self.state = State::Pass,
+            HeadKind::Message { body, upgrade } => {
+                self.pass_after_body = upgrade;
+                self.state = match body {
+                    BodyKind::Chunked => State::ChunkSize(0, 0),
+                    BodyKind::Length(n) if n > 0 => State::Body(n),
+                    BodyKind::Length(_) | BodyKind::None => self.after_body(),
+                };
             }
         }
-        let mut content_length: Option<u64> = None;
-        let mut cl_count = 0;
-        let mut transfer_encoding: Option<&[u8]> = None;
-        let mut te_count = 0;
-        let mut upgrade = req.method == Some("CONNECT");
-        for h in req.headers.iter() {
-            if h.name.eq_ignore_ascii_case("content-length") {
-                cl_count += 1;
-                let v = trim(h.value);
-                if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-                    return Err("invalid Content-Length");
-                }
-                content_length = std::str::from_utf8(v).ok().and_then(|s| s.parse().ok());
-            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                te_count += 1;
-                transfer_encoding = Some(h.value);
-            } else if h.name.eq_ignore_ascii_case("upgrade") {
-                upgrade = true;
-            }
-        }
-        if cl_count > 0 && te_count > 0 {
-            return Err("both Content-Length and Transfer-Encoding");
-        }
-        if cl_count > 1 {
-            return Err("more than one Content-Length");
-        }
-        if te_count > 1 {
-            return Err("more than one Transfer-Encoding");
-        }
-        self.pass_after_body = upgrade;
-        self.state = match (content_length, transfer_encoding) {
-            (_, Some(te)) => {
-                let last = te
-                    .rsplit(|&b| b == b',')
-                    .next()
-                    .map(trim)
-                    .unwrap_or_default();
-                if !last.eq_ignore_ascii_case(b"chunked") {
-                    return Err("Transfer-Encoding does not end in chunked");
-                }
-                State::ChunkSize(0, 0)
-            }
-            (Some(0), None) | (None, None) => self.after_body(),
-            (Some(n), None) => State::Body(n),
-        };
         Ok(())
     }
+}
+
+/// How a request head frames its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// What a complete request head says about the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeadKind {
+    /// The head does not parse; the HTTP parser will refuse it.
+    Unparsed,
+    /// A request with one unambiguous body framing.
+    Message { body: BodyKind, upgrade: bool },
+}
+
+/// Headers parsed on the stack; larger limits fall back to the heap.
+const STACK_HEADERS: usize = 128;
+
+/// Classifies a complete request head, refusing ambiguous framing.
+fn classify(head: &[u8], max_headers: usize) -> Result<HeadKind, Rejection> {
+    if max_headers <= STACK_HEADERS {
+        let mut headers = [httparse::EMPTY_HEADER; STACK_HEADERS];
+        classify_with(head, &mut headers[..max_headers])
+    } else {
+        classify_with(head, &mut vec![httparse::EMPTY_HEADER; max_headers])
+    }
+}
+
+fn classify_with<'h>(
+    head: &'h [u8],
+    headers: &mut [httparse::Header<'h>],
+) -> Result<HeadKind, Rejection> {
+    let mut req = httparse::Request::new(headers);
+    if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+        return Ok(HeadKind::Unparsed);
+    }
+    let mut content_length: Option<u64> = None;
+    let mut cl_count = 0;
+    let mut transfer_encoding: Option<&[u8]> = None;
+    let mut te_count = 0;
+    let mut upgrade = req.method == Some("CONNECT");
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            cl_count += 1;
+            let v = trim(h.value);
+            if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+                return Err("invalid Content-Length");
+            }
+            content_length = std::str::from_utf8(v).ok().and_then(|s| s.parse().ok());
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            te_count += 1;
+            transfer_encoding = Some(h.value);
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
+        }
+    }
+    if cl_count > 0 && te_count > 0 {
+        return Err("both Content-Length and Transfer-Encoding");
+    }
+    if cl_count > 1 {
+        return Err("more than one Content-Length");
+    }
+    if te_count > 1 {
+        return Err("more than one Transfer-Encoding");
+    }
+    let body = match (content_length, transfer_encoding) {
+        (_, Some(te)) => {
+            let last = te
+                .rsplit(|&b| b == b',')
+                .next()
+                .map(trim)
+                .unwrap_or_default();
+            if !last.eq_ignore_ascii_case(b"chunked") {
+                return Err("Transfer-Encoding does not end in chunked");
+            }
+            BodyKind::Chunked
+        }
+        (Some(n), None) => BodyKind::Length(n),
+        (None, None) => BodyKind::None,
+    };
+    Ok(HeadKind::Message { body, upgrade })
 }
 
 fn trim(v: &[u8]) -> &[u8] {
