@@ -10,14 +10,19 @@
 //!   ([`Server`]);
 //! * [`http`]: the L7 request path (route, pick, forward, retry);
 //! * [`upstream`]: per-cluster keep-alive connection pools;
-//! * [`headers`], [`body`]: header rewriting and streaming bodies.
+//! * [`headers`], [`body`]: header rewriting and streaming bodies;
+//! * [`metrics`]: atomic counters on the request path, Prometheus text at scrape time;
+//! * [`admin`]: the admin API, reloads, and the live dashboard.
 
+pub mod admin;
 pub mod body;
 pub mod clock;
 pub mod framing;
 pub mod headers;
 pub mod http;
 pub mod listener;
+pub mod listener_set;
+pub mod metrics;
 pub mod routes;
 pub mod state;
 pub mod upstream;

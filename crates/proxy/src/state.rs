@@ -19,6 +19,7 @@ use fulcrum_balance::{Backend, BackendSet, BackendState, Selector, SelectorConfi
 use fulcrum_config::{ClusterConfig, Command, CommandError, Config, ListenerConfig};
 
 use crate::clock;
+use crate::metrics::{BackendMetrics, ClusterMetrics, ProxyMetrics};
 use crate::routes::RouteTable;
 use crate::upstream::Upstream;
 
@@ -37,6 +38,10 @@ pub struct ClusterSnapshot {
     pub upstream: Upstream,
     /// Each backend's address as a URI authority, by [`fulcrum_balance::BackendId`].
     pub authorities: Vec<http::uri::Authority>,
+    /// The cluster's counters.
+    pub metrics: Arc<ClusterMetrics>,
+    /// Each backend's counters, by [`fulcrum_balance::BackendId`].
+    pub backend_metrics: Vec<Arc<BackendMetrics>>,
 }
 
 impl ClusterSnapshot {
@@ -73,6 +78,7 @@ struct Control {
     generation: u64,
     backend_states: HashMap<(String, String), Arc<BackendState>>,
     upstreams: HashMap<String, Upstream>,
+    metrics: Arc<ProxyMetrics>,
 }
 
 /// The running configuration.
@@ -80,22 +86,59 @@ struct Control {
 pub struct Runtime {
     snapshot: ArcSwap<Snapshot>,
     control: Mutex<Control>,
+    metrics: Arc<ProxyMetrics>,
+    /// The model as last loaded from its source (start or `Replace`), before
+    /// any API change: what a reload compares against to report overrides.
+    baseline: Mutex<Config>,
+    /// The generation of the last published snapshot, for watchers (the
+    /// listener supervisor, the admin API).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Runtime {
     /// Builds the first snapshot from a valid configuration.
     pub fn new(config: Config) -> Arc<Self> {
+        let metrics = Arc::new(ProxyMetrics::default());
+        let baseline = Mutex::new(config.clone());
         let mut control = Control {
             model: config,
             generation: 0,
             backend_states: HashMap::new(),
             upstreams: HashMap::new(),
+            metrics: Arc::clone(&metrics),
         };
         let snapshot = control.build();
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             control: Mutex::new(control),
+            metrics,
+            baseline,
+            changes: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// The current snapshot as an owned pointer (for the control path).
+    pub fn snapshot_owned(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// The model as last loaded from its source (the initial configuration
+    /// or the last `Replace`), without later API changes.
+    pub fn baseline(&self) -> Config {
+        self.baseline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Counters and metric handles of this runtime.
+    pub fn metrics(&self) -> &Arc<ProxyMetrics> {
+        &self.metrics
+    }
+
+    /// Notified with the new generation after every applied change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// The current snapshot: one lock-free load.
@@ -114,14 +157,23 @@ impl Runtime {
     pub fn apply(&self, commands: impl IntoIterator<Item = Command>) -> Result<u64, CommandError> {
         let mut control = self.lock();
         let mut model = control.model.clone();
+        let mut replaced = None;
         for command in commands {
+            if let Command::Replace(c) = &command {
+                replaced = Some(Config::clone(c));
+            }
             model.apply(command)?;
+        }
+        if let Some(c) = replaced {
+            *self.baseline.lock().unwrap_or_else(|e| e.into_inner()) = c;
         }
         control.model = model;
         control.generation += 1;
         let snapshot = control.build();
         let generation = snapshot.generation;
         self.snapshot.store(Arc::new(snapshot));
+        drop(control);
+        self.changes.send_replace(generation);
         Ok(generation)
     }
 
@@ -183,6 +235,11 @@ impl Control {
                 _ => Upstream::new(cluster),
             };
             live_upstreams.insert(name.clone(), upstream.clone());
+            let backend_metrics = set
+                .backends()
+                .iter()
+                .map(|b| self.metrics.backend(name, &b.address))
+                .collect();
             clusters.insert(
                 name.clone(),
                 Arc::new(ClusterSnapshot {
@@ -192,6 +249,8 @@ impl Control {
                     selector_config,
                     upstream,
                     authorities,
+                    metrics: self.metrics.cluster(name),
+                    backend_metrics,
                 }),
             );
         }
@@ -211,10 +270,12 @@ impl Control {
                 )
             })
             .collect();
-        Snapshot {
+        let snapshot = Snapshot {
             clusters,
             listeners,
             generation: self.generation,
-        }
+        };
+        self.metrics.retain(&snapshot);
+        snapshot
     }
 }

@@ -1,6 +1,7 @@
 //! The per-request proxy logic.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,6 +16,7 @@ use super::error::ProxyError;
 use crate::body::{ProxyBody, RequestBody};
 use crate::clock;
 use crate::headers;
+use crate::metrics::ResponseClass;
 use crate::state::{ClusterSnapshot, Runtime};
 
 /// Most backends one request tries. Connect failures are retried on other
@@ -130,6 +132,11 @@ async fn proxy(
         tried[attempts] = id;
         attempts += 1;
         let backend = cluster.set.get(id);
+        let metrics = &cluster.backend_metrics[id.index()];
+        metrics.picked();
+        if attempts > 1 {
+            cluster.metrics.retries.fetch_add(1, Relaxed);
+        }
         let retry_body = request_body.reclaim();
         let mut upstream_req = Request::from_parts(clone_parts(&parts), request_body);
         *upstream_req.uri_mut() = upstream_uri(&cluster, id, &path);
@@ -145,6 +152,7 @@ async fn proxy(
         let decay = cluster.selector_config.decay;
         match sent {
             Ok(Ok(response)) => {
+                metrics.record(ResponseClass::of(response.status()), latency);
                 let outcome = if response.status().is_server_error() {
                     Outcome::Failure
                 } else {
@@ -171,6 +179,7 @@ async fn proxy(
                 ));
             }
             Ok(Err(e)) => {
+                metrics.record(ResponseClass::Failed, latency);
                 backend
                     .state
                     .load
@@ -189,6 +198,7 @@ async fn proxy(
                 }
             }
             Err(_elapsed) => {
+                metrics.record(ResponseClass::Failed, latency);
                 backend
                     .state
                     .load
@@ -200,8 +210,11 @@ async fn proxy(
             }
         }
     }
-    Err(last_error.unwrap_or_else(|| ProxyError::NoBackend {
-        cluster: cluster.name().to_owned(),
+    Err(last_error.unwrap_or_else(|| {
+        cluster.metrics.no_backend.fetch_add(1, Relaxed);
+        ProxyError::NoBackend {
+            cluster: cluster.name().to_owned(),
+        }
     }))
 }
 
