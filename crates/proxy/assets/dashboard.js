@@ -146,7 +146,7 @@ function render(view) {
     return `<section class="cluster" data-cluster="${esc(c.name)}">
 <h2>${esc(c.name)} <small>${esc(c.algorithm)} · ${c.backends.length} backends · ${fmt(c.requests_per_second, 1)} req/s</small></h2>
 <div class="charts">${chart("requests/s", "req/s", rps)}${chart("p99 latency", "ms", p99)}${chart("in flight", "req", inflight)}</div>
-<table><thead><tr><th>backend</th><th>health</th><th>admin</th><th>weight</th><th>in flight</th><th>req/s</th><th>share</th><th>p50 ms</th><th>p99 ms</th><th>ewma ms</th><th>errors</th><th>requests</th><th></th></tr></thead>
+<table><thead><tr><th>backend</th><th class="l">health</th><th class="l">admin</th><th>weight</th><th>in flight</th><th>req/s</th><th>share</th><th>p50 ms</th><th>p99 ms</th><th>ewma ms</th><th>errors</th><th>requests</th><th></th></tr></thead>
 <tbody>${rows.join("")}</tbody></table></section>`;
   }).join("");
   for (const k of history.keys()) if (!live.has(k)) history.delete(k);
