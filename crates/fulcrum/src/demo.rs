@@ -70,11 +70,26 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         let config =
             fulcrum_config::parse(&text, Some("<demo>")).map_err(|e| anyhow::anyhow!("{e}"))?;
         let algorithm = config.clusters["app"].algorithm;
+        // The demo has no token file: use FULCRUM_ADMIN_TOKEN, or make a
+        // throwaway token so the dashboard's buttons work (shown below, once,
+        // on the terminal of whoever started the demo; never logged).
+        let (token, generated) =
+            match fulcrum_proxy::admin::load_token(&config.admin, config.admin.bind)? {
+                Some(t) => (t, None),
+                None => {
+                    let value = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+                    let t = fulcrum_proxy::admin::Token::new(&value).expect("not empty");
+                    (t, Some(value))
+                }
+            };
         let runtime = fulcrum_proxy::Runtime::new(config);
         let server = fulcrum_proxy::Server::start(std::sync::Arc::clone(&runtime)).await?;
         let listen = server
             .local_addr("web")
             .expect("the demo listener is bound");
+        let admin =
+            crate::run::start_admin(&runtime, &server, args.admin, Some(token), None).await?;
+        let admin_addr = admin.local_addr();
         println!("Fulcrum demo: proxy on http://{listen}, algorithm `{algorithm}`");
         for b in &running {
             let slow = if b.name == "gamma" {
@@ -84,14 +99,22 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
             };
             println!("  backend {:<6} http://{}{slow}", b.name, b.addr);
         }
+        println!("  dashboard      http://{admin_addr}/");
+        match &generated {
+            Some(t) => println!("  admin token    {t}  (generated for this demo; set FULCRUM_ADMIN_TOKEN to choose one)"),
+            None => println!("  admin token    from FULCRUM_ADMIN_TOKEN"),
+        }
         println!();
         println!("Try:");
         println!("  curl -s http://{listen}/                      # answered by one backend");
         println!("  for i in $(seq 20); do curl -s http://{listen}/; done | sort | uniq -c");
         println!("  curl -si -H 'x-fulcrum-debug: 1' http://{listen}/ | grep -i x-fulcrum");
+        println!("  curl -s http://{admin_addr}/api/v1/clusters        # live view as JSON");
+        println!("  curl -s http://{admin_addr}/metrics                # Prometheus");
         println!();
         println!("Ctrl-C stops everything.");
         crate::run::wait_for_stop(&runtime, None).await?;
+        admin.shutdown().await;
         crate::run::stop(server).await;
         for b in running {
             b.shutdown().await;

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use fulcrum_config::{Command, Config};
+use fulcrum_config::Config;
+use fulcrum_proxy::admin::{AdminOptions, AdminServer};
 use fulcrum_proxy::{Runtime, Server};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -22,14 +23,41 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
 
 /// Serves `config` until a stop signal; reloads `path` (if any) on SIGHUP.
 pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+    let admin_bind = config.admin.bind;
+    // Read the token before binding anything: a bad token file stops the start.
+    let token = fulcrum_proxy::admin::load_token(&config.admin, admin_bind)?;
     let runtime = Runtime::new(config);
     let server = Server::start(Arc::clone(&runtime)).await?;
     for (name, addr) in server.listeners() {
         eprintln!("fulcrum: listener `{name}` on http://{addr}");
     }
+    let admin = start_admin(&runtime, &server, admin_bind, token, path.clone()).await?;
     wait_for_stop(&runtime, path.as_deref()).await?;
+    admin.shutdown().await;
     stop(server).await;
     Ok(())
+}
+
+/// Starts the admin listener and announces it.
+pub async fn start_admin(
+    runtime: &Arc<Runtime>,
+    server: &Server,
+    bind: SocketAddr,
+    token: Option<fulcrum_proxy::admin::Token>,
+    config_path: Option<PathBuf>,
+) -> anyhow::Result<AdminServer> {
+    let admin = AdminServer::start(
+        Arc::clone(runtime),
+        AdminOptions {
+            bind,
+            token,
+            config_path,
+            listeners: Some(Arc::clone(server.live_listeners())),
+        },
+    )
+    .await?;
+    eprintln!("fulcrum: admin on http://{}", admin.local_addr());
+    Ok(admin)
 }
 
 /// Waits for SIGINT or SIGTERM, reloading on SIGHUP meanwhile.
@@ -63,23 +91,13 @@ pub async fn wait_for_stop(runtime: &Runtime, path: Option<&Path>) -> anyhow::Re
 
 /// Re-reads the file and swaps it in; a bad file is logged and refused, the
 /// running configuration stays.
+///
+/// The same path as `POST /api/v1/reload`: a reload replaces the running
+/// model with the file (see `fulcrum_proxy::admin::reload`).
 pub fn reload_file(runtime: &Runtime, path: &Path) -> Result<u64, String> {
-    match fulcrum_config::load(path) {
-        Ok(config) => match runtime.apply([Command::Replace(Box::new(config))]) {
-            Ok(generation) => {
-                tracing::info!(file = %path.display(), generation, "configuration reloaded");
-                Ok(generation)
-            }
-            Err(e) => {
-                tracing::error!(file = %path.display(), error = %e, "reload refused");
-                Err(e.to_string())
-            }
-        },
-        Err(e) => {
-            tracing::error!(file = %path.display(), "reload refused, keeping the running configuration:\n{e}");
-            Err(e.to_string())
-        }
-    }
+    fulcrum_proxy::admin::reload::reload_file(runtime, path)
+        .map(|report| report.generation)
+        .map_err(|e| e.message)
 }
 
 /// Graceful stop with a bounded grace period.

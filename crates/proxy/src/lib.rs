@@ -11,8 +11,11 @@
 //! * [`http`]: the L7 request path (route, pick, forward, retry);
 //! * [`upstream`]: per-cluster keep-alive connection pools;
 //! * [`health`]: active probers, passive-health reporting and panic mode;
-//! * [`headers`], [`body`]: header rewriting and streaming bodies.
+//! * [`headers`], [`body`]: header rewriting and streaming bodies;
+//! * [`metrics`]: atomic counters on the request path, Prometheus text at scrape time;
+//! * [`admin`]: the admin API, reloads, and the live dashboard.
 
+pub mod admin;
 pub mod body;
 pub mod clock;
 pub mod framing;
@@ -20,6 +23,8 @@ pub mod headers;
 pub mod health;
 pub mod http;
 pub mod listener;
+pub mod listener_set;
+pub mod metrics;
 pub mod routes;
 pub mod state;
 pub mod upstream;

@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::framing::{FramingGuard, REJECT_RESPONSE};
 use crate::http::{handle, ConnInfo};
+use crate::listener_set::ListenerSet;
 use crate::state::Runtime;
 
 /// Why the proxy could not start serving.
@@ -51,6 +52,8 @@ pub enum ServeError {
 pub struct Server {
     runtime: Arc<Runtime>,
     bound: Vec<(String, SocketAddr)>,
+    /// The listeners running now (changes with reloads).
+    live: Arc<ListenerSet>,
     shutdown: watch::Sender<bool>,
     /// Every connection task and accept loop holds a sender; when all are
     /// dropped, everything has finished.
@@ -87,38 +90,45 @@ impl Server {
             shutdown.subscribe(),
         ));
         let mut bound = Vec::new();
+        let live = Arc::new(ListenerSet::default());
         for (config, socket) in sockets {
-            let addr = socket.local_addr().expect("bound socket has an address");
-            tracing::info!(listener = %config.name, address = %addr, "listening (http)");
-            bound.push((config.name.clone(), addr));
-            tokio::spawn(accept_loop(
-                socket,
-                config,
-                Arc::clone(&runtime),
-                shutdown.subscribe(),
-                alive.clone(),
-            ));
+            let name = config.name.clone();
+            let addr = live.start(socket, config, &runtime, &shutdown, &alive);
+            bound.push((name, addr));
         }
+        tokio::spawn(Arc::clone(&live).supervise(
+            Arc::clone(&runtime),
+            shutdown.clone(),
+            alive.clone(),
+        ));
         Ok(Server {
             runtime,
             bound,
+            live,
             shutdown,
             alive,
             done,
         })
     }
 
-    /// The address a listener is bound to (useful with port 0).
+    /// The address a listener is bound to now (useful with port 0).
     pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
-        self.bound
-            .iter()
+        self.live
+            .addresses()
+            .into_iter()
             .find(|(n, _)| n == listener)
-            .map(|(_, a)| *a)
+            .map(|(_, a)| a)
     }
 
-    /// All bound listeners, by name.
+    /// The listeners bound at start, by name (see [`Server::live_listeners`]
+    /// for the set after reloads).
     pub fn listeners(&self) -> &[(String, SocketAddr)] {
         &self.bound
+    }
+
+    /// The listeners running now; follows reloads.
+    pub fn live_listeners(&self) -> &Arc<ListenerSet> {
+        &self.live
     }
 
     /// The running configuration.
@@ -141,14 +151,46 @@ impl Server {
     }
 }
 
-async fn accept_loop(
+/// Accepts connections until shutdown or until `settings` says `None`
+/// (listener removed); a new `Some(config)` changes the limits of new
+/// connections. Its connections are asked to close when it returns.
+pub(crate) async fn accept_loop(
     socket: TcpListener,
-    config: ListenerConfig,
+    mut settings: watch::Receiver<Option<ListenerConfig>>,
     runtime: Arc<Runtime>,
     mut shutdown: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
 ) {
+    // Connections watch this; it flips (or is dropped) when accepting stops.
+    let (closing, closing_rx) = watch::channel(false);
+    loop {
+        let Some(config) = settings.borrow_and_update().clone() else {
+            break;
+        };
+        let stopped = tokio::select! {
+            _ = accept_with(&socket, &config, &runtime, closing_rx.clone(), &alive) => true,
+            _ = shutdown.changed() => true,
+            r = settings.changed() => r.is_err(),
+        };
+        if stopped {
+            break;
+        }
+    }
+    let _ = closing.send(true);
+    tracing::debug!("stopped accepting");
+}
+
+/// The accept loop for one set of listener settings; returns only on an
+/// unrecoverable condition (never, today: errors back off and continue).
+async fn accept_with(
+    socket: &TcpListener,
+    config: &ListenerConfig,
+    runtime: &Arc<Runtime>,
+    shutdown: watch::Receiver<bool>,
+    alive: &mpsc::Sender<()>,
+) {
     let name: Arc<str> = Arc::from(config.name.as_str());
+    let connections = runtime.metrics().listener(&config.name);
     let limits = config.limits.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -165,21 +207,18 @@ async fn accept_loop(
     let builder = Arc::new(builder);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     loop {
-        let permit = tokio::select! {
-            p = Arc::clone(&permits).acquire_owned() => p.expect("semaphore is never closed"),
-            _ = shutdown.changed() => break,
-        };
-        let (stream, peer) = tokio::select! {
-            r = socket.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(listener = %name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
+        let permit = Arc::clone(&permits)
+            .acquire_owned()
+            .await
+            .expect("semaphore is never closed");
+        let (stream, peer) = match socket.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(listener = %name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let info = ConnInfo {
@@ -187,18 +226,19 @@ async fn accept_loop(
             peer,
             tls: false,
         };
-        let runtime = Arc::clone(&runtime);
+        let runtime = Arc::clone(runtime);
         let builder = Arc::clone(&builder);
         let shutdown = shutdown.clone();
         let alive = alive.clone();
         let limits = limits.clone();
+        let open = connections.accept();
         tokio::spawn(async move {
             serve_connection(stream, info, runtime, &builder, shutdown, &limits).await;
+            drop(open);
             drop(permit);
             drop(alive);
         });
     }
-    tracing::debug!(listener = %name, "stopped accepting");
 }
 
 async fn serve_connection(

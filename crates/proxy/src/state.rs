@@ -21,6 +21,7 @@ use fulcrum_balance::{
 use fulcrum_config::{ClusterConfig, Command, CommandError, Config, ListenerConfig};
 
 use crate::clock;
+use crate::metrics::{BackendMetrics, ClusterMetrics, ProxyMetrics};
 use crate::routes::RouteTable;
 use crate::upstream::Upstream;
 
@@ -43,6 +44,10 @@ pub struct ClusterSnapshot {
     pub health: HealthPolicy,
     /// The cluster's retry budget (survives reloads while its settings do).
     pub retry_budget: Arc<RetryBudget>,
+    /// The cluster's counters.
+    pub metrics: Arc<ClusterMetrics>,
+    /// Each backend's counters, by [`fulcrum_balance::BackendId`].
+    pub backend_metrics: Vec<Arc<BackendMetrics>>,
 }
 
 impl ClusterSnapshot {
@@ -80,6 +85,7 @@ struct Control {
     backend_states: HashMap<(String, String), Arc<BackendState>>,
     upstreams: HashMap<String, Upstream>,
     retry_budgets: HashMap<String, Arc<RetryBudget>>,
+    metrics: Arc<ProxyMetrics>,
 }
 
 /// The running configuration.
@@ -87,23 +93,60 @@ struct Control {
 pub struct Runtime {
     snapshot: ArcSwap<Snapshot>,
     control: Mutex<Control>,
+    metrics: Arc<ProxyMetrics>,
+    /// The model as last loaded from its source (start or `Replace`), before
+    /// any API change: what a reload compares against to report overrides.
+    baseline: Mutex<Config>,
+    /// The generation of the last published snapshot, for watchers (the
+    /// listener supervisor, the admin API).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Runtime {
     /// Builds the first snapshot from a valid configuration.
     pub fn new(config: Config) -> Arc<Self> {
+        let metrics = Arc::new(ProxyMetrics::default());
+        let baseline = Mutex::new(config.clone());
         let mut control = Control {
             model: config,
             generation: 0,
             backend_states: HashMap::new(),
             upstreams: HashMap::new(),
             retry_budgets: HashMap::new(),
+            metrics: Arc::clone(&metrics),
         };
         let snapshot = control.build();
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             control: Mutex::new(control),
+            metrics,
+            baseline,
+            changes: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// The current snapshot as an owned pointer (for the control path).
+    pub fn snapshot_owned(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// The model as last loaded from its source (the initial configuration
+    /// or the last `Replace`), without later API changes.
+    pub fn baseline(&self) -> Config {
+        self.baseline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Counters and metric handles of this runtime.
+    pub fn metrics(&self) -> &Arc<ProxyMetrics> {
+        &self.metrics
+    }
+
+    /// Notified with the new generation after every applied change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// The current snapshot: one lock-free load.
@@ -122,14 +165,23 @@ impl Runtime {
     pub fn apply(&self, commands: impl IntoIterator<Item = Command>) -> Result<u64, CommandError> {
         let mut control = self.lock();
         let mut model = control.model.clone();
+        let mut replaced = None;
         for command in commands {
+            if let Command::Replace(c) = &command {
+                replaced = Some(Config::clone(c));
+            }
             model.apply(command)?;
+        }
+        if let Some(c) = replaced {
+            *self.baseline.lock().unwrap_or_else(|e| e.into_inner()) = c;
         }
         control.model = model;
         control.generation += 1;
         let snapshot = control.build();
         let generation = snapshot.generation;
         self.snapshot.store(Arc::new(snapshot));
+        drop(control);
+        self.changes.send_replace(generation);
         Ok(generation)
     }
 
@@ -203,6 +255,11 @@ impl Control {
                 )),
             };
             live_budgets.insert(name.clone(), Arc::clone(&retry_budget));
+            let backend_metrics = set
+                .backends()
+                .iter()
+                .map(|b| self.metrics.backend(name, &b.address))
+                .collect();
             clusters.insert(
                 name.clone(),
                 Arc::new(ClusterSnapshot {
@@ -214,6 +271,8 @@ impl Control {
                     authorities,
                     health: crate::health::policy(cluster),
                     retry_budget,
+                    metrics: self.metrics.cluster(name),
+                    backend_metrics,
                 }),
             );
         }
@@ -234,10 +293,12 @@ impl Control {
                 )
             })
             .collect();
-        Snapshot {
+        let snapshot = Snapshot {
             clusters,
             listeners,
             generation: self.generation,
-        }
+        };
+        self.metrics.retain(&snapshot);
+        snapshot
     }
 }

@@ -54,6 +54,8 @@ pub struct Proxy {
     pub child: Child,
     /// Listener name -> bound address, as announced on stderr.
     pub listeners: HashMap<String, SocketAddr>,
+    /// The admin listener's address, as announced on stderr.
+    pub admin: SocketAddr,
     pub dir: TempDir,
     pub config_path: PathBuf,
     lines: mpsc::Receiver<String>,
@@ -62,14 +64,33 @@ pub struct Proxy {
 impl Proxy {
     /// Writes `config` to a file and runs `fulcrum run -c FILE`, waiting
     /// until every listener is announced.
+    ///
+    /// Without an `[admin]` table the admin listener goes on 127.0.0.1:0
+    /// (the default port would clash between tests running in parallel).
     pub fn run(config: &str) -> Proxy {
+        Proxy::run_with_env(config, &[])
+    }
+
+    /// Like [`Proxy::run`], with extra environment variables (e.g. the admin token).
+    pub fn run_with_env(config: &str, env: &[(&str, &str)]) -> Proxy {
         let dir = TempDir::new("proxy");
-        let path = dir.write("fulcrum.toml", config);
+        let text = if config.contains("[admin]") {
+            config.to_owned()
+        } else {
+            format!("[admin]\nbind = \"127.0.0.1:0\"\n\n{config}")
+        };
+        let path = dir.write("fulcrum.toml", &text);
         let expected = config.matches("[[listener]]").count();
         let mut child = Command::new(fulcrum_bin())
             .args(["run", "-c"])
             .arg(&path)
-            .env("FULCRUM_LOG", "warn")
+            .envs(env.iter().copied())
+            .env(
+                "FULCRUM_LOG",
+                env.iter()
+                    .find(|(k, _)| *k == "FULCRUM_LOG")
+                    .map_or("warn", |(_, v)| *v),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -77,7 +98,8 @@ impl Proxy {
             .expect("spawn fulcrum");
         let lines = pipe_lines(child.stderr.take().unwrap());
         let mut listeners = HashMap::new();
-        while listeners.len() < expected {
+        let mut admin = None;
+        while listeners.len() < expected || admin.is_none() {
             let line = lines
                 .recv_timeout(Duration::from_secs(20))
                 .unwrap_or_else(|_| {
@@ -88,10 +110,14 @@ impl Proxy {
                 let addr = rest.rsplit("://").next().unwrap().trim().parse().unwrap();
                 listeners.insert(name.to_owned(), addr);
             }
+            if let Some(rest) = line.strip_prefix("fulcrum: admin on http://") {
+                admin = Some(rest.trim().parse().unwrap());
+            }
         }
         Proxy {
             child,
             listeners,
+            admin: admin.unwrap(),
             dir,
             config_path: path,
             lines,

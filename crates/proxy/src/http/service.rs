@@ -1,6 +1,7 @@
 //! The per-request proxy logic.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,6 +17,7 @@ use crate::body::{ProxyBody, RequestBody};
 use crate::clock;
 use crate::headers;
 use crate::health;
+use crate::metrics::ResponseClass;
 use crate::state::{ClusterSnapshot, Runtime};
 
 /// Most backends one request can try: the first attempt plus the largest
@@ -150,6 +152,11 @@ async fn proxy(
         tried[attempts] = id;
         attempts += 1;
         let backend = cluster.set.get(id);
+        let metrics = &cluster.backend_metrics[id.index()];
+        metrics.picked();
+        if attempts > 1 {
+            cluster.metrics.retries.fetch_add(1, Relaxed);
+        }
         let retry_body = request_body.reclaim();
         let mut upstream_req = Request::from_parts(clone_parts(&parts), request_body);
         *upstream_req.uri_mut() = upstream_uri(&cluster, id, &path);
@@ -167,6 +174,7 @@ async fn proxy(
             Ok(Ok(response)) => {
                 only_connect_failures = false;
                 let status = response.status();
+                metrics.record(ResponseClass::of(status), latency);
                 let outcome = if status.is_server_error() {
                     Outcome::Failure
                 } else {
@@ -195,6 +203,7 @@ async fn proxy(
                 return Ok(forward(&cluster, id, response, guard, decisions, finished));
             }
             Ok(Err(e)) => {
+                metrics.record(ResponseClass::Failed, latency);
                 backend
                     .state
                     .load
@@ -212,6 +221,7 @@ async fn proxy(
             }
             Err(_elapsed) => {
                 only_connect_failures = false;
+                metrics.record(ResponseClass::Failed, latency);
                 backend
                     .state
                     .load
@@ -248,8 +258,11 @@ async fn proxy(
             backend: "-".to_owned(),
         });
     }
-    Err(last_error.unwrap_or_else(|| ProxyError::NoBackend {
-        cluster: cluster.name().to_owned(),
+    Err(last_error.unwrap_or_else(|| {
+        cluster.metrics.no_backend.fetch_add(1, Relaxed);
+        ProxyError::NoBackend {
+            cluster: cluster.name().to_owned(),
+        }
     }))
 }
 

@@ -1,0 +1,170 @@
+//! The effective configuration written back in the file's own shapes.
+//!
+//! `GET /api/v1/config` answers with the running model (file plus API
+//! changes, defaults filled in) as JSON whose keys are exactly the TOML keys,
+//! so what the API shows can be pasted back into a file.
+
+use std::time::Duration;
+
+use fulcrum_config::file::*;
+use fulcrum_config::{Config, HealthKind, HostMatch};
+
+/// Durations as the configuration writes them: `1s`, `500ms`, `1m30s` is `90s`.
+fn duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if d.subsec_millis() == 0 && d.subsec_nanos() == 0 {
+        format!("{}s", ms / 1000)
+    } else if ms > 0 {
+        format!("{ms}ms")
+    } else {
+        format!("{}us", d.as_micros())
+    }
+}
+
+/// The model in file shapes.
+pub fn to_file(config: &Config) -> FileConfig {
+    FileConfig {
+        admin: Some(FileAdmin {
+            bind: Some(config.admin.bind.to_string()),
+            token_file: config.admin.token_file.clone(),
+        }),
+        runtime: Some(FileRuntime {
+            worker_threads: config.runtime.worker_threads,
+        }),
+        listener: config
+            .listeners
+            .iter()
+            .map(|l| FileListener {
+                name: Some(l.name.clone()),
+                bind: Some(l.bind.to_string()),
+                protocol: Some(l.protocol.as_str().to_owned()),
+                cluster: l.cluster.clone(),
+                header_timeout: Some(duration(l.limits.header_timeout)),
+                idle_timeout: Some(duration(l.limits.idle_timeout)),
+                max_header_bytes: Some(l.limits.max_header_bytes),
+                max_headers: Some(l.limits.max_headers),
+                max_connections: Some(l.limits.max_connections),
+                debug_from: Some(l.debug_from.iter().map(|n| n.to_string()).collect()),
+                route: l
+                    .routes
+                    .iter()
+                    .map(|r| FileRoute {
+                        host: r.host.as_ref().map(|h| match h {
+                            HostMatch::Exact(h) => h.clone(),
+                            HostMatch::Suffix(s) => format!("*{s}"),
+                        }),
+                        path_prefix: r.path_prefix.clone(),
+                        cluster: Some(r.cluster.clone()),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        cluster: config
+            .clusters
+            .iter()
+            .map(|(name, c)| {
+                let file = FileCluster {
+                    algorithm: Some(c.algorithm.to_string()),
+                    backends: Some(
+                        c.backends
+                            .iter()
+                            .map(|b| FileBackend {
+                                address: Some(b.address.clone()),
+                                weight: Some(b.weight),
+                                state: Some(b.state.as_str().to_owned()),
+                            })
+                            .collect(),
+                    ),
+                    connect_timeout: Some(duration(c.connect_timeout)),
+                    response_timeout: Some(duration(c.response_timeout)),
+                    pool_idle_timeout: Some(duration(c.pool_idle_timeout)),
+                    pool_max_idle: Some(c.pool_max_idle),
+                    ewma_decay: Some(duration(c.ewma_decay)),
+                    slow_start: Some(duration(c.slow_start)),
+                    hash_key: Some(c.hash_key.to_string()),
+                    balance_factor: Some(c.balance_factor),
+                    load_reports: Some(c.load_reports),
+                    health: c.health.as_ref().map(|h| FileHealth {
+                        kind: Some(
+                            match h.kind {
+                                HealthKind::Http { .. } => "http",
+                                HealthKind::Tcp => "tcp",
+                            }
+                            .to_owned(),
+                        ),
+                        path: match &h.kind {
+                            HealthKind::Http { path } => Some(path.clone()),
+                            HealthKind::Tcp => None,
+                        },
+                        interval: Some(duration(h.interval)),
+                        timeout: Some(duration(h.timeout)),
+                        rise: Some(h.rise),
+                        fall: Some(h.fall),
+                        method: Some(h.method.clone()),
+                        host: h.host.clone(),
+                        expect_status: Some(
+                            h.expect_status
+                                .iter()
+                                .map(|(a, b)| {
+                                    if a == b {
+                                        a.to_string()
+                                    } else {
+                                        format!("{a}-{b}")
+                                    }
+                                })
+                                .collect::<Vec<_>>()
+                                .join(","),
+                        ),
+                        body_contains: h.body_contains.clone(),
+                        jitter: Some(duration(h.jitter)),
+                        unhealthy_interval: Some(duration(h.unhealthy_interval)),
+                    }),
+                    outlier: Some(FileOutlier {
+                        consecutive_failures: Some(c.outlier.consecutive_failures),
+                        base_ejection: Some(duration(c.outlier.base_ejection)),
+                        max_ejection: Some(duration(c.outlier.max_ejection)),
+                        max_ejection_percent: Some(c.outlier.max_ejection_percent),
+                    }),
+                    retries: Some(c.retries),
+                    retry_budget: Some(c.retry_budget),
+                    retry_budget_min: Some(c.retry_budget_min),
+                    try_timeout: c.try_timeout.map(duration),
+                    panic_threshold: Some(c.panic_threshold),
+                };
+                (name.clone(), file)
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn effective_config_parses_back_to_the_same_model() {
+        let text = r#"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+cluster = "app"
+[[listener.route]]
+host = "*.example.com"
+path_prefix = "/v1"
+cluster = "app"
+
+[cluster.app]
+algorithm = "least-conn"
+slow_start = "1500ms"
+backends = [ { address = "127.0.0.1:9001", weight = 2, state = "draining" } ]
+[cluster.app.health]
+type = "http"
+path = "/up"
+"#;
+        let config = fulcrum_config::parse(text, None).unwrap();
+        let file = to_file(&config);
+        let back = toml::to_string(&file).unwrap();
+        let again = fulcrum_config::parse(&back, None).unwrap();
+        assert_eq!(config, again, "{back}");
+    }
+}
