@@ -46,6 +46,9 @@ cluster = "app"
 debug_from = ["127.0.0.0/8", "::1"]
 
 [cluster.app]
+# A short peak-EWMA memory (the default is 10s) so the demo visibly
+# forgives the slow backend and tries it again every few seconds.
+ewma_decay = "1s"
 backends = [
 {}
 ]
