@@ -24,8 +24,20 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
 pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let runtime = Runtime::new(config);
     let server = Server::start(Arc::clone(&runtime)).await?;
+    let config = runtime.config();
     for (name, addr) in server.listeners() {
-        eprintln!("fulcrum: listener `{name}` on http://{addr}");
+        let scheme = config
+            .listeners
+            .iter()
+            .find(|l| &l.name == name)
+            .map_or("http", |l| match (l.protocol, l.tls.is_some()) {
+                (fulcrum_config::Protocol::Http, false) => "http",
+                (fulcrum_config::Protocol::Http, true) => "https",
+                (fulcrum_config::Protocol::Tcp, false) => "tcp",
+                (fulcrum_config::Protocol::Tcp, true) => "tls",
+                (fulcrum_config::Protocol::Udp, _) => "udp",
+            });
+        eprintln!("fulcrum: listener `{name}` on {scheme}://{addr}");
     }
     wait_for_stop(&runtime, path.as_deref()).await?;
     stop(server).await;

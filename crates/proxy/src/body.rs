@@ -57,7 +57,7 @@ impl RequestBody {
         }
         Some(Self {
             slot: Arc::clone(&self.slot),
-            size_hint: self.size_hint.clone(),
+            size_hint: self.size_hint,
             end_stream: self.end_stream,
         })
     }
@@ -89,7 +89,7 @@ impl Body for RequestBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.size_hint.clone()
+        self.size_hint
     }
 }
 

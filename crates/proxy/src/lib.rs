@@ -10,7 +10,10 @@
 //!   ([`Server`]);
 //! * [`http`]: the L7 request path (route, pick, forward, retry);
 //! * [`upstream`]: per-cluster keep-alive connection pools;
-//! * [`headers`], [`body`]: header rewriting and streaming bodies.
+//! * [`headers`], [`body`]: header rewriting and streaming bodies;
+//! * [`tcp`], [`splice`]: L4 TCP forwarding (zero-copy on Linux);
+//! * [`sni`], [`proxy_protocol`]: edge parsers for TLS passthrough routing
+//!   and PROXY protocol headers.
 
 pub mod body;
 pub mod clock;
@@ -18,8 +21,13 @@ pub mod framing;
 pub mod headers;
 pub mod http;
 pub mod listener;
+pub mod proxy_protocol;
 pub mod routes;
+pub mod sni;
+#[cfg(target_os = "linux")]
+pub mod splice;
 pub mod state;
+pub mod tcp;
 pub mod upstream;
 
 pub use listener::{ServeError, Server};

@@ -69,7 +69,7 @@ impl Server {
         for l in config
             .listeners
             .iter()
-            .filter(|l| l.protocol == Protocol::Http)
+            .filter(|l| l.protocol != Protocol::Udp)
         {
             let socket = TcpListener::bind(l.bind)
                 .await
@@ -85,8 +85,18 @@ impl Server {
         let mut bound = Vec::new();
         for (config, socket) in sockets {
             let addr = socket.local_addr().expect("bound socket has an address");
-            tracing::info!(listener = %config.name, address = %addr, "listening (http)");
+            tracing::info!(listener = %config.name, address = %addr, protocol = config.protocol.as_str(), "listening");
             bound.push((config.name.clone(), addr));
+            if config.protocol == Protocol::Tcp {
+                tokio::spawn(crate::tcp::accept_loop(
+                    socket,
+                    config,
+                    Arc::clone(&runtime),
+                    shutdown.subscribe(),
+                    alive.clone(),
+                ));
+                continue;
+            }
             tokio::spawn(accept_loop(
                 socket,
                 config,
