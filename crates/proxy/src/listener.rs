@@ -24,12 +24,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::framing::{FramingGuard, REJECT_RESPONSE};
 use crate::http::{handle, ConnInfo};
 use crate::state::Runtime;
+use crate::tls::TlsTerminator;
 
 /// Why the proxy could not start serving.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,14 @@ pub enum ServeError {
         address: SocketAddr,
         /// The OS error.
         source: io::Error,
+    },
+    /// A listener's certificates could not be loaded.
+    #[error("listener `{listener}`: tls: {source}")]
+    Tls {
+        /// Listener name.
+        listener: String,
+        /// What failed.
+        source: crate::tls::TlsError,
     },
 }
 
@@ -78,12 +87,18 @@ impl Server {
                     address: l.bind,
                     source,
                 })?;
-            sockets.push((l.clone(), socket));
+            let tls = TlsTerminator::new(l, runtime.snapshot().generation)
+                .map_err(|source| ServeError::Tls {
+                    listener: l.name.clone(),
+                    source,
+                })?
+                .map(Arc::new);
+            sockets.push((l.clone(), socket, tls));
         }
         let (shutdown, _) = watch::channel(false);
         let (alive, done) = mpsc::channel(1);
         let mut bound = Vec::new();
-        for (config, socket) in sockets {
+        for (config, socket, tls) in sockets {
             let addr = socket.local_addr().expect("bound socket has an address");
             tracing::info!(listener = %config.name, address = %addr, protocol = config.protocol.as_str(), "listening");
             bound.push((config.name.clone(), addr));
@@ -94,6 +109,7 @@ impl Server {
                     Arc::clone(&runtime),
                     shutdown.subscribe(),
                     alive.clone(),
+                    tls,
                 ));
                 continue;
             }
@@ -103,6 +119,7 @@ impl Server {
                 Arc::clone(&runtime),
                 shutdown.subscribe(),
                 alive.clone(),
+                tls,
             ));
         }
         Ok(Server {
@@ -153,6 +170,7 @@ async fn accept_loop(
     runtime: Arc<Runtime>,
     mut shutdown: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
+    tls: Option<Arc<TlsTerminator>>,
 ) {
     let name: Arc<str> = Arc::from(config.name.as_str());
     let limits = config.limits.clone();
@@ -191,15 +209,31 @@ async fn accept_loop(
         let info = ConnInfo {
             listener: Arc::clone(&name),
             peer,
-            tls: false,
+            tls: tls.is_some(),
         };
         let runtime = Arc::clone(&runtime);
         let builder = Arc::clone(&builder);
         let shutdown = shutdown.clone();
         let alive = alive.clone();
         let limits = limits.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            serve_connection(stream, info, runtime, &builder, shutdown, &limits).await;
+            match tls {
+                None => serve_connection(stream, info, runtime, &builder, shutdown, &limits).await,
+                Some(tls) => {
+                    tls.refresh(&runtime);
+                    match tokio::time::timeout(limits.header_timeout, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, info, runtime, &builder, shutdown, &limits)
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(client = %peer, error = %e, "tls handshake failed")
+                        }
+                        Err(_) => tracing::debug!(client = %peer, "tls handshake timed out"),
+                    }
+                }
+            }
             drop(permit);
             drop(alive);
         });
@@ -207,14 +241,16 @@ async fn accept_loop(
     tracing::debug!(listener = %name, "stopped accepting");
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     info: ConnInfo,
     runtime: Arc<Runtime>,
     builder: &auto::Builder<TokioExecutor>,
     mut shutdown: watch::Receiver<bool>,
     limits: &HttpLimits,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let idle = limits.idle_timeout;
     let activity = Arc::new(AtomicU64::new(0));
     let io = TokioIo::new(ClientIo {
@@ -266,8 +302,8 @@ async fn serve_connection(
 /// * runs the [`FramingGuard`] over every byte read: an ambiguous request
 ///   is cut off before the HTTP parser sees it, and the connection answers
 ///   `400` and closes once the parser is done with earlier requests.
-struct ClientIo {
-    inner: TcpStream,
+struct ClientIo<S: AsyncWrite + Unpin> {
+    inner: S,
     activity: Arc<AtomicU64>,
     framing: FramingGuard,
     /// Bytes of [`REJECT_RESPONSE`] written so far, once a request was refused.
@@ -275,20 +311,20 @@ struct ClientIo {
     peer: SocketAddr,
 }
 
-impl ClientIo {
+impl<S: AsyncWrite + Unpin> ClientIo<S> {
     /// Writes what is left of the 400 without blocking (best effort).
-    fn flush_rejection(&mut self, mut cx: Option<&mut Context<'_>>) -> Poll<()> {
+    fn flush_rejection(&mut self, cx: Option<&mut Context<'_>>) -> Poll<()> {
         let Some(written) = self.rejected.as_mut() else {
             return Poll::Ready(());
         };
+        // Without a task (on drop), write what the socket takes right now.
+        let mut noop = Context::from_waker(futures_util::task::noop_waker_ref());
+        let cx = cx.unwrap_or(&mut noop);
         while *written < REJECT_RESPONSE.len() {
             let rest = &REJECT_RESPONSE[*written..];
-            let r = match cx {
-                Some(ref mut cx) => match Pin::new(&mut self.inner).poll_write(cx, rest) {
-                    Poll::Ready(r) => r,
-                    Poll::Pending => return Poll::Pending,
-                },
-                None => self.inner.try_write(rest),
+            let r = match Pin::new(&mut self.inner).poll_write(cx, rest) {
+                Poll::Ready(r) => r,
+                Poll::Pending => return Poll::Pending,
             };
             match r {
                 Ok(n) if n > 0 => *written += n,
@@ -301,13 +337,13 @@ impl ClientIo {
     }
 }
 
-impl Drop for ClientIo {
+impl<S: AsyncWrite + Unpin> Drop for ClientIo<S> {
     fn drop(&mut self) {
         let _ = self.flush_rejection(None);
     }
 }
 
-impl AsyncRead for ClientIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -333,7 +369,7 @@ impl AsyncRead for ClientIo {
     }
 }
 
-impl AsyncWrite for ClientIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

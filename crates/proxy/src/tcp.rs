@@ -36,7 +36,8 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use crate::clock;
 use crate::proxy_protocol;
 use crate::sni::{self, Sni};
-use crate::state::{ClusterSnapshot, Runtime};
+use crate::state::{ClusterSnapshot, Runtime, Snapshot};
+use crate::tls::TlsTerminator;
 
 /// Most backends one connection tries, as for HTTP requests: two dead
 /// backends are ridden out without one client hammering a whole cluster.
@@ -87,6 +88,7 @@ pub(crate) async fn accept_loop(
     runtime: Arc<Runtime>,
     mut shutdown: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
+    tls: Option<Arc<TlsTerminator>>,
 ) {
     let name: Arc<str> = Arc::from(config.name.as_str());
     let permits = Arc::new(Semaphore::new(config.limits.max_connections));
@@ -110,8 +112,9 @@ pub(crate) async fn accept_loop(
         let runtime = Arc::clone(&runtime);
         let name = Arc::clone(&name);
         let alive = alive.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve(stream, peer, &name, &runtime).await {
+            if let Err(e) = serve(stream, peer, &name, &runtime, tls.as_deref()).await {
                 tracing::debug!(listener = %name, client = %peer, error = %e, "tcp connection ended");
             }
             drop(permit);
@@ -127,6 +130,7 @@ async fn serve(
     peer: SocketAddr,
     listener: &str,
     runtime: &Runtime,
+    tls: Option<&TlsTerminator>,
 ) -> Result<(), L4Error> {
     let snapshot = runtime.snapshot();
     let config = &snapshot
@@ -172,10 +176,29 @@ async fn serve(
             (source, destination) = (s, d);
         }
     }
+    if let Some(tls) = tls {
+        tls.refresh(runtime);
+        let handshake = tokio::time::timeout(limits.header_timeout, tls.accept(client));
+        let client = handshake
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "tls handshake timed out"))??;
+        let sni = client.get_ref().1.server_name();
+        let cluster = route(&snapshot, config, sni).ok_or_else(|| L4Error::NoCluster {
+            listener: listener.to_owned(),
+        })?;
+        drop(snapshot);
+        let (mut backend, _guard) = connect(&cluster, source).await?;
+        if let Some(version) = cluster.config.proxy_protocol {
+            let header = proxy_protocol::encode(version, source, destination);
+            backend.write_all(&header).await?;
+        }
+        forward_io(client, backend, limits.idle_timeout).await?;
+        return Ok(());
+    }
     // Bytes read from the client before the backend was chosen.
     let mut prefix = Vec::new();
-    let cluster_name = if config.sni_routes.is_empty() {
-        config.cluster.clone()
+    let cluster = if config.sni_routes.is_empty() {
+        route(&snapshot, config, None)
     } else {
         let name = tokio::time::timeout(limits.header_timeout, read_sni(&mut client, &mut prefix))
             .await
@@ -187,20 +210,11 @@ async fn serve(
                 client: peer,
                 reason,
             })?;
-        name.and_then(|n| {
-            config
-                .sni_routes
-                .iter()
-                .find(|r| r.sni.matches(&n))
-                .map(|r| r.cluster.clone())
-        })
-        .or_else(|| config.cluster.clone())
-    };
-    let cluster = cluster_name
-        .and_then(|c| snapshot.clusters.get(&c).cloned())
-        .ok_or_else(|| L4Error::NoCluster {
-            listener: listener.to_owned(),
-        })?;
+        route(&snapshot, config, name.as_deref())
+    }
+    .ok_or_else(|| L4Error::NoCluster {
+        listener: listener.to_owned(),
+    })?;
     drop(snapshot);
 
     let (mut backend, _guard) = connect(&cluster, source).await?;
@@ -213,6 +227,23 @@ async fn serve(
     }
     forward(client, backend, limits.idle_timeout).await?;
     Ok(())
+}
+
+/// The cluster for a connection: the first SNI route matching `sni`, else
+/// the listener's cluster.
+fn route(
+    snapshot: &Snapshot,
+    config: &ListenerConfig,
+    sni: Option<&str>,
+) -> Option<Arc<ClusterSnapshot>> {
+    let name = sni
+        .and_then(|n| {
+            let n = n.to_ascii_lowercase();
+            config.sni_routes.iter().find(|r| r.sni.matches(&n))
+        })
+        .map(|r| &r.cluster)
+        .or(config.cluster.as_ref())?;
+    snapshot.clusters.get(name).cloned()
 }
 
 /// Reads until the ClientHello's server name is known; what was read stays in `prefix`.
