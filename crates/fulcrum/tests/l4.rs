@@ -173,3 +173,158 @@ fn tcp_max_connections_holds_extra_clients_until_one_leaves() {
     second.read_to_string(&mut reply).unwrap();
     assert!(reply.ends_with(" 8"), "{reply}");
 }
+
+/// A backend that reads a PROXY v2 header (IPv4) and answers with the
+/// source address it announces, then closes.
+fn proxy_v2_backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { break };
+            let mut head = [0u8; 16];
+            if conn.read_exact(&mut head).is_err() {
+                continue;
+            }
+            let reply =
+                if &head[..12] != b"\r\n\r\n\0\r\nQUIT\n" || head[12] != 0x21 || head[13] != 0x11 {
+                    "bad header".to_owned()
+                } else {
+                    let mut body = vec![0u8; u16::from_be_bytes([head[14], head[15]]) as usize];
+                    conn.read_exact(&mut body).unwrap();
+                    let ip = std::net::Ipv4Addr::new(body[0], body[1], body[2], body[3]);
+                    let port = u16::from_be_bytes([body[8], body[9]]);
+                    let mut rest = [0u8; 5];
+                    conn.read_exact(&mut rest).unwrap();
+                    format!("{ip}:{port} {}", String::from_utf8_lossy(&rest))
+                };
+            let _ = conn.write_all(reply.as_bytes());
+        }
+    });
+    addr
+}
+
+fn proxied_cluster(backend: SocketAddr) -> String {
+    format!(
+        "{}proxy_protocol = \"v2\"\n",
+        cluster_block("app", "round-robin", &[(backend, 1)])
+    )
+}
+
+#[test]
+fn proxy_protocol_v2_header_reaches_the_backend_with_the_client_address() {
+    let proxy = Proxy::run(&tcp_config("", &proxied_cluster(proxy_v2_backend())));
+    let mut s = TcpStream::connect(proxy.addr("l4")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"hello").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply, format!("{} hello", s.local_addr().unwrap()));
+}
+
+#[test]
+fn proxy_protocol_from_a_trusted_peer_is_passed_on_and_malformed_is_refused() {
+    let proxy = Proxy::run(&tcp_config(
+        "accept_proxy_protocol = true\nproxy_protocol_from = [\"127.0.0.0/8\"]",
+        &proxied_cluster(proxy_v2_backend()),
+    ));
+    let mut s = TcpStream::connect(proxy.addr("l4")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"PROXY TCP4 203.0.113.9 10.0.0.1 4444 80\r\nhello")
+        .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply, "203.0.113.9:4444 hello");
+
+    for bad in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        b"PROXY TCP4 203.0.113.9 10.0.0.1 4444\r\nhello",
+        b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x02hello-there",
+    ] {
+        let mut s = TcpStream::connect(proxy.addr("l4")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(bad);
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        assert!(
+            reply.is_empty(),
+            "malformed header {:?} was forwarded: {:?}",
+            String::from_utf8_lossy(bad),
+            String::from_utf8_lossy(&reply)
+        );
+    }
+}
+
+/// A TLS backend holding its own certificate; it says its name and closes.
+async fn tls_backend(ca: &TestCa, name: &'static str, host: &str) -> SocketAddr {
+    use rustls_pki_types::pem::PemObject;
+    let (cert, key) = ca.leaf(name, &[host]);
+    let chain = vec![rustls_pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                if let Ok(mut tls) = acceptor.accept(s).await {
+                    let _ = tls.write_all(name.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sni_passthrough_routes_two_names_to_their_own_backends() {
+    use tokio::io::AsyncReadExt;
+    let ca = TestCa::new();
+    let a = tls_backend(&ca, "backend-a", "a.example.com").await;
+    let b = tls_backend(&ca, "backend-b", "x.b.example.com").await;
+    let config = format!(
+        "[[listener]]\nname = \"l4\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\n\n\
+         [[listener.route]]\nsni = \"a.example.com\"\ncluster = \"a\"\n\n\
+         [[listener.route]]\nsni = \"*.b.example.com\"\ncluster = \"b\"\n\n{}\n{}",
+        cluster_block("a", "round-robin", &[(a, 1)]),
+        cluster_block("b", "round-robin", &[(b, 1)]),
+    );
+    let proxy = Proxy::run(&config);
+    let connector = tls_client(ca.der());
+    for (host, want) in [
+        ("a.example.com", "backend-a"),
+        ("x.b.example.com", "backend-b"),
+        ("a.example.com", "backend-a"),
+    ] {
+        let tcp = tokio::net::TcpStream::connect(proxy.addr("l4"))
+            .await
+            .unwrap();
+        let name = rustls_pki_types::ServerName::try_from(host.to_owned()).unwrap();
+        // The handshake verifies the certificate against `host`: it succeeds
+        // only if the backend for `host`, not the proxy, answered.
+        let mut tls = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
+            .await
+            .expect("handshake hung")
+            .expect("handshake failed");
+        let mut got = String::new();
+        let _ = tls.read_to_string(&mut got).await;
+        assert_eq!(got, want);
+    }
+    // An SNI no route matches, on a listener without a default cluster: closed.
+    let tcp = tokio::net::TcpStream::connect(proxy.addr("l4"))
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("c.example.org").unwrap();
+    assert!(connector.connect(name, tcp).await.is_err());
+}
