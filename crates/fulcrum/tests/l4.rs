@@ -328,3 +328,102 @@ async fn sni_passthrough_routes_two_names_to_their_own_backends() {
     let name = rustls_pki_types::ServerName::try_from("c.example.org").unwrap();
     assert!(connector.connect(name, tcp).await.is_err());
 }
+
+/// UDP echo backends answering `NAME|payload`.
+fn udp_echo_backends(n: usize) -> Vec<(SocketAddr, u32)> {
+    (0..n)
+        .map(|i| {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let addr = s.local_addr().unwrap();
+            thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                while let Ok((n, from)) = s.recv_from(&mut buf) {
+                    let mut reply = format!("u{i}|").into_bytes();
+                    reply.extend_from_slice(&buf[..n]);
+                    let _ = s.send_to(&reply, from);
+                }
+            });
+            (addr, 1)
+        })
+        .collect()
+}
+
+fn udp_config(extra: &str, backends: &[(SocketAddr, u32)]) -> String {
+    format!(
+        "[[listener]]\nname = \"dgram\"\nbind = \"127.0.0.1:0\"\nprotocol = \"udp\"\ncluster = \"app\"\n{extra}\n\n{}",
+        cluster_block("app", "round-robin", backends)
+    )
+}
+
+/// Sends `payload` from `s` until its echo arrives (UDP may drop); returns the backend name.
+fn udp_round_trip(s: &std::net::UdpSocket, proxy: SocketAddr, payload: &str) -> Option<String> {
+    let mut buf = [0u8; 2048];
+    for _ in 0..10 {
+        s.send_to(payload.as_bytes(), proxy).unwrap();
+        // A receive timeout ends the inner loop: send again.
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            assert_eq!(from, proxy, "reply from another address");
+            let text = std::str::from_utf8(&buf[..n]).unwrap();
+            let (backend, echoed) = text.split_once('|').unwrap();
+            assert!(
+                echoed.split('-').next() == payload.split('-').next(),
+                "reply for another client: {echoed} on the socket of {payload}"
+            );
+            if echoed == payload {
+                return Some(backend.to_owned());
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn udp_ten_thousand_datagrams_return_to_their_sockets_and_flows_stick() {
+    let backends = udp_echo_backends(3);
+    let proxy = Proxy::run(&udp_config("", &backends));
+    let addr = proxy.addr("dgram");
+    let workers: Vec<_> = (0..50)
+        .map(|c| {
+            thread::spawn(move || {
+                let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(500)))
+                    .unwrap();
+                let mut seen = std::collections::BTreeSet::new();
+                for i in 0..200 {
+                    let b = udp_round_trip(&s, addr, &format!("c{c}-{i}"))
+                        .unwrap_or_else(|| panic!("client {c} datagram {i} never came back"));
+                    seen.insert(b);
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut used = std::collections::BTreeSet::new();
+    for w in workers {
+        let seen = w.join().unwrap();
+        assert_eq!(seen.len(), 1, "a flow moved between backends: {seen:?}");
+        used.extend(seen);
+    }
+    assert_eq!(used.len(), 3, "flows were not spread: {used:?}");
+}
+
+#[test]
+fn udp_flow_table_is_bounded_by_max_flows() {
+    let backends = udp_echo_backends(1);
+    let proxy = Proxy::run(&udp_config("max_flows = 2", &backends));
+    let addr = proxy.addr("dgram");
+    let sockets: Vec<_> = (0..3)
+        .map(|_| {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            s
+        })
+        .collect();
+    assert!(udp_round_trip(&sockets[0], addr, "c0-0").is_some());
+    assert!(udp_round_trip(&sockets[1], addr, "c1-0").is_some());
+    assert!(
+        udp_round_trip(&sockets[2], addr, "c2-0").is_none(),
+        "a third flow was opened beyond max_flows = 2"
+    );
+}

@@ -12,6 +12,7 @@
 //! * [`upstream`]: per-cluster keep-alive connection pools;
 //! * [`headers`], [`body`]: header rewriting and streaming bodies;
 //! * [`tcp`], [`splice`]: L4 TCP forwarding (zero-copy on Linux);
+//! * [`udp`]: L4 UDP flows;
 //! * [`tls`]: TLS termination with SNI certificates and reload;
 //! * [`sni`], [`proxy_protocol`]: edge parsers for TLS passthrough routing
 //!   and PROXY protocol headers.
@@ -30,6 +31,7 @@ pub mod splice;
 pub mod state;
 pub mod tcp;
 pub mod tls;
+pub mod udp;
 pub mod upstream;
 
 pub use listener::{ServeError, Server};

@@ -95,6 +95,21 @@ impl Server {
                 .map(Arc::new);
             sockets.push((l.clone(), socket, tls));
         }
+        let mut datagram_sockets = Vec::new();
+        for l in config
+            .listeners
+            .iter()
+            .filter(|l| l.protocol == Protocol::Udp)
+        {
+            let socket = tokio::net::UdpSocket::bind(l.bind)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    listener: l.name.clone(),
+                    address: l.bind,
+                    source,
+                })?;
+            datagram_sockets.push((l.clone(), socket));
+        }
         let (shutdown, _) = watch::channel(false);
         let (alive, done) = mpsc::channel(1);
         let mut bound = Vec::new();
@@ -120,6 +135,18 @@ impl Server {
                 shutdown.subscribe(),
                 alive.clone(),
                 tls,
+            ));
+        }
+        for (config, socket) in datagram_sockets {
+            let addr = socket.local_addr().expect("bound socket has an address");
+            tracing::info!(listener = %config.name, address = %addr, protocol = "udp", "listening");
+            bound.push((config.name.clone(), addr));
+            tokio::spawn(crate::udp::serve(
+                socket,
+                config,
+                Arc::clone(&runtime),
+                shutdown.subscribe(),
+                alive.clone(),
             ));
         }
         Ok(Server {
