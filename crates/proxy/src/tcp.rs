@@ -132,7 +132,8 @@ async fn serve(
     runtime: &Runtime,
     tls: Option<&TlsTerminator>,
 ) -> Result<(), L4Error> {
-    let snapshot = runtime.snapshot();
+    // An owned Arc, not a guard: the connection may wait on its client for a while.
+    let snapshot = arc_swap::Guard::into_inner(runtime.snapshot());
     let config = &snapshot
         .listeners
         .get(listener)
