@@ -27,13 +27,17 @@ def sink(port):
     def serve(conn):
         buf = bytearray(CHUNK)
         total = 0
-        while True:
-            n = conn.recv_into(buf)
-            if n == 0:
-                break
-            total += n
-        conn.sendall(struct.pack("!Q", total))
-        conn.close()
+        try:
+            while True:
+                n = conn.recv_into(buf)
+                if n == 0:
+                    break
+                total += n
+            conn.sendall(struct.pack("!Q", total))
+        except OSError:
+            pass  # port probes and aborted runs
+        finally:
+            conn.close()
 
     while True:
         conn, _ = srv.accept()
