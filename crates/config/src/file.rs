@@ -85,6 +85,14 @@ pub struct FileListener {
     /// Routes, first match wins.
     #[serde(default)]
     pub route: Vec<FileRoute>,
+    /// TLS termination (http and tcp listeners).
+    pub tls: Option<FileTls>,
+    /// Expect a PROXY protocol (v1 or v2) header from every client (tcp listeners).
+    pub accept_proxy_protocol: Option<bool>,
+    /// Upstream load balancers trusted to send PROXY headers (CIDRs or addresses).
+    pub proxy_protocol_from: Option<Vec<String>>,
+    /// Most concurrent UDP flows (udp listeners).
+    pub max_flows: Option<usize>,
 }
 
 impl FileListener {
@@ -101,7 +109,41 @@ impl FileListener {
         "max_connections",
         "debug_from",
         "route",
+        "tls",
+        "accept_proxy_protocol",
+        "proxy_protocol_from",
+        "max_flows",
     ];
+}
+
+/// `tls = { cert, key }` or `[listener.tls]` of a listener.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct FileTls {
+    /// PEM certificate chain of the default certificate.
+    pub cert: Option<String>,
+    /// PEM private key of the default certificate.
+    pub key: Option<String>,
+    /// More certificates, chosen by SNI from their subject names.
+    pub certificates: Option<Vec<FileCertificate>>,
+}
+
+impl FileTls {
+    /// Keys of `[listener.tls]`.
+    pub const KEYS: &'static [&'static str] = &["cert", "key", "certificates"];
+}
+
+/// One `[[listener.tls.certificates]]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct FileCertificate {
+    /// PEM certificate chain.
+    pub cert: Option<String>,
+    /// PEM private key.
+    pub key: Option<String>,
+}
+
+impl FileCertificate {
+    /// Keys of `[[listener.tls.certificates]]`.
+    pub const KEYS: &'static [&'static str] = &["cert", "key"];
 }
 
 /// One `[[listener.route]]`.
@@ -113,11 +155,13 @@ pub struct FileRoute {
     pub path_prefix: Option<String>,
     /// Target cluster.
     pub cluster: Option<String>,
+    /// TLS server name (tcp listeners): exact or `*.example.com`.
+    pub sni: Option<String>,
 }
 
 impl FileRoute {
     /// Keys of `[[listener.route]]`.
-    pub const KEYS: &'static [&'static str] = &["host", "path_prefix", "cluster"];
+    pub const KEYS: &'static [&'static str] = &["host", "path_prefix", "cluster", "sni"];
 }
 
 /// One `[cluster.NAME]`.
@@ -160,6 +204,8 @@ pub struct FileCluster {
     pub try_timeout: Option<String>,
     /// Percent of healthy backends below which health is ignored (panic mode).
     pub panic_threshold: Option<u32>,
+    /// Send a PROXY protocol header to backends: `v1` or `v2` (L4 only).
+    pub proxy_protocol: Option<String>,
 }
 
 impl FileCluster {
@@ -183,6 +229,7 @@ impl FileCluster {
         "retry_budget_min",
         "try_timeout",
         "panic_threshold",
+        "proxy_protocol",
     ];
 }
 

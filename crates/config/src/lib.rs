@@ -123,6 +123,8 @@ fn known_keys(parent: &str) -> &'static [&'static str] {
         ["runtime"] => FileRuntime::KEYS,
         ["listener"] => FileListener::KEYS,
         ["listener", "route"] => FileRoute::KEYS,
+        ["listener", "tls"] => FileTls::KEYS,
+        ["listener", "tls", "certificates"] => FileCertificate::KEYS,
         ["cluster", _] => FileCluster::KEYS,
         ["cluster", _, "backends"] => FileBackend::KEYS,
         ["cluster", _, "health"] => FileHealth::KEYS,

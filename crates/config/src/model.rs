@@ -130,6 +130,56 @@ pub struct ListenerConfig {
     pub limits: HttpLimits,
     /// Networks allowed to ask for decision headers with `x-fulcrum-debug: 1`.
     pub debug_from: Vec<IpNet>,
+    /// TLS termination, if configured.
+    pub tls: Option<TlsConfig>,
+    /// SNI routes of a tcp listener (TLS passthrough), first match wins.
+    pub sni_routes: Vec<SniRoute>,
+    /// Whether clients must start with a PROXY protocol header (tcp listeners).
+    pub accept_proxy_protocol: bool,
+    /// Peers trusted to send PROXY headers; others are refused.
+    pub proxy_protocol_from: Vec<IpNet>,
+    /// Most concurrent UDP flows (udp listeners); new flows beyond it are dropped.
+    pub max_flows: usize,
+}
+
+/// 65 536 UDP flows: one per client address, each one socket and a task; far
+/// beyond a DNS or game server's concurrent clients, far below fd limits' trouble.
+pub const DEFAULT_MAX_FLOWS: usize = 65_536;
+
+/// TLS termination: a default certificate and more chosen by SNI.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Served when the client sends no SNI or a name no certificate covers.
+    pub default: CertificateConfig,
+    /// Certificates chosen by the names they cover, in file order.
+    pub certificates: Vec<CertificateConfig>,
+}
+
+/// One certificate chain and its private key (PEM files).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateConfig {
+    /// Path of the PEM certificate chain.
+    pub cert: String,
+    /// Path of the PEM private key.
+    pub key: String,
+}
+
+/// A tcp listener's route by TLS server name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SniRoute {
+    /// Exact name or `*.suffix`.
+    pub sni: HostMatch,
+    /// Target cluster.
+    pub cluster: String,
+}
+
+/// PROXY protocol version sent to backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// The text header (`PROXY TCP4 ...\r\n`).
+    V1,
+    /// The binary header.
+    V2,
 }
 
 /// An IP network in CIDR notation (`127.0.0.0/8`, `::1/128`).
@@ -255,6 +305,8 @@ pub struct ClusterConfig {
     /// Percent of healthy enabled backends below which the cluster ignores
     /// health (panic mode); 0 never panics.
     pub panic_threshold: u32,
+    /// PROXY protocol header sent to backends by L4 listeners.
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 /// Two retries (three attempts) by default: rides out two dead backends
@@ -369,6 +421,7 @@ impl ClusterConfig {
             retry_budget_min: fulcrum_balance::retry_budget::DEFAULT_MIN_PER_SECOND,
             try_timeout: None,
             panic_threshold: fulcrum_balance::health::DEFAULT_PANIC_THRESHOLD,
+            proxy_protocol: None,
         }
     }
 }

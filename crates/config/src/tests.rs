@@ -165,14 +165,30 @@ fn key_lists_match_the_file_shapes() {
         max_connections: Some(1),
         debug_from: Some(vec![]),
         route: vec![],
+        tls: Some(file::FileTls::default()),
+        accept_proxy_protocol: Some(true),
+        proxy_protocol_from: Some(vec![]),
+        max_flows: Some(1),
     };
     assert_eq!(keys(&listener), sorted(file::FileListener::KEYS));
     let route = file::FileRoute {
         host: s(),
         path_prefix: s(),
         cluster: s(),
+        sni: s(),
     };
     assert_eq!(keys(&route), sorted(file::FileRoute::KEYS));
+    let certificate = file::FileCertificate {
+        cert: s(),
+        key: s(),
+    };
+    assert_eq!(keys(&certificate), sorted(file::FileCertificate::KEYS));
+    let tls = file::FileTls {
+        cert: s(),
+        key: s(),
+        certificates: Some(vec![certificate]),
+    };
+    assert_eq!(keys(&tls), sorted(file::FileTls::KEYS));
     let health = file::FileHealth {
         kind: s(),
         path: s(),
@@ -213,6 +229,7 @@ fn key_lists_match_the_file_shapes() {
         retry_budget_min: Some(1),
         try_timeout: s(),
         panic_threshold: Some(1),
+        proxy_protocol: s(),
     };
     assert_eq!(keys(&cluster), sorted(file::FileCluster::KEYS));
     assert_eq!(keys(&health), sorted(file::FileHealth::KEYS));
@@ -354,4 +371,79 @@ fn parse_rejects_bad_health_and_retry_values_naming_the_key() {
         "{}",
         typo.message
     );
+}
+
+const L4: &str = r#"
+[[listener]]
+name = "tcp"
+bind = "127.0.0.1:7000"
+protocol = "tcp"
+cluster = "app"
+accept_proxy_protocol = true
+proxy_protocol_from = ["10.0.0.0/8"]
+
+[[listener.route]]
+sni = "*.example.com"
+cluster = "app"
+
+[[listener]]
+name = "dns"
+bind = "127.0.0.1:5353"
+protocol = "udp"
+cluster = "app"
+max_flows = 100
+
+[cluster.app]
+algorithm = "maglev"
+proxy_protocol = "v2"
+backends = [{ address = "127.0.0.1:9001" }]
+"#;
+
+#[test]
+fn parse_accepts_tcp_and_udp_listeners_with_l4_keys() {
+    let c = parse(L4, None).expect("valid");
+    let tcp = &c.listeners[0];
+    assert_eq!(tcp.protocol, Protocol::Tcp);
+    assert!(tcp.accept_proxy_protocol);
+    assert_eq!(tcp.proxy_protocol_from[0].prefix, 8);
+    assert_eq!(
+        tcp.sni_routes[0].sni,
+        HostMatch::Suffix(".example.com".into())
+    );
+    assert!(tcp.routes.is_empty());
+    assert_eq!(c.listeners[1].max_flows, 100);
+    assert_eq!(c.clusters["app"].proxy_protocol, Some(ProxyProtocol::V2));
+}
+
+#[test]
+fn parse_refuses_misplaced_l4_keys_naming_them() {
+    let text = L4
+        .replace("proxy_protocol = \"v2\"", "proxy_protocol = \"v3\"")
+        .replace("sni = \"*.example.com\"", "host = \"a.example.com\"")
+        .replace(
+            "max_flows = 100",
+            "max_flows = 100\naccept_proxy_protocol = true",
+        );
+    let keys: Vec<String> = problems(&text).into_iter().map(|p| p.key).collect();
+    for k in [
+        "cluster.app.proxy_protocol",
+        "listener[0].route[0].host",
+        "listener[0].route[0].sni",
+        "listener[1].accept_proxy_protocol",
+        "listener[1].proxy_protocol_from",
+    ] {
+        assert!(keys.iter().any(|x| x == k), "{k} missing from {keys:?}");
+    }
+}
+
+#[test]
+fn parse_refuses_tls_with_missing_files() {
+    let text = GOOD.replace(
+        "protocol = \"http\"",
+        "protocol = \"http\"\ntls = { cert = \"/nonexistent/a.crt\" }",
+    );
+    let p = problems(&text);
+    let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    assert!(keys.contains(&"listener[0].tls.cert"), "{p:?}");
+    assert!(keys.contains(&"listener[0].tls.key"), "{p:?}");
 }

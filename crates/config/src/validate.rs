@@ -144,24 +144,75 @@ impl Validator {
                 Protocol::Http
             }
         };
-        if protocol != Protocol::Http {
+        if let Some(c) = &file.cluster {
+            self.cluster_ref(&key("cluster"), c, clusters);
+        }
+        let mut routes = Vec::new();
+        let mut sni_routes = Vec::new();
+        for (j, r) in file.route.iter().enumerate() {
+            let rkey = format!("listener[{i}].route[{j}]");
+            match protocol {
+                Protocol::Http => {
+                    if r.sni.is_some() {
+                        self.problem(
+                            format!("{rkey}.sni"),
+                            "sni routes belong to tcp listeners; http listeners route by `host`",
+                        );
+                    }
+                    routes.push(self.route(&rkey, r, clusters));
+                }
+                _ => sni_routes.extend(self.sni_route(&rkey, protocol, r, clusters)),
+            }
+        }
+        if protocol != Protocol::Http && file.cluster.is_none() && sni_routes.is_empty() {
             self.problem(
-                key("protocol"),
+                key("cluster"),
                 format!(
-                    "protocol `{}` is not supported by this version yet; use \"http\"",
+                    "missing; a {} listener needs a cluster to send connections to, e.g. cluster = \"app\"",
                     protocol.as_str()
                 ),
             );
         }
-        if let Some(c) = &file.cluster {
-            self.cluster_ref(&key("cluster"), c, clusters);
+        let tls = file.tls.as_ref().map(|t| self.tls(&key("tls"), t));
+        if tls.is_some() && protocol == Protocol::Udp {
+            self.problem(
+                key("tls"),
+                "udp listeners cannot terminate TLS; remove `tls` or use protocol = \"tcp\"",
+            );
         }
-        let routes = file
-            .route
-            .iter()
-            .enumerate()
-            .map(|(j, r)| self.route(&format!("listener[{i}].route[{j}]"), r, clusters))
-            .collect();
+        let accept_proxy_protocol = file.accept_proxy_protocol.unwrap_or(false);
+        if accept_proxy_protocol && protocol != Protocol::Tcp {
+            self.problem(
+                key("accept_proxy_protocol"),
+                "only tcp listeners accept PROXY protocol headers",
+            );
+        }
+        let mut proxy_protocol_from = Vec::new();
+        for (j, s) in file.proxy_protocol_from.iter().flatten().enumerate() {
+            match IpNet::parse(s) {
+                Some(net) => proxy_protocol_from.push(net),
+                None => self.problem(
+                    format!("listener[{i}].proxy_protocol_from[{j}]"),
+                    format!("`{s}` is not an address or CIDR such as \"10.0.0.0/8\""),
+                ),
+            }
+        }
+        if accept_proxy_protocol && file.proxy_protocol_from.is_none() {
+            self.problem(
+                key("proxy_protocol_from"),
+                "missing; list the load balancers trusted to send PROXY headers, e.g. proxy_protocol_from = [\"10.0.0.0/8\"]",
+            );
+        }
+        let mut max_flows = DEFAULT_MAX_FLOWS;
+        if let Some(n) = file.max_flows {
+            if protocol != Protocol::Udp {
+                self.problem(key("max_flows"), "only udp listeners have flows");
+            }
+            if n == 0 {
+                self.problem(key("max_flows"), "must be at least 1");
+            }
+            max_flows = n;
+        }
         let mut limits = HttpLimits::default();
         if let Some(d) = self.duration(&key("header_timeout"), file.header_timeout.as_deref()) {
             limits.header_timeout = d;
@@ -205,7 +256,138 @@ impl Validator {
             routes,
             limits,
             debug_from,
+            tls,
+            sni_routes,
+            accept_proxy_protocol,
+            proxy_protocol_from,
+            max_flows,
         }
+    }
+
+    fn sni_route(
+        &mut self,
+        key: &str,
+        protocol: Protocol,
+        file: &FileRoute,
+        clusters: &BTreeMap<String, ClusterConfig>,
+    ) -> Option<SniRoute> {
+        if protocol == Protocol::Udp {
+            self.problem(
+                key,
+                "udp listeners have no routes; send everything to `cluster`",
+            );
+            return None;
+        }
+        for (name, set) in [
+            ("host", file.host.is_some()),
+            ("path_prefix", file.path_prefix.is_some()),
+        ] {
+            if set {
+                self.problem(
+                    format!("{key}.{name}"),
+                    "tcp listeners route by TLS server name only; write sni = \"a.example.com\"",
+                );
+            }
+        }
+        let cluster = match &file.cluster {
+            Some(c) => {
+                self.cluster_ref(&format!("{key}.cluster"), c, clusters);
+                c.clone()
+            }
+            None => {
+                self.problem(
+                    format!("{key}.cluster"),
+                    "missing; a route must name the cluster it sends to",
+                );
+                String::new()
+            }
+        };
+        let Some(sni) = &file.sni else {
+            self.problem(
+                format!("{key}.sni"),
+                "missing; a tcp route matches a TLS server name: sni = \"a.example.com\" or \"*.example.com\"",
+            );
+            return None;
+        };
+        let sni = self.host_match(&format!("{key}.sni"), sni);
+        Some(SniRoute { sni, cluster })
+    }
+
+    fn host_match(&mut self, key: &str, h: &str) -> HostMatch {
+        let h = h.to_ascii_lowercase();
+        match h.strip_prefix('*') {
+            Some(suffix) if suffix.starts_with('.') => HostMatch::Suffix(suffix.to_owned()),
+            Some(_) => {
+                self.problem(key, "a wildcard host must look like \"*.example.com\"");
+                HostMatch::Exact(h.clone())
+            }
+            None => HostMatch::Exact(h),
+        }
+    }
+
+    fn tls(&mut self, key: &str, file: &FileTls) -> TlsConfig {
+        let mut certificates = Vec::new();
+        for (j, c) in file.certificates.iter().flatten().enumerate() {
+            let ckey = format!("{key}.certificates[{j}]");
+            if let Some(c) = self.certificate(&ckey, c.cert.as_deref(), c.key.as_deref()) {
+                certificates.push(c);
+            }
+        }
+        let default = match (&file.cert, &file.key) {
+            (None, None) if !certificates.is_empty() => certificates[0].clone(),
+            (None, None) => {
+                self.problem(
+                    key,
+                    "no certificate; write tls = { cert = \"site.crt\", key = \"site.key\" }",
+                );
+                CertificateConfig {
+                    cert: String::new(),
+                    key: String::new(),
+                }
+            }
+            (cert, k) => self
+                .certificate(key, cert.as_deref(), k.as_deref())
+                .unwrap_or(CertificateConfig {
+                    cert: String::new(),
+                    key: String::new(),
+                }),
+        };
+        TlsConfig {
+            default,
+            certificates,
+        }
+    }
+
+    fn certificate(
+        &mut self,
+        key: &str,
+        cert: Option<&str>,
+        private_key: Option<&str>,
+    ) -> Option<CertificateConfig> {
+        let mut ok = true;
+        for (name, value) in [("cert", cert), ("key", private_key)] {
+            match value {
+                None => {
+                    self.problem(
+                        format!("{key}.{name}"),
+                        "missing; a certificate needs both `cert` and `key` (PEM files)",
+                    );
+                    ok = false;
+                }
+                Some(path) if !std::path::Path::new(path).is_file() => {
+                    self.problem(
+                        format!("{key}.{name}"),
+                        format!("cannot read `{path}`: no such file (relative paths start in the working directory)"),
+                    );
+                    ok = false;
+                }
+                Some(_) => {}
+            }
+        }
+        ok.then(|| CertificateConfig {
+            cert: cert.unwrap_or_default().to_owned(),
+            key: private_key.unwrap_or_default().to_owned(),
+        })
     }
 
     fn route(
@@ -350,6 +532,18 @@ impl Validator {
         }
         c.health = file.health.as_ref().map(|h| self.health(&key("health"), h));
         self.resilience(name, file, &mut c);
+        c.proxy_protocol = match file.proxy_protocol.as_deref() {
+            None | Some("none") => None,
+            Some("v1") => Some(ProxyProtocol::V1),
+            Some("v2") => Some(ProxyProtocol::V2),
+            Some(other) => {
+                self.problem(
+                    key("proxy_protocol"),
+                    format!("unknown PROXY protocol version `{other}`, expected v1 or v2"),
+                );
+                None
+            }
+        };
         c
     }
 

@@ -28,8 +28,20 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
     let token = fulcrum_proxy::admin::load_token(&config.admin, admin_bind)?;
     let runtime = Runtime::new(config);
     let server = Server::start(Arc::clone(&runtime)).await?;
+    let config = runtime.config();
     for (name, addr) in server.listeners() {
-        eprintln!("fulcrum: listener `{name}` on http://{addr}");
+        let scheme = config
+            .listeners
+            .iter()
+            .find(|l| &l.name == name)
+            .map_or("http", |l| match (l.protocol, l.tls.is_some()) {
+                (fulcrum_config::Protocol::Http, false) => "http",
+                (fulcrum_config::Protocol::Http, true) => "https",
+                (fulcrum_config::Protocol::Tcp, false) => "tcp",
+                (fulcrum_config::Protocol::Tcp, true) => "tls",
+                (fulcrum_config::Protocol::Udp, _) => "udp",
+            });
+        eprintln!("fulcrum: listener `{name}` on {scheme}://{addr}");
     }
     let admin = start_admin(&runtime, &server, admin_bind, token, path.clone()).await?;
     wait_for_stop(&runtime, path.as_deref()).await?;

@@ -11,9 +11,14 @@
 //! * [`http`]: the L7 request path (route, pick, forward, retry);
 //! * [`upstream`]: per-cluster keep-alive connection pools;
 //! * [`health`]: active probers, passive-health reporting and panic mode;
-//! * [`headers`], [`body`]: header rewriting and streaming bodies;
 //! * [`metrics`]: atomic counters on the request path, Prometheus text at scrape time;
-//! * [`admin`]: the admin API, reloads, and the live dashboard.
+//! * [`admin`]: the admin API, reloads, and the live dashboard;
+//! * [`headers`], [`body`]: header rewriting and streaming bodies;
+//! * [`tcp`], [`splice`]: L4 TCP forwarding (zero-copy on Linux);
+//! * [`udp`]: L4 UDP flows;
+//! * [`tls`]: TLS termination with SNI certificates and reload;
+//! * [`sni`], [`proxy_protocol`]: edge parsers for TLS passthrough routing
+//!   and PROXY protocol headers.
 
 pub mod admin;
 pub mod body;
@@ -25,8 +30,15 @@ pub mod http;
 pub mod listener;
 pub mod listener_set;
 pub mod metrics;
+pub mod proxy_protocol;
 pub mod routes;
+pub mod sni;
+#[cfg(target_os = "linux")]
+pub mod splice;
 pub mod state;
+pub mod tcp;
+pub mod tls;
+pub mod udp;
 pub mod upstream;
 
 pub use listener::{ServeError, Server};

@@ -24,13 +24,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::framing::{FramingGuard, REJECT_RESPONSE};
 use crate::http::{handle, ConnInfo};
 use crate::listener_set::ListenerSet;
 use crate::state::Runtime;
+use crate::tls::TlsTerminator;
 
 /// Why the proxy could not start serving.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,14 @@ pub enum ServeError {
         address: SocketAddr,
         /// The OS error.
         source: io::Error,
+    },
+    /// A listener's certificates could not be loaded.
+    #[error("listener `{listener}`: tls: {source}")]
+    Tls {
+        /// Listener name.
+        listener: String,
+        /// What failed.
+        source: crate::tls::TlsError,
     },
 }
 
@@ -72,7 +81,7 @@ impl Server {
         for l in config
             .listeners
             .iter()
-            .filter(|l| l.protocol == Protocol::Http)
+            .filter(|l| l.protocol != Protocol::Udp)
         {
             let socket = TcpListener::bind(l.bind)
                 .await
@@ -81,7 +90,28 @@ impl Server {
                     address: l.bind,
                     source,
                 })?;
-            sockets.push((l.clone(), socket));
+            let tls = TlsTerminator::new(l, runtime.snapshot().generation)
+                .map_err(|source| ServeError::Tls {
+                    listener: l.name.clone(),
+                    source,
+                })?
+                .map(Arc::new);
+            sockets.push((l.clone(), socket, tls));
+        }
+        let mut datagram_sockets = Vec::new();
+        for l in config
+            .listeners
+            .iter()
+            .filter(|l| l.protocol == Protocol::Udp)
+        {
+            let socket = tokio::net::UdpSocket::bind(l.bind)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    listener: l.name.clone(),
+                    address: l.bind,
+                    source,
+                })?;
+            datagram_sockets.push((l.clone(), socket));
         }
         let (shutdown, _) = watch::channel(false);
         let (alive, done) = mpsc::channel(1);
@@ -91,10 +121,38 @@ impl Server {
         ));
         let mut bound = Vec::new();
         let live = Arc::new(ListenerSet::default());
-        for (config, socket) in sockets {
+        for (config, socket, tls) in sockets {
             let name = config.name.clone();
-            let addr = live.start(socket, config, &runtime, &shutdown, &alive);
+            if config.protocol == Protocol::Tcp {
+                // L4 listeners are bound at start; reloads apply to their
+                // clusters but do not add, move or remove them.
+                let addr = socket.local_addr().expect("bound socket has an address");
+                tracing::info!(listener = %name, address = %addr, protocol = "tcp", "listening");
+                bound.push((name, addr));
+                tokio::spawn(crate::tcp::accept_loop(
+                    socket,
+                    config,
+                    Arc::clone(&runtime),
+                    shutdown.subscribe(),
+                    alive.clone(),
+                    tls,
+                ));
+                continue;
+            }
+            let addr = live.start(socket, config, tls, &runtime, &shutdown, &alive);
             bound.push((name, addr));
+        }
+        for (config, socket) in datagram_sockets {
+            let addr = socket.local_addr().expect("bound socket has an address");
+            tracing::info!(listener = %config.name, address = %addr, protocol = "udp", "listening");
+            bound.push((config.name.clone(), addr));
+            tokio::spawn(crate::udp::serve(
+                socket,
+                config,
+                Arc::clone(&runtime),
+                shutdown.subscribe(),
+                alive.clone(),
+            ));
         }
         tokio::spawn(Arc::clone(&live).supervise(
             Arc::clone(&runtime),
@@ -116,6 +174,7 @@ impl Server {
         self.live
             .addresses()
             .into_iter()
+            .chain(self.bound.iter().cloned())
             .find(|(n, _)| n == listener)
             .map(|(_, a)| a)
     }
@@ -160,6 +219,7 @@ pub(crate) async fn accept_loop(
     runtime: Arc<Runtime>,
     mut shutdown: watch::Receiver<bool>,
     alive: mpsc::Sender<()>,
+    tls: Option<Arc<TlsTerminator>>,
 ) {
     // Connections watch this; it flips (or is dropped) when accepting stops.
     let (closing, closing_rx) = watch::channel(false);
@@ -168,7 +228,7 @@ pub(crate) async fn accept_loop(
             break;
         };
         let stopped = tokio::select! {
-            _ = accept_with(&socket, &config, &runtime, closing_rx.clone(), &alive) => true,
+            _ = accept_with(&socket, &config, &runtime, closing_rx.clone(), &alive, tls.as_ref()) => true,
             _ = shutdown.changed() => true,
             r = settings.changed() => r.is_err(),
         };
@@ -188,6 +248,7 @@ async fn accept_with(
     runtime: &Arc<Runtime>,
     shutdown: watch::Receiver<bool>,
     alive: &mpsc::Sender<()>,
+    tls: Option<&Arc<TlsTerminator>>,
 ) {
     let name: Arc<str> = Arc::from(config.name.as_str());
     let connections = runtime.metrics().listener(&config.name);
@@ -224,7 +285,7 @@ async fn accept_with(
         let info = ConnInfo {
             listener: Arc::clone(&name),
             peer,
-            tls: false,
+            tls: tls.is_some(),
         };
         let runtime = Arc::clone(runtime);
         let builder = Arc::clone(&builder);
@@ -232,8 +293,29 @@ async fn accept_with(
         let alive = alive.clone();
         let limits = limits.clone();
         let open = connections.accept();
+        let tls = tls.cloned();
         tokio::spawn(async move {
-            serve_connection(stream, info, runtime, &builder, shutdown, &limits).await;
+            match tls {
+                None => serve_connection(stream, info, runtime, &builder, shutdown, &limits).await,
+                Some(tls) => {
+                    tls.refresh(&runtime);
+                    match tokio::time::timeout(limits.header_timeout, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            runtime.metrics().tls_handshake(true);
+                            serve_connection(stream, info, runtime, &builder, shutdown, &limits)
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            runtime.metrics().tls_handshake(false);
+                            tracing::debug!(client = %peer, error = %e, "tls handshake failed")
+                        }
+                        Err(_) => {
+                            runtime.metrics().tls_handshake(false);
+                            tracing::debug!(client = %peer, "tls handshake timed out")
+                        }
+                    }
+                }
+            }
             drop(open);
             drop(permit);
             drop(alive);
@@ -241,14 +323,16 @@ async fn accept_with(
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     info: ConnInfo,
     runtime: Arc<Runtime>,
     builder: &auto::Builder<TokioExecutor>,
     mut shutdown: watch::Receiver<bool>,
     limits: &HttpLimits,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let idle = limits.idle_timeout;
     let activity = Arc::new(AtomicU64::new(0));
     let io = TokioIo::new(ClientIo {
@@ -300,8 +384,8 @@ async fn serve_connection(
 /// * runs the [`FramingGuard`] over every byte read: an ambiguous request
 ///   is cut off before the HTTP parser sees it, and the connection answers
 ///   `400` and closes once the parser is done with earlier requests.
-struct ClientIo {
-    inner: TcpStream,
+struct ClientIo<S: AsyncWrite + Unpin> {
+    inner: S,
     activity: Arc<AtomicU64>,
     framing: FramingGuard,
     /// Bytes of [`REJECT_RESPONSE`] written so far, once a request was refused.
@@ -309,20 +393,20 @@ struct ClientIo {
     peer: SocketAddr,
 }
 
-impl ClientIo {
+impl<S: AsyncWrite + Unpin> ClientIo<S> {
     /// Writes what is left of the 400 without blocking (best effort).
-    fn flush_rejection(&mut self, mut cx: Option<&mut Context<'_>>) -> Poll<()> {
+    fn flush_rejection(&mut self, cx: Option<&mut Context<'_>>) -> Poll<()> {
         let Some(written) = self.rejected.as_mut() else {
             return Poll::Ready(());
         };
+        // Without a task (on drop), write what the socket takes right now.
+        let mut noop = Context::from_waker(futures_util::task::noop_waker_ref());
+        let cx = cx.unwrap_or(&mut noop);
         while *written < REJECT_RESPONSE.len() {
             let rest = &REJECT_RESPONSE[*written..];
-            let r = match cx {
-                Some(ref mut cx) => match Pin::new(&mut self.inner).poll_write(cx, rest) {
-                    Poll::Ready(r) => r,
-                    Poll::Pending => return Poll::Pending,
-                },
-                None => self.inner.try_write(rest),
+            let r = match Pin::new(&mut self.inner).poll_write(cx, rest) {
+                Poll::Ready(r) => r,
+                Poll::Pending => return Poll::Pending,
             };
             match r {
                 Ok(n) if n > 0 => *written += n,
@@ -335,13 +419,13 @@ impl ClientIo {
     }
 }
 
-impl Drop for ClientIo {
+impl<S: AsyncWrite + Unpin> Drop for ClientIo<S> {
     fn drop(&mut self) {
         let _ = self.flush_rejection(None);
     }
 }
 
-impl AsyncRead for ClientIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -367,7 +451,7 @@ impl AsyncRead for ClientIo {
     }
 }
 
-impl AsyncWrite for ClientIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

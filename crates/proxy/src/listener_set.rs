@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::listener::accept_loop;
 use crate::state::Runtime;
+use crate::tls::TlsTerminator;
 
 /// One running accept loop.
 #[derive(Debug)]
@@ -79,6 +80,7 @@ impl ListenerSet {
         &self,
         socket: TcpListener,
         config: ListenerConfig,
+        tls: Option<Arc<TlsTerminator>>,
         runtime: &Arc<Runtime>,
         shutdown: &watch::Sender<bool>,
         alive: &mpsc::Sender<()>,
@@ -92,6 +94,7 @@ impl ListenerSet {
             Arc::clone(runtime),
             shutdown.subscribe(),
             alive.clone(),
+            tls,
         ));
         self.lock().push(Running {
             config,
@@ -163,9 +166,17 @@ impl ListenerSet {
         }
         let mut failures = Vec::new();
         for config in to_bind {
+            let tls = match TlsTerminator::new(&config, runtime.snapshot().generation) {
+                Ok(tls) => tls.map(Arc::new),
+                Err(e) => {
+                    tracing::error!(listener = %config.name, error = %e, "cannot load the new listener's certificates");
+                    failures.push(format!("listener `{}`: {e}", config.name));
+                    continue;
+                }
+            };
             match bind_with_retry(config.bind).await {
                 Ok(socket) => {
-                    self.start(socket, config, runtime, shutdown, alive);
+                    self.start(socket, config, tls, runtime, shutdown, alive);
                 }
                 Err(e) => {
                     tracing::error!(listener = %config.name, address = %config.bind, error = %e, "cannot bind the new listener; will retry on the next change");

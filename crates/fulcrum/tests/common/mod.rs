@@ -58,6 +58,8 @@ pub struct Proxy {
     pub admin: SocketAddr,
     pub dir: TempDir,
     pub config_path: PathBuf,
+    /// Stderr lines printed up to the last listener announcement.
+    pub startup: Vec<String>,
     lines: mpsc::Receiver<String>,
 }
 
@@ -99,6 +101,7 @@ impl Proxy {
         let lines = pipe_lines(child.stderr.take().unwrap());
         let mut listeners = HashMap::new();
         let mut admin = None;
+        let mut startup = Vec::new();
         while listeners.len() < expected || admin.is_none() {
             let line = lines
                 .recv_timeout(Duration::from_secs(20))
@@ -113,6 +116,7 @@ impl Proxy {
             if let Some(rest) = line.strip_prefix("fulcrum: admin on http://") {
                 admin = Some(rest.trim().parse().unwrap());
             }
+            startup.push(line);
         }
         Proxy {
             child,
@@ -120,6 +124,7 @@ impl Proxy {
             admin: admin.unwrap(),
             dir,
             config_path: path,
+            startup,
             lines,
         }
     }
@@ -246,4 +251,77 @@ pub fn tally<'a>(answers: impl IntoIterator<Item = &'a Answer>) -> HashMap<Strin
         *m.entry(a.backend().unwrap_or("-").to_owned()).or_insert(0) += 1;
     }
     m
+}
+
+/// A throwaway certificate authority for TLS tests.
+pub struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "fulcrum test ca");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        TestCa { cert, key }
+    }
+
+    /// The CA certificate (PEM), for `curl --cacert` and client root stores.
+    pub fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    pub fn der(&self) -> Vec<u8> {
+        self.cert.der().to_vec()
+    }
+
+    /// A leaf certificate for `names` with common name `cn`: (cert PEM, key PEM).
+    pub fn leaf(&self, cn: &str, names: &[&str]) -> (String, String) {
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// Writes a leaf's files into `dir` as NAME.crt / NAME.key (0600); returns their paths.
+    pub fn write_leaf(
+        &self,
+        dir: &TempDir,
+        file: &str,
+        cn: &str,
+        names: &[&str],
+    ) -> (String, String) {
+        let (cert, key) = self.leaf(cn, names);
+        let c = dir.write(&format!("{file}.crt"), &cert);
+        let k = dir.write(&format!("{file}.key"), &key);
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
+        (c.display().to_string(), k.display().to_string())
+    }
+}
+
+/// A rustls client trusting only `ca_der` (ring provider, TLS 1.2 and 1.3).
+pub fn tls_client(ca_der: Vec<u8>) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from(ca_der))
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
 }

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use fulcrum_config::file::*;
-use fulcrum_config::{Config, HealthKind, HostMatch};
+use fulcrum_config::{Config, HealthKind, HostMatch, Protocol, ProxyProtocol};
 
 /// Durations as the configuration writes them: `1s`, `500ms`, `1m30s` is `90s`.
 fn duration(d: Duration) -> String {
@@ -49,14 +49,38 @@ pub fn to_file(config: &Config) -> FileConfig {
                     .routes
                     .iter()
                     .map(|r| FileRoute {
-                        host: r.host.as_ref().map(|h| match h {
-                            HostMatch::Exact(h) => h.clone(),
-                            HostMatch::Suffix(s) => format!("*{s}"),
-                        }),
+                        host: r.host.as_ref().map(host_match),
                         path_prefix: r.path_prefix.clone(),
                         cluster: Some(r.cluster.clone()),
+                        sni: None,
                     })
+                    .chain(l.sni_routes.iter().map(|r| FileRoute {
+                        sni: Some(host_match(&r.sni)),
+                        cluster: Some(r.cluster.clone()),
+                        ..FileRoute::default()
+                    }))
                     .collect(),
+                tls: l.tls.as_ref().map(|t| FileTls {
+                    cert: Some(t.default.cert.clone()),
+                    key: Some(t.default.key.clone()),
+                    certificates: (!t.certificates.is_empty()).then(|| {
+                        t.certificates
+                            .iter()
+                            .map(|c| FileCertificate {
+                                cert: Some(c.cert.clone()),
+                                key: Some(c.key.clone()),
+                            })
+                            .collect()
+                    }),
+                }),
+                accept_proxy_protocol: Some(l.accept_proxy_protocol),
+                proxy_protocol_from: Some(
+                    l.proxy_protocol_from
+                        .iter()
+                        .map(|n| n.to_string())
+                        .collect(),
+                ),
+                max_flows: (l.protocol == Protocol::Udp).then_some(l.max_flows),
             })
             .collect(),
         cluster: config
@@ -130,10 +154,25 @@ pub fn to_file(config: &Config) -> FileConfig {
                     retry_budget_min: Some(c.retry_budget_min),
                     try_timeout: c.try_timeout.map(duration),
                     panic_threshold: Some(c.panic_threshold),
+                    proxy_protocol: c.proxy_protocol.map(|p| {
+                        match p {
+                            ProxyProtocol::V1 => "v1",
+                            ProxyProtocol::V2 => "v2",
+                        }
+                        .to_owned()
+                    }),
                 };
                 (name.clone(), file)
             })
             .collect(),
+    }
+}
+
+/// The file spelling of a host match (`a.example.com`, `*.example.com`).
+fn host_match(h: &HostMatch) -> String {
+    match h {
+        HostMatch::Exact(h) => h.clone(),
+        HostMatch::Suffix(s) => format!("*{s}"),
     }
 }
 

@@ -1,0 +1,221 @@
+//! TLS termination with rustls (ring provider).
+//!
+//! * TLS 1.3 and 1.2 only, with rustls's cipher suites: all AEAD with
+//!   forward secrecy (AES-GCM, ChaCha20-Poly1305; ECDHE for TLS 1.2).
+//!   Nothing older can be negotiated: a TLS 1.1 client is refused.
+//! * Several certificates per listener: the one whose subject names cover
+//!   the client's SNI (exact or wildcard, as webpki checks a server name),
+//!   else the default — also for clients that send no SNI.
+//! * ALPN `h2` and `http/1.1` on http listeners; none on tcp listeners.
+//! * Reload without dropping connections: the certificate set sits behind
+//!   an `ArcSwap` inside the resolver. When the runtime's generation changes
+//!   (a file reload or any applied command) the next accept re-reads the
+//!   listener's certificate files; handshakes in flight keep the set they
+//!   started with, established connections are untouched, and a set that
+//!   fails to load is logged and the old one kept.
+//! * A private key file readable by group or others draws a warning.
+
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use fulcrum_config::{CertificateConfig, ListenerConfig, Protocol, TlsConfig};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::state::Runtime;
+
+/// Why a listener's certificates could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A certificate or key file is unreadable or not what it should be.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file from the configuration.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// rustls refused the setup.
+    #[error("{0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// One listener's TLS acceptor with reloadable certificates.
+pub struct TlsTerminator {
+    listener: String,
+    acceptor: TlsAcceptor,
+    resolver: Arc<Resolver>,
+    /// The runtime generation the certificates were last loaded at.
+    generation: AtomicU64,
+}
+
+impl fmt::Debug for TlsTerminator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsTerminator")
+            .field("listener", &self.listener)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsTerminator {
+    /// Loads `listener`'s certificates; `None` if it has no `tls`.
+    pub fn new(listener: &ListenerConfig, generation: u64) -> Result<Option<Self>, TlsError> {
+        let Some(tls) = &listener.tls else {
+            return Ok(None);
+        };
+        let resolver = Arc::new(Resolver {
+            store: ArcSwap::from_pointee(CertStore::load(tls)?),
+        });
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
+        if listener.protocol == Protocol::Http {
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        }
+        Ok(Some(Self {
+            listener: listener.name.clone(),
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            resolver,
+            generation: AtomicU64::new(generation),
+        }))
+    }
+
+    /// Re-reads the certificate files if the runtime changed since the last load.
+    pub fn refresh(&self, runtime: &Runtime) {
+        let snapshot = runtime.snapshot();
+        let generation = snapshot.generation;
+        if self.generation.swap(generation, Ordering::AcqRel) == generation {
+            return;
+        }
+        let Some(tls) = snapshot
+            .listeners
+            .get(&self.listener)
+            .and_then(|l| l.config.tls.as_ref())
+        else {
+            return;
+        };
+        match CertStore::load(tls) {
+            Ok(store) => {
+                self.resolver.store.store(Arc::new(store));
+                tracing::info!(listener = %self.listener, generation, "certificates reloaded");
+            }
+            Err(e) => {
+                tracing::error!(listener = %self.listener, error = %e, "certificate reload failed; keeping the loaded certificates");
+            }
+        }
+    }
+
+    /// Runs the server handshake on an accepted connection.
+    pub async fn accept(&self, stream: TcpStream) -> io::Result<TlsStream<TcpStream>> {
+        self.acceptor.accept(stream).await
+    }
+}
+
+/// The certificates of one listener.
+struct CertStore {
+    default: Arc<CertifiedKey>,
+    named: Vec<Arc<CertifiedKey>>,
+}
+
+impl CertStore {
+    fn load(tls: &TlsConfig) -> Result<Self, TlsError> {
+        Ok(Self {
+            default: certified_key(&tls.default)?,
+            named: tls
+                .certificates
+                .iter()
+                .map(certified_key)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    fn for_name(&self, name: &str) -> Arc<CertifiedKey> {
+        let Ok(server_name) = ServerName::try_from(name) else {
+            return Arc::clone(&self.default);
+        };
+        self.named
+            .iter()
+            .find(|ck| covers(ck, &server_name))
+            .unwrap_or(&self.default)
+            .clone()
+    }
+}
+
+/// Whether a certificate's subject names cover `name` (wildcards included).
+fn covers(ck: &CertifiedKey, name: &ServerName<'_>) -> bool {
+    let Some(leaf) = ck.cert.first() else {
+        return false;
+    };
+    webpki::EndEntityCert::try_from(leaf)
+        .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(name).is_ok())
+}
+
+#[derive(Debug)]
+struct Resolver {
+    store: ArcSwap<CertStore>,
+}
+
+impl fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CertStore({} named)", self.named.len())
+    }
+}
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let store = self.store.load();
+        Some(match hello.server_name() {
+            Some(name) => store.for_name(name),
+            None => Arc::clone(&store.default),
+        })
+    }
+}
+
+fn certified_key(c: &CertificateConfig) -> Result<Arc<CertifiedKey>, TlsError> {
+    let file_error = |path: &str, reason: String| TlsError::File {
+        path: path.to_owned(),
+        reason,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&c.cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| file_error(&c.cert, format!("cannot read the certificate chain: {e}")))?;
+    if chain.is_empty() {
+        return Err(file_error(&c.cert, "no PEM certificate in the file".into()));
+    }
+    warn_if_readable_by_others(&c.key);
+    let key = PrivateKeyDer::from_pem_file(&c.key)
+        .map_err(|e| file_error(&c.key, format!("cannot read the private key: {e}")))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| file_error(&c.key, format!("unsupported private key: {e}")))?;
+    Ok(Arc::new(CertifiedKey::new(chain, signing)))
+}
+
+/// Private keys should be `0600` (or `0400`): anyone who reads the key can
+/// impersonate the site.
+fn warn_if_readable_by_others(path: &str) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    file = path,
+                    mode = format!("{mode:04o}"),
+                    "private key file is accessible to group or others; chmod 600 it"
+                );
+            }
+        }
+    }
+}
