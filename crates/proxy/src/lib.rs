@@ -8,7 +8,9 @@
 //!   state that survives reloads;
 //! * [`listener`]: bound sockets, accept loops and graceful shutdown
 //!   ([`Server`]);
-//! * [`http`]: the L7 request path (route, pick, forward, retry);
+//! * [`http`]: the L7 request path (route, pick, forward, retry, upgrade);
+//! * [`routes`], [`rewrite`], [`ratelimit`], [`sticky`]: route matching,
+//!   route actions, per-route rate limits, sticky sessions;
 //! * [`upstream`]: per-cluster keep-alive connection pools;
 //! * [`health`]: active probers, passive-health reporting and panic mode;
 //! * [`headers`], [`body`]: header rewriting and streaming bodies.
@@ -20,8 +22,11 @@ pub mod headers;
 pub mod health;
 pub mod http;
 pub mod listener;
+pub mod ratelimit;
+pub mod rewrite;
 pub mod routes;
 pub mod state;
+pub mod sticky;
 pub mod upstream;
 
 pub use listener::{ServeError, Server};

@@ -43,6 +43,8 @@ pub struct ClusterSnapshot {
     pub health: HealthPolicy,
     /// The cluster's retry budget (survives reloads while its settings do).
     pub retry_budget: Arc<RetryBudget>,
+    /// Sticky-session cookie values, when the cluster has `sticky`.
+    pub sticky: Option<crate::sticky::StickyTable>,
 }
 
 impl ClusterSnapshot {
@@ -80,6 +82,9 @@ struct Control {
     backend_states: HashMap<(String, String), Arc<BackendState>>,
     upstreams: HashMap<String, Upstream>,
     retry_budgets: HashMap<String, Arc<RetryBudget>>,
+    /// The last built listeners, whose routes' learned state (rate-limit
+    /// buckets) the next build keeps.
+    listeners: HashMap<String, Arc<ListenerSnapshot>>,
 }
 
 /// The running configuration.
@@ -98,6 +103,7 @@ impl Runtime {
             backend_states: HashMap::new(),
             upstreams: HashMap::new(),
             retry_budgets: HashMap::new(),
+            listeners: HashMap::new(),
         };
         let snapshot = control.build();
         Arc::new(Self {
@@ -207,13 +213,17 @@ impl Control {
                 name.clone(),
                 Arc::new(ClusterSnapshot {
                     config: cluster.clone(),
-                    set,
                     selector,
                     selector_config,
                     upstream,
                     authorities,
                     health: crate::health::policy(cluster),
                     retry_budget,
+                    sticky: cluster
+                        .sticky
+                        .as_ref()
+                        .map(|s| crate::sticky::StickyTable::new(s, name, &set)),
+                    set,
                 }),
             );
         }
@@ -225,15 +235,20 @@ impl Control {
             .listeners
             .iter()
             .map(|l| {
+                let mut routes = RouteTable::scoped(&l.routes, l.cluster.as_deref(), &l.name);
+                if let Some(previous) = self.listeners.get(&l.name) {
+                    routes.carry_over(&previous.routes);
+                }
                 (
                     l.name.clone(),
                     Arc::new(ListenerSnapshot {
                         config: l.clone(),
-                        routes: RouteTable::new(&l.routes, l.cluster.as_deref()),
+                        routes,
                     }),
                 )
             })
-            .collect();
+            .collect::<HashMap<_, _>>();
+        self.listeners = listeners.clone();
         Snapshot {
             clusters,
             listeners,
