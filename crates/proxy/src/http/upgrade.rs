@@ -184,3 +184,44 @@ pub(super) async fn forward(
     });
     Ok(Response::from_parts(rparts, ProxyBody::local(Bytes::new())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(version: Version, headers: &[(&str, &str)]) -> Request<()> {
+        let mut r = Request::builder().version(version).uri("/ws");
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.body(()).unwrap()
+    }
+
+    #[test]
+    fn upgrade_requested_needs_both_headers_on_http11() {
+        let ws = [
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ];
+        assert!(requested(&req(Version::HTTP_11, &ws)));
+        assert!(!requested(&req(Version::HTTP_2, &ws)));
+        assert!(!requested(&req(Version::HTTP_11, &ws[1..])));
+        assert!(!requested(&req(
+            Version::HTTP_11,
+            &[("connection", "upgrade")]
+        )));
+    }
+
+    #[test]
+    fn keep_upgrade_restores_the_stripped_headers() {
+        let mut h = http::HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        let protocol = h.get(header::UPGRADE).cloned();
+        headers::remove_hop_by_hop(&mut h);
+        assert!(h.is_empty());
+        keep_upgrade(&mut h, protocol);
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert_eq!(h[header::CONNECTION], "upgrade");
+    }
+}
