@@ -153,15 +153,153 @@ pub struct FileRoute {
     pub host: Option<String>,
     /// Path prefix.
     pub path_prefix: Option<String>,
+    /// Exact path.
+    pub path: Option<String>,
+    /// Regular expression the whole path must match.
+    pub path_regex: Option<String>,
+    /// Methods the route accepts (any when absent).
+    pub methods: Option<Vec<String>>,
+    /// Request headers by name: `{ present = true }`, `{ exact = "v" }`, `{ regex = "..." }`.
+    pub headers: Option<BTreeMap<String, FileValueMatch>>,
+    /// Query parameters by name, same shape as `headers`.
+    pub query: Option<BTreeMap<String, FileValueMatch>>,
     /// Target cluster.
     pub cluster: Option<String>,
     /// TLS server name (tcp listeners): exact or `*.example.com`.
     pub sni: Option<String>,
+    /// Weighted split across clusters (instead of `cluster`).
+    pub clusters: Option<Vec<FileWeightedCluster>>,
+    /// Edits to the request headers sent upstream.
+    pub request_headers: Option<FileHeaderRewrite>,
+    /// Edits to the response headers sent to the client.
+    pub response_headers: Option<FileHeaderRewrite>,
+    /// Replacement for the matched `path_prefix`.
+    pub rewrite_prefix: Option<String>,
+    /// Answer with a redirect instead of proxying.
+    pub redirect: Option<FileRedirect>,
+    /// Token-bucket rate limit of this route.
+    pub rate_limit: Option<FileRateLimit>,
 }
 
 impl FileRoute {
     /// Keys of `[[listener.route]]`.
-    pub const KEYS: &'static [&'static str] = &["host", "path_prefix", "cluster", "sni"];
+    pub const KEYS: &'static [&'static str] = &[
+        "sni",
+        "host",
+        "path_prefix",
+        "path",
+        "path_regex",
+        "methods",
+        "headers",
+        "query",
+        "cluster",
+        "clusters",
+        "request_headers",
+        "response_headers",
+        "rewrite_prefix",
+        "redirect",
+        "rate_limit",
+    ];
+}
+
+/// How a header or query parameter must look: exactly one key set.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct FileValueMatch {
+    /// `true`: must be present (any value); `false`: must be absent.
+    pub present: Option<bool>,
+    /// Must equal this value.
+    pub exact: Option<String>,
+    /// Must match this regular expression (anywhere; anchor with `^...$`).
+    pub regex: Option<String>,
+}
+
+impl FileValueMatch {
+    /// Keys of a header or query matcher.
+    pub const KEYS: &'static [&'static str] = &["present", "exact", "regex"];
+}
+
+/// One entry of a route's `clusters = [...]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct FileWeightedCluster {
+    /// Cluster name.
+    pub cluster: Option<String>,
+    /// Relative share of the route's requests.
+    pub weight: Option<u32>,
+}
+
+impl FileWeightedCluster {
+    /// Keys of a weighted cluster.
+    pub const KEYS: &'static [&'static str] = &["cluster", "weight"];
+}
+
+/// `request_headers` / `response_headers` of a route.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct FileHeaderRewrite {
+    /// Headers replaced (or added when absent).
+    pub set: Option<BTreeMap<String, String>>,
+    /// Headers appended (kept beside existing values).
+    pub add: Option<BTreeMap<String, String>>,
+    /// Headers removed.
+    pub remove: Option<Vec<String>>,
+}
+
+impl FileHeaderRewrite {
+    /// Keys of a header rewrite.
+    pub const KEYS: &'static [&'static str] = &["set", "add", "remove"];
+}
+
+/// `redirect = { ... }` of a route.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct FileRedirect {
+    /// `http` or `https` (default: the request's).
+    pub scheme: Option<String>,
+    /// Host, optionally with port (default: the request's).
+    pub host: Option<String>,
+    /// Path (default: the request's, after `rewrite_prefix`).
+    pub path: Option<String>,
+    /// 301, 302 (default), 307 or 308.
+    pub status: Option<u16>,
+}
+
+impl FileRedirect {
+    /// Keys of a redirect.
+    pub const KEYS: &'static [&'static str] = &["scheme", "host", "path", "status"];
+}
+
+/// `rate_limit = { ... }` of a route.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct FileRateLimit {
+    /// Requests allowed per `per`.
+    pub rate: Option<u32>,
+    /// The period of `rate` (default `"1s"`).
+    pub per: Option<String>,
+    /// Requests allowed at once above the steady rate (default: `rate`).
+    pub burst: Option<u32>,
+    /// What a bucket is kept for: `client-ip` (default) or `header:NAME`.
+    pub key: Option<String>,
+    /// `redis://host:port` shared by many instances (fixed windows of `per`).
+    pub redis: Option<String>,
+}
+
+impl FileRateLimit {
+    /// Keys of a rate limit.
+    pub const KEYS: &'static [&'static str] = &["rate", "per", "burst", "key", "redis"];
+}
+
+/// `sticky = { ... }` of a cluster.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct FileSticky {
+    /// Cookie name (default `fulcrum_sticky`).
+    pub cookie: Option<String>,
+    /// Cookie lifetime (default `"1h"`).
+    pub ttl: Option<String>,
+    /// Secret mixed into the cookie value, so backends cannot be guessed.
+    pub secret: Option<String>,
+}
+
+impl FileSticky {
+    /// Keys of a sticky-session setting.
+    pub const KEYS: &'static [&'static str] = &["cookie", "ttl", "secret"];
 }
 
 /// One `[cluster.NAME]`.
@@ -206,6 +344,8 @@ pub struct FileCluster {
     pub panic_threshold: Option<u32>,
     /// Send a PROXY protocol header to backends: `v1` or `v2` (L4 only).
     pub proxy_protocol: Option<String>,
+    /// Sticky sessions by cookie.
+    pub sticky: Option<FileSticky>,
 }
 
 impl FileCluster {
@@ -230,6 +370,7 @@ impl FileCluster {
         "try_timeout",
         "panic_threshold",
         "proxy_protocol",
+        "sticky",
     ];
 }
 

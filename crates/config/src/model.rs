@@ -251,16 +251,152 @@ impl HostMatch {
     }
 }
 
-/// One route.
-#[derive(Clone, Debug, PartialEq)]
+/// One route: matchers (all must hold), a target, and actions.
+///
+/// The target is exactly one of `cluster`, `split` (weighted clusters) or
+/// `redirect`; `cluster` is empty for the other two.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct RouteConfig {
     /// Host match, if any.
     pub host: Option<HostMatch>,
     /// Path prefix, if any.
     pub path_prefix: Option<String>,
-    /// Target cluster.
+    /// Target cluster (empty when the route splits or redirects).
     pub cluster: String,
+    /// Exact path, if any.
+    pub path: Option<String>,
+    /// Regular expression the whole path must match (validated), if any.
+    pub path_regex: Option<String>,
+    /// Accepted methods (uppercase); empty accepts any.
+    pub methods: Vec<String>,
+    /// Header matchers by lowercase name, all must hold.
+    pub headers: Vec<(String, ValueMatch)>,
+    /// Query parameter matchers by name, all must hold.
+    pub query: Vec<(String, ValueMatch)>,
+    /// Weighted split across clusters (canary); empty unless configured.
+    pub split: Vec<WeightedCluster>,
+    /// Edits to the request headers sent upstream.
+    pub request_headers: HeaderRewrite,
+    /// Edits to the response headers sent to the client.
+    pub response_headers: HeaderRewrite,
+    /// Replacement for the matched `path_prefix` in the upstream path.
+    pub rewrite_prefix: Option<String>,
+    /// Answer with a redirect instead of proxying.
+    pub redirect: Option<Redirect>,
+    /// Per-route rate limit.
+    pub rate_limit: Option<RateLimitConfig>,
 }
+
+/// How a header or query parameter must look.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ValueMatch {
+    /// Present with any value.
+    Present,
+    /// Absent.
+    Absent,
+    /// Some value equals this.
+    Exact(String),
+    /// Some value matches this regular expression (validated).
+    Regex(String),
+}
+
+/// One cluster of a weighted split.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WeightedCluster {
+    /// Cluster name.
+    pub cluster: String,
+    /// Relative share (0 sends nothing).
+    pub weight: u32,
+}
+
+/// Header edits, applied in the order remove, set, add.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeaderRewrite {
+    /// Replace (or insert) these headers; names lowercase.
+    pub set: Vec<(String, String)>,
+    /// Append these headers; names lowercase.
+    pub add: Vec<(String, String)>,
+    /// Remove these headers; names lowercase.
+    pub remove: Vec<String>,
+}
+
+impl HeaderRewrite {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// A redirect answered by the proxy. Unset parts keep the request's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redirect {
+    /// `http` or `https`.
+    pub scheme: Option<String>,
+    /// Host (and port).
+    pub host: Option<String>,
+    /// Path; when unset the request's path (after `rewrite_prefix`).
+    pub path: Option<String>,
+    /// 301, 302, 307 or 308.
+    pub status: u16,
+}
+
+/// 302 by default: a temporary redirect is not cached for ever by browsers,
+/// so a mistaken rule can be taken back (Envoy defaults to 301, NGINX's
+/// `return` to 302).
+pub const DEFAULT_REDIRECT_STATUS: u16 = 302;
+
+/// What a rate limit keeps one bucket for.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum RateLimitKey {
+    /// The client's IP address.
+    #[default]
+    ClientIp,
+    /// A request header's value (lowercase name); requests without it share
+    /// one bucket.
+    Header(String),
+}
+
+impl std::fmt::Display for RateLimitKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RateLimitKey::ClientIp => f.write_str("client-ip"),
+            RateLimitKey::Header(h) => write!(f, "header:{h}"),
+        }
+    }
+}
+
+/// A route's token-bucket rate limit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    /// Tokens added per `per`.
+    pub rate: u32,
+    /// The period of `rate`.
+    pub per: Duration,
+    /// Bucket size: requests allowed at once after a quiet spell.
+    pub burst: u32,
+    /// What a bucket is kept for.
+    pub key: RateLimitKey,
+    /// Redis URL for limits shared across instances (fixed windows of `per`
+    /// holding `rate` requests each).
+    pub redis: Option<String>,
+}
+
+/// Sticky sessions of a cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StickyConfig {
+    /// Cookie name.
+    pub cookie: String,
+    /// Cookie lifetime (`Max-Age`).
+    pub ttl: Duration,
+    /// Secret mixed into the opaque cookie value.
+    pub secret: String,
+}
+
+/// `fulcrum_sticky`: names the proxy, not the application.
+pub const DEFAULT_STICKY_COOKIE: &str = "fulcrum_sticky";
+/// One hour: a typical web session; long enough for a user's visit, short
+/// enough that a re-balanced cluster evens out within the hour.
+pub const DEFAULT_STICKY_TTL: Duration = Duration::from_secs(3600);
 
 /// One cluster.
 #[derive(Clone, Debug, PartialEq)]
@@ -307,6 +443,8 @@ pub struct ClusterConfig {
     pub panic_threshold: u32,
     /// PROXY protocol header sent to backends by L4 listeners.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// Sticky sessions by cookie, if configured.
+    pub sticky: Option<StickyConfig>,
 }
 
 /// Two retries (three attempts) by default: rides out two dead backends
@@ -422,6 +560,7 @@ impl ClusterConfig {
             try_timeout: None,
             panic_threshold: fulcrum_balance::health::DEFAULT_PANIC_THRESHOLD,
             proxy_protocol: None,
+            sticky: None,
         }
     }
 }

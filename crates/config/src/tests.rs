@@ -171,11 +171,61 @@ fn key_lists_match_the_file_shapes() {
         max_flows: Some(1),
     };
     assert_eq!(keys(&listener), sorted(file::FileListener::KEYS));
+    let value_match = file::FileValueMatch {
+        present: Some(true),
+        exact: s(),
+        regex: s(),
+    };
+    assert_eq!(keys(&value_match), sorted(file::FileValueMatch::KEYS));
+    let one = |v: file::FileValueMatch| Some([("x".to_owned(), v)].into_iter().collect());
+    let weighted = file::FileWeightedCluster {
+        cluster: s(),
+        weight: Some(1),
+    };
+    assert_eq!(keys(&weighted), sorted(file::FileWeightedCluster::KEYS));
+    let rewrite = file::FileHeaderRewrite {
+        set: Some(Default::default()),
+        add: Some(Default::default()),
+        remove: Some(vec![]),
+    };
+    assert_eq!(keys(&rewrite), sorted(file::FileHeaderRewrite::KEYS));
+    let redirect = file::FileRedirect {
+        scheme: s(),
+        host: s(),
+        path: s(),
+        status: Some(301),
+    };
+    assert_eq!(keys(&redirect), sorted(file::FileRedirect::KEYS));
+    let rate_limit = file::FileRateLimit {
+        rate: Some(1),
+        per: s(),
+        burst: Some(1),
+        key: s(),
+        redis: s(),
+    };
+    assert_eq!(keys(&rate_limit), sorted(file::FileRateLimit::KEYS));
+    let sticky = file::FileSticky {
+        cookie: s(),
+        ttl: s(),
+        secret: s(),
+    };
+    assert_eq!(keys(&sticky), sorted(file::FileSticky::KEYS));
     let route = file::FileRoute {
         host: s(),
         path_prefix: s(),
+        path: s(),
+        path_regex: s(),
+        methods: Some(vec![]),
+        headers: one(value_match.clone()),
+        query: one(value_match),
         cluster: s(),
         sni: s(),
+        clusters: Some(vec![weighted]),
+        request_headers: Some(rewrite.clone()),
+        response_headers: Some(rewrite),
+        rewrite_prefix: s(),
+        redirect: Some(redirect),
+        rate_limit: Some(rate_limit),
     };
     assert_eq!(keys(&route), sorted(file::FileRoute::KEYS));
     let certificate = file::FileCertificate {
@@ -230,6 +280,7 @@ fn key_lists_match_the_file_shapes() {
         try_timeout: s(),
         panic_threshold: Some(1),
         proxy_protocol: s(),
+        sticky: Some(sticky),
     };
     assert_eq!(keys(&cluster), sorted(file::FileCluster::KEYS));
     assert_eq!(keys(&health), sorted(file::FileHealth::KEYS));
@@ -446,4 +497,124 @@ fn parse_refuses_tls_with_missing_files() {
     let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
     assert!(keys.contains(&"listener[0].tls.cert"), "{p:?}");
     assert!(keys.contains(&"listener[0].tls.key"), "{p:?}");
+}
+
+const ROUTING: &str = r#"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:8080"
+
+[[listener.route]]
+path = "/exact"
+methods = ["GET", "HEAD"]
+headers = { x-canary = { present = true }, x-user = { exact = "alice" }, x-agent = { regex = "^curl/" } }
+query = { debug = { exact = "1" }, beta = { present = true } }
+cluster = "app"
+
+[[listener.route]]
+path_regex = "^/items/[0-9]+$"
+clusters = [{ cluster = "app", weight = 90 }, { cluster = "api", weight = 10 }]
+request_headers = { set = { x-env = "prod" }, add = { x-tag = "a" }, remove = ["x-debug"] }
+response_headers = { set = { Cache-Control = "no-store" } }
+rate_limit = { rate = 100, per = "1s", burst = 20, key = "header:X-Api-Key" }
+
+[[listener.route]]
+path_prefix = "/old/"
+rewrite_prefix = "/new/"
+redirect = { scheme = "https", status = 308 }
+
+[cluster.app]
+backends = [{ address = "127.0.0.1:9001" }]
+sticky = { cookie = "sid", ttl = "30m" }
+
+[cluster.api]
+backends = [{ address = "127.0.0.1:9002" }]
+"#;
+
+#[test]
+fn parse_accepts_every_route_matcher_and_action() {
+    let c = parse(ROUTING, None).expect("valid");
+    let r = &c.listeners[0].routes;
+    assert_eq!(r[0].path.as_deref(), Some("/exact"));
+    assert_eq!(r[0].methods, ["GET", "HEAD"]);
+    assert!(r[0]
+        .headers
+        .contains(&("x-user".into(), ValueMatch::Exact("alice".into()))));
+    assert!(r[0]
+        .headers
+        .contains(&("x-canary".into(), ValueMatch::Present)));
+    assert!(r[0].query.contains(&("beta".into(), ValueMatch::Present)));
+    assert_eq!(r[0].cluster, "app");
+    assert_eq!(r[1].cluster, "");
+    assert_eq!(r[1].split[1].cluster, "api");
+    assert_eq!(r[1].split[1].weight, 10);
+    assert_eq!(r[1].request_headers.remove, ["x-debug"]);
+    assert_eq!(
+        r[1].response_headers.set,
+        [("cache-control".to_owned(), "no-store".to_owned())]
+    );
+    let rl = r[1].rate_limit.as_ref().unwrap();
+    assert_eq!((rl.rate, rl.burst), (100, 20));
+    assert_eq!(rl.key, RateLimitKey::Header("x-api-key".into()));
+    let redirect = r[2].redirect.as_ref().unwrap();
+    assert_eq!(redirect.status, 308);
+    assert_eq!(r[2].rewrite_prefix.as_deref(), Some("/new/"));
+    let sticky = c.clusters["app"].sticky.as_ref().unwrap();
+    assert_eq!(sticky.cookie, "sid");
+    assert_eq!(sticky.ttl, std::time::Duration::from_secs(1800));
+    assert_eq!(c.clusters["api"].sticky, None);
+}
+
+#[test]
+fn parse_rejects_bad_route_keys_naming_each() {
+    let text = ROUTING
+        .replace("\"^/items/[0-9]+$\"", "\"^/items/[0-9+$\"")
+        .replace("[\"GET\", \"HEAD\"]", "[\"get\"]")
+        .replace(
+            "{ present = true }, x-user",
+            "{ present = true, exact = \"1\" }, x-user",
+        )
+        .replace("weight = 10 }", "weight = 10, wieght = 1 }")
+        .replace("status = 308", "status = 200")
+        .replace("key = \"header:X-Api-Key\"", "key = \"cookie:x\"")
+        .replace("rate = 100,", "rate = 0,")
+        .replace("ttl = \"30m\"", "ttl = \"soon\"")
+        .replace("path_prefix = \"/old/\"\n", "");
+    let p = problems(&text);
+    let mut keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "cluster.app.sticky.ttl",
+            "listener[0].route[0].headers.x-canary",
+            "listener[0].route[0].methods[0]",
+            "listener[0].route[1].clusters[1].wieght",
+            "listener[0].route[1].path_regex",
+            "listener[0].route[1].rate_limit.key",
+            "listener[0].route[1].rate_limit.rate",
+            "listener[0].route[2].redirect.status",
+            "listener[0].route[2].rewrite_prefix",
+        ],
+        "{p:?}"
+    );
+    let typo = p.iter().find(|p| p.key.ends_with("wieght")).unwrap();
+    assert!(typo.message.contains("did you mean `weight`"), "{typo:?}");
+}
+
+#[test]
+fn parse_rejects_routes_with_two_targets_or_none() {
+    let text = ROUTING.replace("clusters = [", "cluster = \"app\"\nclusters = [");
+    let p = problems(&text);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, "listener[0].route[1].clusters");
+    let text = ROUTING.replace("redirect = { scheme = \"https\", status = 308 }", "");
+    let p = problems(&text);
+    assert_eq!(p[0].key, "listener[0].route[2].cluster");
+    let text = ROUTING
+        .replace("weight = 90", "weight = 0")
+        .replace("weight = 10", "weight = 0");
+    let p = problems(&text);
+    assert_eq!(p[0].key, "listener[0].route[1].clusters");
+    assert!(p[0].message.contains("every weight is 0"), "{p:?}");
 }

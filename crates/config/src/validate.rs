@@ -10,6 +10,8 @@ use crate::error::{suggest, Problem};
 use crate::file::*;
 use crate::model::*;
 
+mod routing;
+
 /// Validates a parsed file. Returns the model, or every problem found.
 pub fn validate(file: &FileConfig) -> Result<Config, Vec<Problem>> {
     let mut v = Validator::default();
@@ -423,19 +425,23 @@ impl Validator {
                 self.cluster_ref(&format!("{key}.cluster"), c, clusters);
                 c.clone()
             }
+            None if file.clusters.is_some() || file.redirect.is_some() => String::new(),
             None => {
                 self.problem(
                     format!("{key}.cluster"),
-                    "missing; a route must name the cluster it sends to",
+                    "missing; a route must name the cluster it sends to (or set `clusters` or `redirect`)",
                 );
                 String::new()
             }
         };
-        RouteConfig {
+        let mut route = RouteConfig {
             host,
             path_prefix: file.path_prefix.clone(),
             cluster,
-        }
+            ..RouteConfig::default()
+        };
+        self.route_rules(key, file, clusters, &mut route);
+        route
     }
 
     fn cluster_ref(&mut self, key: &str, name: &str, clusters: &BTreeMap<String, ClusterConfig>) {
@@ -531,6 +537,7 @@ impl Validator {
             c.load_reports = b;
         }
         c.health = file.health.as_ref().map(|h| self.health(&key("health"), h));
+        c.sticky = file.sticky.as_ref().map(|s| self.sticky(&key("sticky"), s));
         self.resilience(name, file, &mut c);
         c.proxy_protocol = match file.proxy_protocol.as_deref() {
             None | Some("none") => None,

@@ -8,7 +8,9 @@
 //!   state that survives reloads;
 //! * [`listener`]: bound sockets, accept loops and graceful shutdown
 //!   ([`Server`]);
-//! * [`http`]: the L7 request path (route, pick, forward, retry);
+//! * [`http`]: the L7 request path (route, pick, forward, retry, upgrade);
+//! * [`routes`], [`rewrite`], [`ratelimit`], [`sticky`]: route matching,
+//!   route actions, per-route rate limits, sticky sessions;
 //! * [`upstream`]: per-cluster keep-alive connection pools;
 //! * [`health`]: active probers, passive-health reporting and panic mode;
 //! * [`metrics`]: atomic counters on the request path, Prometheus text at scrape time;
@@ -31,11 +33,14 @@ pub mod listener;
 pub mod listener_set;
 pub mod metrics;
 pub mod proxy_protocol;
+pub mod ratelimit;
+pub mod rewrite;
 pub mod routes;
 pub mod sni;
 #[cfg(target_os = "linux")]
 pub mod splice;
 pub mod state;
+pub mod sticky;
 pub mod tcp;
 pub mod tls;
 pub mod udp;

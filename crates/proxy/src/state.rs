@@ -48,6 +48,8 @@ pub struct ClusterSnapshot {
     pub metrics: Arc<ClusterMetrics>,
     /// Each backend's counters, by [`fulcrum_balance::BackendId`].
     pub backend_metrics: Vec<Arc<BackendMetrics>>,
+    /// Sticky-session cookie values, when the cluster has `sticky`.
+    pub sticky: Option<crate::sticky::StickyTable>,
 }
 
 impl ClusterSnapshot {
@@ -86,6 +88,9 @@ struct Control {
     upstreams: HashMap<String, Upstream>,
     retry_budgets: HashMap<String, Arc<RetryBudget>>,
     metrics: Arc<ProxyMetrics>,
+    /// The last built listeners, whose routes' learned state (rate-limit
+    /// buckets) the next build keeps.
+    listeners: HashMap<String, Arc<ListenerSnapshot>>,
 }
 
 /// The running configuration.
@@ -114,6 +119,7 @@ impl Runtime {
             upstreams: HashMap::new(),
             retry_budgets: HashMap::new(),
             metrics: Arc::clone(&metrics),
+            listeners: HashMap::new(),
         };
         let snapshot = control.build();
         Arc::new(Self {
@@ -264,7 +270,6 @@ impl Control {
                 name.clone(),
                 Arc::new(ClusterSnapshot {
                     config: cluster.clone(),
-                    set,
                     selector,
                     selector_config,
                     upstream,
@@ -273,6 +278,11 @@ impl Control {
                     retry_budget,
                     metrics: self.metrics.cluster(name),
                     backend_metrics,
+                    sticky: cluster
+                        .sticky
+                        .as_ref()
+                        .map(|s| crate::sticky::StickyTable::new(s, name, &set)),
+                    set,
                 }),
             );
         }
@@ -284,15 +294,20 @@ impl Control {
             .listeners
             .iter()
             .map(|l| {
+                let mut routes = RouteTable::scoped(&l.routes, l.cluster.as_deref(), &l.name);
+                if let Some(previous) = self.listeners.get(&l.name) {
+                    routes.carry_over(&previous.routes);
+                }
                 (
                     l.name.clone(),
                     Arc::new(ListenerSnapshot {
                         config: l.clone(),
-                        routes: RouteTable::new(&l.routes, l.cluster.as_deref()),
+                        routes,
                     }),
                 )
             })
-            .collect();
+            .collect::<HashMap<_, _>>();
+        self.listeners = listeners.clone();
         let snapshot = Snapshot {
             clusters,
             listeners,

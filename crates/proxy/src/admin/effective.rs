@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use fulcrum_config::file::*;
-use fulcrum_config::{Config, HealthKind, HostMatch, Protocol, ProxyProtocol};
+use fulcrum_config::{
+    Config, HeaderRewrite, HealthKind, HostMatch, Protocol, ProxyProtocol, RouteConfig, ValueMatch,
+};
 
 /// Durations as the configuration writes them: `1s`, `500ms`, `1m30s` is `90s`.
 fn duration(d: Duration) -> String {
@@ -48,12 +50,7 @@ pub fn to_file(config: &Config) -> FileConfig {
                 route: l
                     .routes
                     .iter()
-                    .map(|r| FileRoute {
-                        host: r.host.as_ref().map(host_match),
-                        path_prefix: r.path_prefix.clone(),
-                        cluster: Some(r.cluster.clone()),
-                        sni: None,
-                    })
+                    .map(route_to_file)
                     .chain(l.sni_routes.iter().map(|r| FileRoute {
                         sni: Some(host_match(&r.sni)),
                         cluster: Some(r.cluster.clone()),
@@ -154,6 +151,12 @@ pub fn to_file(config: &Config) -> FileConfig {
                     retry_budget_min: Some(c.retry_budget_min),
                     try_timeout: c.try_timeout.map(duration),
                     panic_threshold: Some(c.panic_threshold),
+                    sticky: c.sticky.as_ref().map(|st| FileSticky {
+                        cookie: Some(st.cookie.clone()),
+                        ttl: Some(duration(st.ttl)),
+                        // The signing secret is not shown.
+                        secret: None,
+                    }),
                     proxy_protocol: c.proxy_protocol.map(|p| {
                         match p {
                             ProxyProtocol::V1 => "v1",
@@ -165,6 +168,69 @@ pub fn to_file(config: &Config) -> FileConfig {
                 (name.clone(), file)
             })
             .collect(),
+    }
+}
+
+/// One L7 route in file shape.
+fn route_to_file(r: &RouteConfig) -> FileRoute {
+    let value_matches = |list: &[(String, ValueMatch)]| {
+        (!list.is_empty()).then(|| {
+            list.iter()
+                .map(|(name, m)| {
+                    let mut f = FileValueMatch::default();
+                    match m {
+                        ValueMatch::Present => f.present = Some(true),
+                        ValueMatch::Absent => f.present = Some(false),
+                        ValueMatch::Exact(v) => f.exact = Some(v.clone()),
+                        ValueMatch::Regex(v) => f.regex = Some(v.clone()),
+                    }
+                    (name.clone(), f)
+                })
+                .collect()
+        })
+    };
+    let rewrite = |h: &HeaderRewrite| {
+        (!h.is_empty()).then(|| FileHeaderRewrite {
+            set: (!h.set.is_empty()).then(|| h.set.iter().cloned().collect()),
+            add: (!h.add.is_empty()).then(|| h.add.iter().cloned().collect()),
+            remove: (!h.remove.is_empty()).then(|| h.remove.clone()),
+        })
+    };
+    FileRoute {
+        host: r.host.as_ref().map(host_match),
+        path_prefix: r.path_prefix.clone(),
+        path: r.path.clone(),
+        path_regex: r.path_regex.clone(),
+        methods: (!r.methods.is_empty()).then(|| r.methods.clone()),
+        headers: value_matches(&r.headers),
+        query: value_matches(&r.query),
+        cluster: (!r.cluster.is_empty()).then(|| r.cluster.clone()),
+        sni: None,
+        clusters: (!r.split.is_empty()).then(|| {
+            r.split
+                .iter()
+                .map(|w| FileWeightedCluster {
+                    cluster: Some(w.cluster.clone()),
+                    weight: Some(w.weight),
+                })
+                .collect()
+        }),
+        request_headers: rewrite(&r.request_headers),
+        response_headers: rewrite(&r.response_headers),
+        rewrite_prefix: r.rewrite_prefix.clone(),
+        redirect: r.redirect.as_ref().map(|d| FileRedirect {
+            scheme: d.scheme.clone(),
+            host: d.host.clone(),
+            path: d.path.clone(),
+            status: Some(d.status),
+        }),
+        rate_limit: r.rate_limit.as_ref().map(|l| FileRateLimit {
+            rate: Some(l.rate),
+            per: Some(duration(l.per)),
+            burst: Some(l.burst),
+            key: Some(l.key.to_string()),
+            redis: l.redis.clone(),
+        }),
     }
 }
 

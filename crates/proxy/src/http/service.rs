@@ -13,11 +13,14 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Vers
 use hyper::body::Incoming;
 
 use super::error::ProxyError;
+use super::routing;
+use super::upgrade;
 use crate::body::{ProxyBody, RequestBody};
 use crate::clock;
 use crate::headers;
 use crate::health;
 use crate::metrics::ResponseClass;
+use crate::routes::Route;
 use crate::state::{ClusterSnapshot, Runtime};
 
 /// Most backends one request can try: the first attempt plus the largest
@@ -62,16 +65,34 @@ async fn proxy(
         .listeners
         .get(&*conn.listener)
         .ok_or(ProxyError::NoRoute)?;
+    let listener = Arc::clone(listener);
     let host = authority(&req);
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
-    let cluster_name = listener
+    let matched = listener
         .routes
-        .find(host_str, req.uri().path())
+        .select(host_str, req.method(), req.uri(), req.headers())
         .ok_or(ProxyError::NoRoute)?;
+    let route = matched.route;
+    let mut limit = None;
+    if let Some(limiter) = route.and_then(|r| r.rate_limit()) {
+        let verdict = limiter.check(conn.peer.ip(), req.headers()).await;
+        if !verdict.allowed {
+            return Ok(routing::finish(
+                route,
+                Some(verdict),
+                Ok(verdict.too_many_requests()),
+            ));
+        }
+        limit = Some(verdict);
+    }
+    if let Some((redirect, route)) = route.and_then(|r| Some((r.redirect()?, r))) {
+        let response = redirect.response(conn.tls, host_str, req.uri(), route.rewrite());
+        return Ok(routing::finish(Some(route), limit, Ok(response)));
+    }
     let cluster = Arc::clone(
-        snapshot
-            .clusters
-            .get(cluster_name)
+        matched
+            .cluster
+            .and_then(|name| snapshot.clusters.get(name))
             .ok_or(ProxyError::NoRoute)?,
     );
     // The decision trail is for operators: only clients in `debug_from` get it.
@@ -85,7 +106,23 @@ async fn proxy(
             .iter()
             .any(|n| n.contains(conn.peer.ip()));
     drop(snapshot);
+    let result = if upgrade::requested(&req) {
+        upgrade::forward(&cluster, conn, req, host, route).await
+    } else {
+        forward_to(&cluster, conn, req, host, route, debug).await
+    };
+    Ok(routing::finish(route, limit, result))
+}
 
+/// Sends a routed request to `cluster`, retrying elsewhere when allowed.
+async fn forward_to(
+    cluster: &ClusterSnapshot,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    host: Option<HeaderValue>,
+    route: Option<&Route>,
+    debug: bool,
+) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     headers::prepare_request(
         &mut parts.headers,
@@ -100,6 +137,7 @@ async fn proxy(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let path = routing::prepare_upstream(route, &mut parts.headers, path);
     let key = request_key(&cluster.config.hash_key, &parts, conn);
     let mut decisions = debug.then(String::new);
     let mut body = Some(RequestBody::new(body));
@@ -117,6 +155,12 @@ async fn proxy(
         .config
         .try_timeout
         .unwrap_or(cluster.config.response_timeout);
+    // A sticky session's backend takes the first attempt.
+    let pinned = cluster
+        .sticky
+        .as_ref()
+        .and_then(|t| t.lookup(&parts.headers, &cluster.set));
+    let mut pin = pinned;
     cluster.retry_budget.deposit();
     while attempts < max_attempts {
         let Some(request_body) = body.take() else {
@@ -134,6 +178,7 @@ async fn proxy(
             exclude: &tried[..attempts],
         };
         let picked = match decisions.as_mut() {
+            _ if pin.is_some() => pin.take(),
             None => cluster.selector.pick(&cluster.set, &mut ctx),
             Some(out) => {
                 if !out.is_empty() {
@@ -159,7 +204,7 @@ async fn proxy(
         }
         let retry_body = request_body.reclaim();
         let mut upstream_req = Request::from_parts(clone_parts(&parts), request_body);
-        *upstream_req.uri_mut() = upstream_uri(&cluster, id, &path);
+        *upstream_req.uri_mut() = upstream_uri(cluster, id, &path);
         let guard = backend.state.load.start();
         let started = Instant::now();
         let sent = tokio::time::timeout(
@@ -190,7 +235,7 @@ async fn proxy(
                     .state
                     .load
                     .observe(finished, latency, load_outcome, decay);
-                health::observe(&cluster, id, outcome, finished);
+                health::observe(cluster, id, outcome, finished);
                 let gateway_error = matches!(status.as_u16(), 502..=504);
                 if gateway_error && attempts < max_attempts {
                     if let Some(b) = replayable(retry_body, idempotent, false) {
@@ -200,7 +245,8 @@ async fn proxy(
                         continue;
                     }
                 }
-                return Ok(forward(&cluster, id, response, guard, decisions, finished));
+                let response = forward(cluster, id, response, guard, decisions, finished);
+                return Ok(stick(cluster, id, pinned, response));
             }
             Ok(Err(e)) => {
                 metrics.record(ResponseClass::Failed, latency);
@@ -208,7 +254,7 @@ async fn proxy(
                     .state
                     .load
                     .observe(finished, latency, Outcome::Failure, decay);
-                health::observe(&cluster, id, Outcome::Failure, finished);
+                health::observe(cluster, id, Outcome::Failure, finished);
                 let connect = e.is_connect();
                 only_connect_failures &= connect;
                 tracing::debug!(cluster = %cluster.name(), backend = %backend.address, error = %e, connect, "upstream attempt failed");
@@ -226,7 +272,7 @@ async fn proxy(
                     .state
                     .load
                     .observe(finished, latency, Outcome::Failure, decay);
-                health::observe(&cluster, id, Outcome::Failure, finished);
+                health::observe(cluster, id, Outcome::Failure, finished);
                 tracing::debug!(cluster = %cluster.name(), backend = %backend.address, "upstream attempt timed out");
                 last_error = Some(ProxyError::Timeout {
                     cluster: cluster.name().to_owned(),
@@ -237,14 +283,8 @@ async fn proxy(
         }
     }
     if let Some((response, guard, id)) = held {
-        return Ok(forward(
-            &cluster,
-            id,
-            response,
-            guard,
-            decisions,
-            clock::now(),
-        ));
+        let response = forward(cluster, id, response, guard, decisions, clock::now());
+        return Ok(stick(cluster, id, pinned, response));
     }
     if attempts > 0 && only_connect_failures {
         // Every backend tried refused the connection: none is there to
@@ -316,6 +356,20 @@ fn forward(
         }
     }
     Response::from_parts(rparts, ProxyBody::upstream(rbody, guard))
+}
+
+/// Names backend `id` in the cluster's sticky cookie, unless the request
+/// already did.
+fn stick(
+    cluster: &ClusterSnapshot,
+    id: BackendId,
+    pinned: Option<BackendId>,
+    mut response: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    if let Some(table) = &cluster.sticky {
+        table.stick(id, pinned, response.headers_mut());
+    }
+    response
 }
 
 /// Request header asking for the decision trail.
@@ -405,7 +459,7 @@ fn authority<B>(req: &Request<B>) -> Option<HeaderValue> {
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
 }
 
-fn upstream_uri(cluster: &ClusterSnapshot, id: BackendId, path: &PathAndQuery) -> Uri {
+pub(super) fn upstream_uri(cluster: &ClusterSnapshot, id: BackendId, path: &PathAndQuery) -> Uri {
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(Scheme::HTTP);
     parts.authority = Some(cluster.authorities[id.index()].clone());
@@ -423,7 +477,7 @@ fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
     req.into_parts().0
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
     while let Some(inner) = source {
