@@ -152,8 +152,17 @@ impl Load {
         // Per-request averages. `observe` runs while the request still
         // counts as in flight, so the count includes it; `max(1)` covers
         // callers that drop the guard first.
+        // A failure is no evidence of speed: a fast error (a fail-fast
+        // "sinkhole") must not lower the estimate, a slow one (a timeout)
+        // raises it.
         let in_flight = f64::from(self.in_flight().max(1));
-        blend_mean(&self.mean_latency, sample);
+        let mean = load_f64(&self.mean_latency);
+        let latency_sample = if failed && !mean.is_nan() {
+            sample.max(mean)
+        } else {
+            sample
+        };
+        blend_mean(&self.mean_latency, latency_sample);
         blend_mean(&self.mean_in_flight, in_flight);
         // Error rate: a faster-moving average (a tenth of τ per sample step is
         // too slow for fail-fast backends, so blend per request with 1/8 weight).
@@ -346,6 +355,16 @@ mod tests {
         let per_request = load.latency_per_request().unwrap();
         assert!((per_request - 2e6).abs() < 1.0, "{per_request}");
         assert!((load.queue_latency(9.0).unwrap() - 20e6).abs() < 10.0);
+    }
+
+    #[test]
+    fn fast_failures_do_not_make_a_backend_look_fast() {
+        let load = Load::new();
+        load.observe(0, 10 * MILLISECOND, Outcome::Success, SECOND_TAU);
+        for i in 1..100 {
+            load.observe(i, MILLISECOND / 10, Outcome::Failure, SECOND_TAU);
+        }
+        assert_eq!(load.latency_per_request(), Some(10.0 * MILLISECOND as f64));
     }
 
     const SECOND_TAU: Nanos = crate::SECOND;
