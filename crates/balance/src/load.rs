@@ -8,6 +8,13 @@
 //!   below it is blended in with weight `1 - exp(-Δt / τ)`. Between samples
 //!   the estimate does not move; readers decay it toward zero with the same
 //!   τ so an idle backend is tried again;
+//! * **latency per request in flight** — per-completion moving averages of
+//!   the latency and of the requests in flight when a request completes;
+//!   their ratio is what one more request in the queue costs, so
+//!   [`Load::queue_latency`] can say what a request joining `k` others should
+//!   expect *now* (Little's law: for a FCFS server it is the service time,
+//!   for an I/O-bound one the inverse of its throughput), where the peak
+//!   EWMA only remembers what earlier requests saw;
 //! * **errors** — totals and an EWMA error rate, so a backend that fails fast
 //!   does not look attractive merely because it answers quickly;
 //! * **reported load** — a utilisation figure the backend reports itself
@@ -35,6 +42,14 @@ pub enum Outcome {
 /// modest default lets it earn its place within a few requests.
 pub const DEFAULT_LATENCY: Nanos = 10_000_000;
 
+/// Weight of one completion in the per-request latency averages
+/// ([`Load::queue_latency`]): 1/32, a memory of about 32 completions. The
+/// averages must follow a queue that builds up within tens of requests (a
+/// time constant such as the peak EWMA's 10 s is ten thousand completions at
+/// 1 000 requests per second), yet not jump with every exponential sample
+/// (1/32 keeps the noise of a CV-1 latency to about 13%).
+pub const QUEUE_AVERAGE_WEIGHT: f64 = 1.0 / 32.0;
+
 /// Live load signals of one backend.
 #[derive(Debug)]
 pub struct Load {
@@ -47,6 +62,11 @@ pub struct Load {
     error_rate: AtomicU64,
     requests: AtomicU64,
     failures: AtomicU64,
+    /// Per-completion EWMA of latency (ns, f64 bits); NaN before the first sample.
+    mean_latency: AtomicU64,
+    /// Per-completion EWMA of the requests in flight at completion
+    /// (counting the completing one, so ≥ 1), f64 bits.
+    mean_in_flight: AtomicU64,
     /// Backend-reported utilisation (0.0..), f64 bits; NaN when none reported.
     reported: AtomicU64,
     reported_at: AtomicU64,
@@ -78,6 +98,8 @@ impl Load {
             error_rate: AtomicU64::new(0f64.to_bits()),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            mean_latency: AtomicU64::new(f64::NAN.to_bits()),
+            mean_in_flight: AtomicU64::new(f64::NAN.to_bits()),
             reported: AtomicU64::new(f64::NAN.to_bits()),
             reported_at: AtomicU64::new(0),
         }
@@ -127,6 +149,21 @@ impl Load {
             old * w + sample * (1.0 - w)
         };
         store_f64(&self.ewma, new);
+        // Per-request averages. `observe` runs while the request still
+        // counts as in flight, so the count includes it; `max(1)` covers
+        // callers that drop the guard first.
+        // A failure is no evidence of speed: a fast error (a fail-fast
+        // "sinkhole") must not lower the estimate, a slow one (a timeout)
+        // raises it.
+        let in_flight = f64::from(self.in_flight().max(1));
+        let mean = load_f64(&self.mean_latency);
+        let latency_sample = if failed && !mean.is_nan() {
+            sample.max(mean)
+        } else {
+            sample
+        };
+        blend_mean(&self.mean_latency, latency_sample);
+        blend_mean(&self.mean_in_flight, in_flight);
         // Error rate: a faster-moving average (a tenth of τ per sample step is
         // too slow for fail-fast backends, so blend per request with 1/8 weight).
         let e = load_f64(&self.error_rate);
@@ -150,6 +187,27 @@ impl Load {
         }
         let at = self.ewma_at.load(Ordering::Relaxed);
         v * blend_weight(now.saturating_sub(at), decay)
+    }
+
+    /// What one request in the queue costs in latency (nanoseconds): the mean
+    /// latency over the mean requests in flight at completion (Little's law),
+    /// `None` before the first sample.
+    #[inline]
+    pub fn latency_per_request(&self) -> Option<f64> {
+        let latency = load_f64(&self.mean_latency);
+        let in_flight = load_f64(&self.mean_in_flight);
+        (!latency.is_nan()).then(|| latency / in_flight.max(1.0))
+    }
+
+    /// The latency a request joining `in_flight` others should expect now:
+    /// [`latency_per_request`](Self::latency_per_request) × (`in_flight` + 1).
+    /// Unlike the peak EWMA it follows the queue at once, grows while
+    /// requests pile up without completing, and does not decay to zero
+    /// while they wait.
+    #[inline]
+    pub fn queue_latency(&self, in_flight: f64) -> Option<f64> {
+        self.latency_per_request()
+            .map(|unit| unit * (in_flight.max(0.0) + 1.0))
     }
 
     /// EWMA of the failure rate, 0.0 ..= 1.0.
@@ -186,6 +244,18 @@ impl Load {
         let at = self.reported_at.load(Ordering::Relaxed);
         (!v.is_nan() && now.saturating_sub(at) <= max_age).then_some(v)
     }
+}
+
+/// Blends `sample` into the per-completion average `a` (NaN = empty).
+#[inline]
+fn blend_mean(a: &AtomicU64, sample: f64) {
+    let old = load_f64(a);
+    let new = if old.is_nan() {
+        sample
+    } else {
+        old + (sample - old) * QUEUE_AVERAGE_WEIGHT
+    };
+    store_f64(a, new);
 }
 
 /// `exp(-elapsed / decay)`: how much of the old estimate survives.
@@ -268,6 +338,33 @@ mod tests {
         let fresh = load.decayed_error_rate(0, SECOND_TAU);
         assert!(fresh > 0.1);
         assert!(load.decayed_error_rate(5 * SECOND_TAU, SECOND_TAU) < fresh / 100.0);
+    }
+
+    #[test]
+    fn queue_latency_scales_with_the_queue() {
+        let load = Arc::new(Load::new());
+        assert_eq!(load.queue_latency(3.0), None);
+        // Requests that finish with three others in flight, 8 ms each:
+        // 2 ms per request in the queue.
+        let _others: Vec<_> = (0..3).map(|_| load.start()).collect();
+        for i in 0..100 {
+            let guard = load.start();
+            load.observe(i, 8 * MILLISECOND, Outcome::Success, SECOND_TAU);
+            drop(guard);
+        }
+        let per_request = load.latency_per_request().unwrap();
+        assert!((per_request - 2e6).abs() < 1.0, "{per_request}");
+        assert!((load.queue_latency(9.0).unwrap() - 20e6).abs() < 10.0);
+    }
+
+    #[test]
+    fn fast_failures_do_not_make_a_backend_look_fast() {
+        let load = Load::new();
+        load.observe(0, 10 * MILLISECOND, Outcome::Success, SECOND_TAU);
+        for i in 1..100 {
+            load.observe(i, MILLISECOND / 10, Outcome::Failure, SECOND_TAU);
+        }
+        assert_eq!(load.latency_per_request(), Some(10.0 * MILLISECOND as f64));
     }
 
     const SECOND_TAU: Nanos = crate::SECOND;

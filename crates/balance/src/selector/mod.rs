@@ -24,7 +24,7 @@
 //! | `least-conn` | [`LeastConn`] | fewest `(in_flight + 1) / weight`, random among ties | O(n) |
 //! | `random` | [`Random`] | weighted random | O(log n) |
 //! | `p2c` | [`P2c`] | the less loaded of two random candidates | O(1) |
-//! | `peak-ewma` (default) | [`PeakEwma`] | P2C on latency × (in_flight + 1) × error penalty | O(1) |
+//! | `peak-ewma` (default) | [`PeakEwma`] | best of 3 random on latency × (in_flight + 1) × error penalty | O(1) |
 //! | `prequal` | [`Prequal`] | probe pool + hot-cold lexicographic rule | O(pool) |
 //! | `ring-hash` | [`RingHash`] | consistent hashing of the key, bounded load | O(log n) |
 //! | `maglev` | [`Maglev`] | Maglev table lookup of the key, bounded load | O(1) |
@@ -199,7 +199,8 @@ pub enum Algorithm {
     Random,
     /// Power of two choices on in-flight per weight.
     P2c,
-    /// Power of two choices on peak-EWMA latency × (in-flight + 1) (Finagle).
+    /// Best of three random choices on peak-EWMA latency × (in-flight + 1)
+    /// (Finagle's P2C peak EWMA with a third choice).
     PeakEwma,
     /// Probe pool + hot-cold lexicographic rule (Prequal, NSDI'24).
     Prequal,
@@ -246,7 +247,7 @@ impl Algorithm {
 
     /// The algorithm used when a cluster names none: `peak-ewma`, which
     /// reacts to slow, queued and failing backends alike at O(1) per pick,
-    /// and degrades to plain power-of-two-choices when latencies are equal.
+    /// and degrades to best-of-three on requests in flight when latencies are equal.
     pub const DEFAULT: Algorithm = Algorithm::PeakEwma;
 
     /// The configuration name.

@@ -1,18 +1,24 @@
-//! Peak EWMA: power of two choices over expected latency × queue.
+//! Peak EWMA: the best of three random choices by expected latency × queue.
 //!
-//! Finagle's `p2cPeakEwma` (also linkerd2-proxy, via tower's `PeakEwma`):
-//! draw two distinct candidates and take the cheaper, where
+//! Finagle's `p2cPeakEwma` (also linkerd2-proxy, via tower's `PeakEwma`)
+//! draws two candidates and takes the cheaper; Fulcrum draws
+//! [`CHOICES`] = 3 distinct candidates (Envoy's `choice_count` knob of its
+//! least-request balancer, set to 3) and takes the cheapest, where
 //!
 //! ```text
 //! cost = latency × (in_flight + 1) / effective_weight × (1 + k × error_rate)
 //! ```
 //!
 //! * **latency** is the backend's peak-EWMA round-trip time
-//!   ([`Load::decayed_latency`](crate::Load::decayed_latency)): a slow
-//!   response raises it at once, fast ones lower it gradually, and while no
-//!   response arrives it decays toward zero with τ = [`SelectorConfig::decay`]
-//!   (Finagle's default 10 s), so a backend that was slow once is retried
-//!   after a while rather than starved forever;
+//!   ([`Load::latency_estimate`](crate::Load::latency_estimate)): a slow
+//!   response raises it at once, fast ones lower it gradually. While the
+//!   backend has nothing in flight it decays toward zero with τ =
+//!   [`SelectorConfig::decay`] (Finagle's default 10 s), so a backend that
+//!   was slow once is retried after a while rather than starved forever.
+//!   While requests *are* in flight it does not decay: a backend that
+//!   stopped answering (a stall) has no completions to lower its estimate,
+//!   and decaying it anyway would make it look faster the longer it
+//!   withholds answers;
 //! * **in_flight + 1** is the queue this request would join: a fast backend
 //!   with a long queue loses to a slower idle one, which is what keeps the
 //!   fastest backend from being flooded (the Buoyant 2016 experiment: with a
@@ -30,6 +36,19 @@
 //!   a healthy one, and a single failure (error rate jumps by 1/8) costs
 //!   about 13×, forgiven over τ as the rate decays.
 //!
+//! **Why three choices.** In the supermarket model (Mitzenmacher, TPDS 2001;
+//! Poisson arrivals, exponential service, n → ∞) the mean time in system at
+//! 90% load is 10 for one random choice, 2.61 for two and 2.03 for three,
+//! and the tail falls doubly exponentially with the number of choices
+//! (P(queue ≥ k) = λ^((dᵏ − 1)/(d − 1))). In the simulator (scenario S1,
+//! 10 backends at 90% load, 10 seeds) two choices gave a p99 of 10.5 ms
+//! against round-robin's 25.7 ms (2.4×), three give 9.2 ms (2.8×), close to
+//! least-conn's full scan (8.0 ms); the heterogeneous and failure scenarios
+//! improve too (S2b timeouts 0.18% → 0.02%, S3 fail-fast errors 0.28% →
+//! 0.02%). A third choice still leaves a proxy many equally good targets, so
+//! independent proxies do not herd onto one backend the way a global
+//! minimum does, and it costs one more random draw and cost evaluation.
+//!
 //! A backend that has never answered is costed at the median latency of the
 //! backends that have (computed when the selector is built, i.e. whenever
 //! the membership changes), or [`DEFAULT_LATENCY`] when none has: a new
@@ -37,7 +56,7 @@
 
 use std::fmt::Write as _;
 
-use super::sampling::uniform_candidate;
+use super::sampling::uniform_candidate_except;
 use super::{write_header, PickContext, Selector, SelectorConfig};
 use crate::backend::{BackendId, BackendSet};
 use crate::load::DEFAULT_LATENCY;
@@ -48,7 +67,10 @@ use crate::Nanos;
 /// between a fail-fast error and a real response.
 pub const DEFAULT_ERROR_PENALTY: f64 = 100.0;
 
-/// Power of two choices over peak-EWMA latency × (in-flight + 1).
+/// Candidates drawn per pick: three (see the module docs for why).
+pub const CHOICES: usize = 3;
+
+/// Best of [`CHOICES`] random choices over peak-EWMA latency × (in-flight + 1).
 #[derive(Debug)]
 pub struct PeakEwma {
     decay: Nanos,
@@ -68,15 +90,16 @@ impl PeakEwma {
         }
     }
 
-    /// Expected latency of `id` at `now` (nanoseconds): decayed peak EWMA, or
-    /// the median of known backends for a backend never heard from.
+    /// Expected latency of `id` at `now` (nanoseconds): the peak EWMA,
+    /// decayed only while nothing is in flight, or the median of known
+    /// backends for a backend never heard from.
     #[inline]
     pub fn latency(&self, set: &BackendSet, id: BackendId, now: Nanos) -> f64 {
         let load = &set.get(id).state.load;
-        if load.latency_estimate().is_none() {
-            self.unknown_latency
-        } else {
-            load.decayed_latency(now, self.decay)
+        match load.latency_estimate() {
+            None => self.unknown_latency,
+            Some(latency) if load.in_flight() > 0 => latency,
+            Some(_) => load.decayed_latency(now, self.decay),
         }
     }
 
@@ -94,27 +117,35 @@ impl PeakEwma {
             * self.error_factor(set, id, now)
     }
 
-    fn choose(
-        &self,
-        set: &BackendSet,
-        ctx: &mut PickContext<'_>,
-    ) -> Option<(BackendId, Option<BackendId>)> {
-        let a = uniform_candidate(set, ctx, None)?;
-        let b = uniform_candidate(set, ctx, Some(a));
-        Some((a, b))
+    /// Draws up to [`CHOICES`] distinct candidates into a stack array;
+    /// returns how many (0 when there is no candidate).
+    fn choose(&self, set: &BackendSet, ctx: &mut PickContext<'_>) -> ([BackendId; CHOICES], usize) {
+        let mut drawn = [BackendId(0); CHOICES];
+        let mut n = 0;
+        while n < CHOICES {
+            match uniform_candidate_except(set, ctx, &drawn[..n]) {
+                Some(id) => {
+                    drawn[n] = id;
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        (drawn, n)
     }
 
-    fn better(
-        &self,
-        set: &BackendSet,
-        now: Nanos,
-        a: BackendId,
-        b: Option<BackendId>,
-    ) -> BackendId {
-        match b {
-            Some(b) if self.cost(set, b, now) < self.cost(set, a, now) => b,
-            _ => a,
+    /// The cheapest of `drawn` (the first drawn on ties).
+    fn best(&self, set: &BackendSet, now: Nanos, drawn: &[BackendId]) -> BackendId {
+        let mut best = drawn[0];
+        let mut best_cost = self.cost(set, best, now);
+        for &id in &drawn[1..] {
+            let cost = self.cost(set, id, now);
+            if cost < best_cost {
+                best = id;
+                best_cost = cost;
+            }
         }
+        best
     }
 }
 
@@ -138,8 +169,8 @@ impl Selector for PeakEwma {
     }
 
     fn pick(&self, set: &BackendSet, ctx: &mut PickContext<'_>) -> Option<BackendId> {
-        let (a, b) = self.choose(set, ctx)?;
-        Some(self.better(set, ctx.now, a, b))
+        let (drawn, n) = self.choose(set, ctx);
+        (n > 0).then(|| self.best(set, ctx.now, &drawn[..n]))
     }
 
     fn explain(
@@ -148,14 +179,15 @@ impl Selector for PeakEwma {
         ctx: &mut PickContext<'_>,
         out: &mut String,
     ) -> Option<BackendId> {
-        let Some((a, b)) = self.choose(set, ctx) else {
+        let (drawn, n) = self.choose(set, ctx);
+        if n == 0 {
             write_header(out, self.name(), set, None);
             return None;
-        };
+        }
         let now = ctx.now;
-        let picked = self.better(set, now, a, b);
+        let picked = self.best(set, now, &drawn[..n]);
         write_header(out, self.name(), set, Some(picked));
-        for (k, id) in [Some(a), b].into_iter().flatten().enumerate() {
+        for (k, &id) in drawn[..n].iter().enumerate() {
             let backend = set.get(id);
             let _ = write!(
                 out,
@@ -254,6 +286,35 @@ mod tests {
         // 5 ms × 10 = 50 against 20 ms × 1 = 20.
         let sel = PeakEwma::new(&set, &SelectorConfig::default());
         assert_eq!(picks_of(&set, &sel, SECOND, 100), [0, 100]);
+    }
+
+    #[test]
+    fn peak_ewma_latency_does_not_decay_while_requests_wait() {
+        let set = set_with_weights(&[1, 1]);
+        let load = &set.get(BackendId(0)).state.load;
+        load.observe(SECOND, 100 * MILLISECOND, Outcome::Success, TAU);
+        let sel = PeakEwma::new(&set, &SelectorConfig::default());
+        let later = SECOND + 3 * TAU;
+        // Idle: forgiven with time, so it is tried again.
+        assert!(sel.latency(&set, BackendId(0), later) < 10.0 * MILLISECOND as f64);
+        // Stalled with a request waiting: still at least as slow as it was.
+        let _waiting = load.start();
+        assert_eq!(
+            sel.latency(&set, BackendId(0), later),
+            100.0 * MILLISECOND as f64
+        );
+    }
+
+    #[test]
+    fn peak_ewma_takes_the_cheapest_of_three() {
+        // Three backends, one clearly cheapest: every pick draws all three.
+        let set = set_with_weights(&[1, 1, 1]);
+        for (i, ms) in [30, 5, 40].into_iter().enumerate() {
+            let load = &set.get(BackendId(i as u32)).state.load;
+            load.observe(SECOND, ms * MILLISECOND, Outcome::Success, TAU);
+        }
+        let sel = PeakEwma::new(&set, &SelectorConfig::default());
+        assert_eq!(picks_of(&set, &sel, SECOND, 100), [0, 100, 0]);
     }
 
     #[test]

@@ -15,21 +15,34 @@ pub fn uniform_candidate(
     ctx: &mut PickContext<'_>,
     other: Option<BackendId>,
 ) -> Option<BackendId> {
+    match other {
+        Some(a) => uniform_candidate_except(set, ctx, &[a]),
+        None => uniform_candidate_except(set, ctx, &[]),
+    }
+}
+
+/// A candidate drawn uniformly, none of `others`, or `None` when there is
+/// none.
+pub fn uniform_candidate_except(
+    set: &BackendSet,
+    ctx: &mut PickContext<'_>,
+    others: &[BackendId],
+) -> Option<BackendId> {
     let n = set.len();
     if n == 0 {
         return None;
     }
     for _ in 0..RANDOM_TRIES {
         let id = BackendId(ctx.rng.usize(0..n) as u32);
-        if Some(id) != other && ctx.is_candidate(set, id) {
+        if !others.contains(&id) && ctx.is_candidate(set, id) {
             return Some(id);
         }
     }
     // Most backends are not candidates: scan from a random start. Not exactly
     // uniform (a candidate after a long gap is favoured), which is harmless
-    // for the two-choice selectors that use it.
+    // for the few-choice selectors that use it.
     let start = ctx.rng.usize(0..n);
     (0..n)
         .map(|step| BackendId(((start + step) % n) as u32))
-        .find(|&id| Some(id) != other && ctx.is_candidate(set, id))
+        .find(|&id| !others.contains(&id) && ctx.is_candidate(set, id))
 }
