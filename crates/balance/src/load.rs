@@ -189,6 +189,21 @@ impl Load {
         v * blend_weight(now.saturating_sub(at), decay)
     }
 
+    /// For a backend with no latency sample yet: when a selector first
+    /// priced it (the first call records `now`). A default estimate then
+    /// decays from that moment like a real one, so a backend that has never
+    /// been tried is eventually tried even when the others are faster than
+    /// the default.
+    pub fn unsampled_since(&self, now: Nanos) -> Nanos {
+        match self
+            .ewma_at
+            .compare_exchange(0, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => now.max(1),
+            Err(at) => at,
+        }
+    }
+
     /// What one request in the queue costs in latency (nanoseconds): the mean
     /// latency over the mean requests in flight at completion (Little's law),
     /// `None` before the first sample.
@@ -256,6 +271,13 @@ fn blend_mean(a: &AtomicU64, sample: f64) {
         old + (sample - old) * QUEUE_AVERAGE_WEIGHT
     };
     store_f64(a, new);
+}
+
+/// `exp(-elapsed / decay)`: how much of an estimate survives `elapsed`
+/// nanoseconds with no new sample.
+#[inline]
+pub fn decay_weight(elapsed: Nanos, decay: Nanos) -> f64 {
+    blend_weight(elapsed, decay)
 }
 
 /// `exp(-elapsed / decay)`: how much of the old estimate survives.

@@ -59,7 +59,7 @@ use std::fmt::Write as _;
 use super::sampling::uniform_candidate_except;
 use super::{write_header, PickContext, Selector, SelectorConfig};
 use crate::backend::{BackendId, BackendSet};
-use crate::load::DEFAULT_LATENCY;
+use crate::load::{decay_weight, DEFAULT_LATENCY};
 use crate::Nanos;
 
 /// Default of [`SelectorConfig::error_penalty`]: a backend failing every
@@ -91,13 +91,18 @@ impl PeakEwma {
     }
 
     /// Expected latency of `id` at `now` (nanoseconds): the peak EWMA,
-    /// decayed only while nothing is in flight, or the median of known
-    /// backends for a backend never heard from.
+    /// decayed only while nothing is in flight, or — for a backend never
+    /// heard from — the median of known backends, decaying from when it was
+    /// first priced so it is eventually tried.
     #[inline]
     pub fn latency(&self, set: &BackendSet, id: BackendId, now: Nanos) -> f64 {
         let load = &set.get(id).state.load;
         match load.latency_estimate() {
-            None => self.unknown_latency,
+            None if load.in_flight() > 0 => self.unknown_latency,
+            None => {
+                let since = load.unsampled_since(now);
+                self.unknown_latency * decay_weight(now.saturating_sub(since), self.decay)
+            }
             Some(latency) if load.in_flight() > 0 => latency,
             Some(_) => load.decayed_latency(now, self.decay),
         }
@@ -329,6 +334,31 @@ mod tests {
             sel.latency(&set, BackendId(3), SECOND),
             4.0 * MILLISECOND as f64
         );
+    }
+
+    #[test]
+    fn peak_ewma_eventually_tries_a_backend_never_heard_from() {
+        // Two fast backends known at build time would price a newcomer at
+        // their median forever; its default must decay so it gets tried.
+        let set = set_with_weights(&[1, 1, 1]);
+        let sel = PeakEwma::new(&set, &SelectorConfig::default());
+        for i in 0..2 {
+            let load = &set.get(BackendId(i)).state.load;
+            load.observe(SECOND, MILLISECOND, Outcome::Success, TAU);
+        }
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mut picked_new = 0;
+        for step in 0..400u64 {
+            let now = SECOND + step * 100 * MILLISECOND;
+            for i in 0..2 {
+                let load = &set.get(BackendId(i)).state.load;
+                load.observe(now, MILLISECOND, Outcome::Success, TAU);
+            }
+            let mut ctx = PickContext::new(now, &mut rng);
+            picked_new += usize::from(sel.pick(&set, &mut ctx) == Some(BackendId(2)));
+        }
+        assert!(picked_new > 0, "the unsampled backend was never tried");
+        assert!(picked_new < 200, "it is not flooded either: {picked_new}");
     }
 
     #[test]
