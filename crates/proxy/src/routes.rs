@@ -8,6 +8,7 @@ struct Route {
     host: Option<HostMatch>,
     path_prefix: Option<String>,
     cluster: String,
+    priority: Option<String>,
 }
 
 /// A listener's routes plus its default cluster.
@@ -27,6 +28,7 @@ impl RouteTable {
                     host: r.host.clone(),
                     path_prefix: r.path_prefix.clone(),
                     cluster: r.cluster.clone(),
+                    priority: r.priority.clone(),
                 })
                 .collect(),
             default: default.map(str::to_owned),
@@ -36,6 +38,16 @@ impl RouteTable {
     /// The cluster for a request, or `None` (404) when nothing matches and
     /// there is no default. `host` may carry a port and any case.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&str> {
+        self.find_with_priority(host, path)
+            .map(|(cluster, _)| cluster)
+    }
+
+    /// Like [`find`](Self::find), with the matched route's priority class.
+    pub fn find_with_priority(
+        &self,
+        host: Option<&str>,
+        path: &str,
+    ) -> Option<(&str, Option<&str>)> {
         let host = host.map(normalise_host);
         for r in &self.routes {
             if let Some(m) = &r.host {
@@ -49,9 +61,9 @@ impl RouteTable {
                     continue;
                 }
             }
-            return Some(&r.cluster);
+            return Some((&r.cluster, r.priority.as_deref()));
         }
-        self.default.as_deref()
+        self.default.as_deref().map(|c| (c, None))
     }
 }
 
@@ -79,6 +91,7 @@ mod tests {
             host,
             path_prefix: prefix.map(str::to_owned),
             cluster: cluster.into(),
+            priority: None,
         };
         RouteTable::new(
             &[

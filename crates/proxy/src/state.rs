@@ -167,6 +167,7 @@ impl Control {
                         weight: b.weight,
                         admin: b.state,
                         state,
+                        location: None,
                     }
                 })
                 .collect();

@@ -130,6 +130,7 @@ async fn proxy(
             key,
             rng: &mut rng,
             exclude: &tried[..attempts],
+            client: None,
         };
         let picked = match decisions.as_mut() {
             None => cluster.selector.pick(&cluster.set, &mut ctx),
