@@ -13,6 +13,7 @@
 //! * [`health`]: active probers, passive-health reporting and panic mode;
 //! * [`headers`], [`body`]: header rewriting and streaming bodies.
 
+pub mod admission;
 pub mod body;
 pub mod clock;
 pub mod framing;

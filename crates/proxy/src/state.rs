@@ -20,6 +20,7 @@ use fulcrum_balance::{
 };
 use fulcrum_config::{ClusterConfig, Command, CommandError, Config, ListenerConfig};
 
+use crate::admission::Admission;
 use crate::clock;
 use crate::routes::RouteTable;
 use crate::upstream::Upstream;
@@ -43,6 +44,9 @@ pub struct ClusterSnapshot {
     pub health: HealthPolicy,
     /// The cluster's retry budget (survives reloads while its settings do).
     pub retry_budget: Arc<RetryBudget>,
+    /// Concurrency limit and priority queue, if configured (survives
+    /// reloads while its settings do).
+    pub admission: Option<Arc<Admission>>,
 }
 
 impl ClusterSnapshot {
@@ -80,6 +84,7 @@ struct Control {
     backend_states: HashMap<(String, String), Arc<BackendState>>,
     upstreams: HashMap<String, Upstream>,
     retry_budgets: HashMap<String, Arc<RetryBudget>>,
+    admissions: HashMap<String, Arc<Admission>>,
 }
 
 /// The running configuration.
@@ -98,6 +103,7 @@ impl Runtime {
             backend_states: HashMap::new(),
             upstreams: HashMap::new(),
             retry_budgets: HashMap::new(),
+            admissions: HashMap::new(),
         };
         let snapshot = control.build();
         Arc::new(Self {
@@ -146,6 +152,7 @@ impl Control {
         let mut live_states = HashMap::new();
         let mut live_upstreams = HashMap::new();
         let mut live_budgets = HashMap::new();
+        let mut live_admissions = HashMap::new();
         let mut clusters = HashMap::new();
         for (name, cluster) in &self.model.clusters {
             let backends: Vec<Backend> = cluster
@@ -167,7 +174,7 @@ impl Control {
                         weight: b.weight,
                         admin: b.state,
                         state,
-                        location: None,
+                        location: b.location.clone(),
                     }
                 })
                 .collect();
@@ -177,6 +184,7 @@ impl Control {
             let selector_config = SelectorConfig {
                 decay: cluster.ewma_decay.as_nanos() as u64,
                 hash_balance_factor: cluster.balance_factor,
+                geo_max_in_flight: cluster.geo_max_in_flight,
                 ..SelectorConfig::default()
             };
             let selector = cluster.algorithm.build(&set, &selector_config);
@@ -204,6 +212,12 @@ impl Control {
                 )),
             };
             live_budgets.insert(name.clone(), Arc::clone(&retry_budget));
+            let admission = cluster.admission.as_ref().map(|a| {
+                let kept = self.admissions.get(name).filter(|k| k.matches(a));
+                let admission = kept.cloned().unwrap_or_else(|| Admission::new(a, now));
+                live_admissions.insert(name.clone(), Arc::clone(&admission));
+                admission
+            });
             clusters.insert(
                 name.clone(),
                 Arc::new(ClusterSnapshot {
@@ -215,12 +229,14 @@ impl Control {
                     authorities,
                     health: crate::health::policy(cluster),
                     retry_budget,
+                    admission,
                 }),
             );
         }
         self.backend_states = live_states;
         self.upstreams = live_upstreams;
         self.retry_budgets = live_budgets;
+        self.admissions = live_admissions;
         let listeners = self
             .model
             .listeners

@@ -12,6 +12,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Vers
 use hyper::body::Incoming;
 
 use super::error::ProxyError;
+use crate::admission;
 use crate::body::{ProxyBody, RequestBody};
 use crate::clock;
 use crate::headers;
@@ -62,9 +63,9 @@ async fn proxy(
         .ok_or(ProxyError::NoRoute)?;
     let host = authority(&req);
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
-    let cluster_name = listener
+    let (cluster_name, route_priority) = listener
         .routes
-        .find(host_str, req.uri().path())
+        .find_with_priority(host_str, req.uri().path())
         .ok_or(ProxyError::NoRoute)?;
     let cluster = Arc::clone(
         snapshot
@@ -82,7 +83,20 @@ async fn proxy(
             .debug_from
             .iter()
             .any(|n| n.contains(conn.peer.ip()));
+    // Admission: classify while the route is at hand, then wait for a slot
+    // in priority order, or be shed (503 + Retry-After).
+    let rank = cluster.admission.as_ref().map(|a| {
+        let trusted = admission::trusted(&listener.config.priority_from, conn.peer.ip());
+        a.classify(route_priority, req.headers(), trusted)
+    });
     drop(snapshot);
+    let permit = match (&cluster.admission, rank) {
+        (Some(admission), Some(rank)) => match admission.acquire(rank).await {
+            Ok(permit) => Some(permit),
+            Err(why) => return Ok(admission.shed_response(cluster.name(), rank, why)),
+        },
+        _ => None,
+    };
 
     let (mut parts, body) = req.into_parts();
     headers::prepare_request(
@@ -193,7 +207,8 @@ async fn proxy(
                         continue;
                     }
                 }
-                return Ok(forward(&cluster, id, response, guard, decisions, finished));
+                let response = forward(&cluster, id, response, guard, decisions, finished);
+                return Ok(response.map(|b| b.with_permit(permit)));
             }
             Ok(Err(e)) => {
                 backend
@@ -228,14 +243,8 @@ async fn proxy(
         }
     }
     if let Some((response, guard, id)) = held {
-        return Ok(forward(
-            &cluster,
-            id,
-            response,
-            guard,
-            decisions,
-            clock::now(),
-        ));
+        let response = forward(&cluster, id, response, guard, decisions, clock::now());
+        return Ok(response.map(|b| b.with_permit(permit)));
     }
     if attempts > 0 && only_connect_failures {
         // Every backend tried refused the connection: none is there to
