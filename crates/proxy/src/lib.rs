@@ -17,6 +17,7 @@ pub mod admission;
 pub mod body;
 pub mod clock;
 pub mod framing;
+pub mod geoip;
 pub mod headers;
 pub mod health;
 pub mod http;

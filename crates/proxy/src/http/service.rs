@@ -15,6 +15,7 @@ use super::error::ProxyError;
 use crate::admission;
 use crate::body::{ProxyBody, RequestBody};
 use crate::clock;
+use crate::geoip;
 use crate::headers;
 use crate::health;
 use crate::state::{ClusterSnapshot, Runtime};
@@ -89,6 +90,13 @@ async fn proxy(
         let trusted = admission::trusted(&listener.config.priority_from, conn.peer.ip());
         a.classify(route_priority, req.headers(), trusted)
     });
+    // Geo: the client's position, from a trusted header.
+    let client = (cluster.config.algorithm == fulcrum_balance::Algorithm::Geo)
+        .then(|| {
+            let trusted = admission::trusted(&listener.config.location_from, conn.peer.ip());
+            geoip::client_location(req.headers(), trusted, &cluster.set)
+        })
+        .flatten();
     drop(snapshot);
     let permit = match (&cluster.admission, rank) {
         (Some(admission), Some(rank)) => match admission.acquire(rank).await {
@@ -144,7 +152,7 @@ async fn proxy(
             key,
             rng: &mut rng,
             exclude: &tried[..attempts],
-            client: None,
+            client,
         };
         let picked = match decisions.as_mut() {
             None => cluster.selector.pick(&cluster.set, &mut ctx),
