@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::health::Health;
 use crate::load::Load;
+use crate::selector::Location;
 use crate::Nanos;
 
 /// Index of a backend inside one [`BackendSet`] snapshot.
@@ -152,6 +153,8 @@ pub struct Backend {
     pub admin: AdminState,
     /// Learned state, shared across snapshots.
     pub state: Arc<BackendState>,
+    /// Zone, region and coordinates, for the `geo` selector.
+    pub location: Option<Location>,
 }
 
 impl Backend {
@@ -162,6 +165,7 @@ impl Backend {
             weight,
             admin: AdminState::Enabled,
             state: Arc::new(BackendState::new()),
+            location: None,
         }
     }
 

@@ -20,6 +20,7 @@
 //! * **which one** — a [`Selector`], built from an [`Algorithm`] for each
 //!   snapshot.
 
+pub mod admission;
 pub mod backend;
 pub mod health;
 pub mod load;

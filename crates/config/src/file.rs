@@ -82,6 +82,12 @@ pub struct FileListener {
     pub max_connections: Option<usize>,
     /// Clients whose `x-fulcrum-debug: 1` header is honoured (CIDRs or addresses).
     pub debug_from: Option<Vec<String>>,
+    /// Clients whose `x-fulcrum-priority` header is honoured (CIDRs or addresses).
+    pub priority_from: Option<Vec<String>>,
+    /// Clients whose `x-client-location` header is honoured (CIDRs or addresses).
+    pub location_from: Option<Vec<String>>,
+    /// MaxMind-format database (`.mmdb`) locating clients by IP address.
+    pub geoip_db: Option<String>,
     /// Routes, first match wins.
     #[serde(default)]
     pub route: Vec<FileRoute>,
@@ -108,6 +114,9 @@ impl FileListener {
         "max_headers",
         "max_connections",
         "debug_from",
+        "priority_from",
+        "location_from",
+        "geoip_db",
         "route",
         "tls",
         "accept_proxy_protocol",
@@ -179,12 +188,15 @@ pub struct FileRoute {
     pub redirect: Option<FileRedirect>,
     /// Token-bucket rate limit of this route.
     pub rate_limit: Option<FileRateLimit>,
+    /// Priority class of matching requests (a class of the cluster's admission).
+    pub priority: Option<String>,
 }
 
 impl FileRoute {
     /// Keys of `[[listener.route]]`.
     pub const KEYS: &'static [&'static str] = &[
         "sni",
+        "priority",
         "host",
         "path_prefix",
         "path",
@@ -346,6 +358,10 @@ pub struct FileCluster {
     pub proxy_protocol: Option<String>,
     /// Sticky sessions by cookie.
     pub sticky: Option<FileSticky>,
+    /// `geo`: requests in flight per backend above which a zone spills over.
+    pub geo_max_in_flight: Option<u32>,
+    /// Concurrency limit, priority queue and load shedding.
+    pub admission: Option<FileAdmission>,
 }
 
 impl FileCluster {
@@ -371,6 +387,8 @@ impl FileCluster {
         "panic_threshold",
         "proxy_protocol",
         "sticky",
+        "geo_max_in_flight",
+        "admission",
     ];
 }
 
@@ -383,11 +401,55 @@ pub struct FileBackend {
     pub weight: Option<u32>,
     /// `enabled` (default), `draining` or `disabled`.
     pub state: Option<String>,
+    /// Zone name, for the `geo` selector.
+    pub zone: Option<String>,
+    /// Region name.
+    pub region: Option<String>,
+    /// Latitude in degrees.
+    pub lat: Option<f64>,
+    /// Longitude in degrees.
+    pub lon: Option<f64>,
 }
 
 impl FileBackend {
     /// Keys of a backend.
-    pub const KEYS: &'static [&'static str] = &["address", "weight", "state"];
+    pub const KEYS: &'static [&'static str] =
+        &["address", "weight", "state", "zone", "region", "lat", "lon"];
+}
+
+/// `[cluster.NAME.admission]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct FileAdmission {
+    /// Static concurrency limit, or the starting limit when adaptive.
+    pub limit: Option<u32>,
+    /// Adapt the limit to measured latency (gradient algorithm).
+    pub adaptive: Option<bool>,
+    /// Lowest adaptive limit.
+    pub min_limit: Option<u32>,
+    /// Highest adaptive limit.
+    pub max_limit: Option<u32>,
+    /// Longest a request waits for a slot before it is shed.
+    pub queue_timeout: Option<String>,
+    /// Most requests waiting.
+    pub max_queue: Option<usize>,
+    /// Class names, most important first.
+    pub classes: Option<Vec<String>>,
+    /// Class of requests no route or header classifies.
+    pub default_class: Option<String>,
+}
+
+impl FileAdmission {
+    /// Keys of `[cluster.NAME.admission]`.
+    pub const KEYS: &'static [&'static str] = &[
+        "limit",
+        "adaptive",
+        "min_limit",
+        "max_limit",
+        "queue_timeout",
+        "max_queue",
+        "classes",
+        "default_class",
+    ];
 }
 
 /// `[cluster.NAME.health]`.

@@ -135,6 +135,7 @@ fn known_keys(parent: &str) -> &'static [&'static str] {
         ["cluster", _, "backends"] => FileBackend::KEYS,
         ["cluster", _, "health"] => FileHealth::KEYS,
         ["cluster", _, "outlier"] => FileOutlier::KEYS,
+        ["cluster", _, "admission"] => FileAdmission::KEYS,
         _ => &[],
     }
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use fulcrum_balance::selector::Location;
 use fulcrum_balance::{AdminState, Algorithm};
 
 /// A whole, valid configuration.
@@ -140,6 +141,13 @@ pub struct ListenerConfig {
     pub proxy_protocol_from: Vec<IpNet>,
     /// Most concurrent UDP flows (udp listeners); new flows beyond it are dropped.
     pub max_flows: usize,
+    /// Networks whose `x-fulcrum-priority` header sets the priority class.
+    pub priority_from: Vec<IpNet>,
+    /// Networks whose `x-client-location` header (`lat,lon` or a zone name)
+    /// places the client for the `geo` selector.
+    pub location_from: Vec<IpNet>,
+    /// MaxMind-format database placing clients by address, if any.
+    pub geoip_db: Option<String>,
 }
 
 /// 65 536 UDP flows: one per client address, each one socket and a task; far
@@ -285,6 +293,9 @@ pub struct RouteConfig {
     pub redirect: Option<Redirect>,
     /// Per-route rate limit.
     pub rate_limit: Option<RateLimitConfig>,
+    /// Priority class of matching requests; `None` leaves the request to
+    /// the header or the cluster's default class.
+    pub priority: Option<String>,
 }
 
 /// How a header or query parameter must look.
@@ -445,6 +456,57 @@ pub struct ClusterConfig {
     pub proxy_protocol: Option<ProxyProtocol>,
     /// Sticky sessions by cookie, if configured.
     pub sticky: Option<StickyConfig>,
+    /// `geo`: requests in flight per backend above which its zone is full.
+    pub geo_max_in_flight: u32,
+    /// Concurrency limit and priority queue; `None` admits everything.
+    pub admission: Option<AdmissionConfig>,
+}
+
+/// A cluster's admission control: concurrency limit, priority queue,
+/// shedding.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdmissionConfig {
+    /// The static limit, or the adaptive limit's starting point.
+    pub limit: u32,
+    /// Whether the limit adapts to latency (gradient algorithm).
+    pub adaptive: bool,
+    /// Lowest adaptive limit.
+    pub min_limit: u32,
+    /// Highest adaptive limit.
+    pub max_limit: u32,
+    /// Longest wait in the queue; then the request is shed (503).
+    pub queue_timeout: Duration,
+    /// Most waiting requests; a full queue sheds its least important.
+    pub max_queue: usize,
+    /// Class names, most important first (rank = position).
+    pub classes: Vec<String>,
+    /// Rank of requests nobody classified.
+    pub default_rank: u8,
+}
+
+/// The classes when none are configured, most important first.
+pub const DEFAULT_CLASSES: &[&str] = &["critical", "normal", "bulk"];
+/// Most priority classes: ranks are a byte, and more than a handful of
+/// classes is a sign the classification belongs elsewhere.
+pub const MAX_CLASSES: usize = 16;
+/// A second in the queue: far longer than a healthy wait for a slot (one
+/// service time), short enough that a client still wants the answer.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+/// 1 000 waiting requests: a few KiB each, and a second's worth at 1 000 req/s.
+pub const DEFAULT_MAX_QUEUE: usize = 1000;
+/// Starting limit of an adaptive cluster when `limit` is not given.
+pub const DEFAULT_ADAPTIVE_LIMIT: u32 = 20;
+
+impl AdmissionConfig {
+    /// The rank of class `name` (0 = most important).
+    pub fn rank(&self, name: &str) -> Option<u8> {
+        self.classes.iter().position(|c| c == name).map(|r| r as u8)
+    }
+
+    /// The name of rank `rank`.
+    pub fn class_name(&self, rank: u8) -> &str {
+        self.classes.get(rank as usize).map_or("", String::as_str)
+    }
 }
 
 /// Two retries (three attempts) by default: rides out two dead backends
@@ -561,6 +623,8 @@ impl ClusterConfig {
             panic_threshold: fulcrum_balance::health::DEFAULT_PANIC_THRESHOLD,
             proxy_protocol: None,
             sticky: None,
+            geo_max_in_flight: fulcrum_balance::selector::DEFAULT_GEO_MAX_IN_FLIGHT,
+            admission: None,
         }
     }
 }
@@ -574,6 +638,20 @@ pub struct BackendConfig {
     pub weight: u32,
     /// Operator state.
     pub state: AdminState,
+    /// Zone, region and coordinates (for `geo`), if configured.
+    pub location: Option<Location>,
+}
+
+impl BackendConfig {
+    /// An enabled backend with no location.
+    pub fn new(address: impl Into<String>, weight: u32) -> Self {
+        Self {
+            address: address.into(),
+            weight,
+            state: AdminState::Enabled,
+            location: None,
+        }
+    }
 }
 
 /// Largest weight accepted: keeps smooth weighted round-robin schedules short.

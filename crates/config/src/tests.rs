@@ -164,6 +164,9 @@ fn key_lists_match_the_file_shapes() {
         max_headers: Some(1),
         max_connections: Some(1),
         debug_from: Some(vec![]),
+        priority_from: Some(vec![]),
+        location_from: Some(vec![]),
+        geoip_db: s(),
         route: vec![],
         tls: Some(file::FileTls::default()),
         accept_proxy_protocol: Some(true),
@@ -226,6 +229,7 @@ fn key_lists_match_the_file_shapes() {
         rewrite_prefix: s(),
         redirect: Some(redirect),
         rate_limit: Some(rate_limit),
+        priority: s(),
     };
     assert_eq!(keys(&route), sorted(file::FileRoute::KEYS));
     let certificate = file::FileCertificate {
@@ -281,13 +285,30 @@ fn key_lists_match_the_file_shapes() {
         panic_threshold: Some(1),
         proxy_protocol: s(),
         sticky: Some(sticky),
+        geo_max_in_flight: Some(1),
+        admission: Some(file::FileAdmission::default()),
     };
     assert_eq!(keys(&cluster), sorted(file::FileCluster::KEYS));
+    let admission = file::FileAdmission {
+        limit: Some(1),
+        adaptive: Some(true),
+        min_limit: Some(1),
+        max_limit: Some(1),
+        queue_timeout: s(),
+        max_queue: Some(1),
+        classes: Some(vec![]),
+        default_class: s(),
+    };
+    assert_eq!(keys(&admission), sorted(file::FileAdmission::KEYS));
     assert_eq!(keys(&health), sorted(file::FileHealth::KEYS));
     let backend = file::FileBackend {
         address: s(),
         weight: Some(1),
         state: s(),
+        zone: s(),
+        region: s(),
+        lat: Some(1.0),
+        lon: Some(1.0),
     };
     assert_eq!(keys(&backend), sorted(file::FileBackend::KEYS));
     let admin = file::FileAdmin {
@@ -307,6 +328,7 @@ fn commands_edit_the_model_or_leave_it_unchanged() {
             address: address.into(),
             weight: 3,
             state: Default::default(),
+            location: None,
         },
     };
     c.apply(add("127.0.0.1:9005")).unwrap();
@@ -617,4 +639,65 @@ fn parse_rejects_routes_with_two_targets_or_none() {
     let p = problems(&text);
     assert_eq!(p[0].key, "listener[0].route[1].clusters");
     assert!(p[0].message.contains("every weight is 0"), "{p:?}");
+}
+
+const PRIORITIES: &str = r#"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:8080"
+cluster = "app"
+priority_from = ["10.0.0.0/8"]
+location_from = ["10.1.0.0/16"]
+
+[[listener.route]]
+path_prefix = "/batch"
+cluster = "app"
+priority = "bulk"
+
+[cluster.app]
+algorithm = "geo"
+geo_max_in_flight = 8
+backends = [
+  { address = "127.0.0.1:9001", zone = "eu-west", region = "eu", lat = 53.3, lon = -6.3 },
+  { address = "127.0.0.1:9002" },
+]
+
+[cluster.app.admission]
+limit = 50
+queue_timeout = "250ms"
+max_queue = 100
+"#;
+
+#[test]
+fn parse_accepts_admission_priority_and_geo_keys() {
+    let c = parse(PRIORITIES, None).expect("valid");
+    let l = &c.listeners[0];
+    assert_eq!(l.priority_from[0].to_string(), "10.0.0.0/8");
+    assert_eq!(l.location_from.len(), 1);
+    assert_eq!(l.routes[0].priority.as_deref(), Some("bulk"));
+    let app = &c.clusters["app"];
+    assert_eq!(app.geo_max_in_flight, 8);
+    let a = app.admission.as_ref().unwrap();
+    assert_eq!((a.limit, a.adaptive, a.max_queue), (50, false, 100));
+    assert_eq!(a.queue_timeout, std::time::Duration::from_millis(250));
+    assert_eq!(a.classes, ["critical", "normal", "bulk"]);
+    assert_eq!((a.default_rank, a.rank("bulk")), (1, Some(2)));
+    let loc = app.backends[0].location.as_ref().unwrap();
+    assert_eq!(loc.zone.as_deref(), Some("eu-west"));
+    assert_eq!(loc.point.unwrap().lat, 53.3);
+    assert!(app.backends[1].location.is_none());
+}
+
+#[test]
+fn parse_rejects_bad_admission_and_geo_values_naming_the_key() {
+    let text = PRIORITIES
+        .replace("priority = \"bulk\"", "priority = \"urgent\"")
+        .replace("lon = -6.3", "lon = -196.3")
+        .replace("limit = 50", "classes = [\"gold\", \"gold\"]");
+    let p = problems(&text);
+    let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    assert!(keys.contains(&"listener[0].route[0].priority"), "{p:?}");
+    assert!(keys.contains(&"cluster.app.backends[0].lat"), "{p:?}");
+    assert!(keys.contains(&"cluster.app.admission.limit"), "{p:?}");
+    assert!(keys.contains(&"cluster.app.admission.classes"), "{p:?}");
 }

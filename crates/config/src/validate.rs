@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use fulcrum_balance::selector::{GeoPoint, Location};
 use fulcrum_balance::{AdminState, Algorithm};
 
 use crate::error::{suggest, Problem};
@@ -240,14 +241,15 @@ impl Validator {
             }
             limits.max_connections = n;
         }
-        let mut debug_from = Vec::new();
-        for (j, s) in file.debug_from.iter().flatten().enumerate() {
-            match IpNet::parse(s) {
-                Some(net) => debug_from.push(net),
-                None => self.problem(
-                    format!("listener[{i}].debug_from[{j}]"),
-                    format!("`{s}` is not an address or CIDR such as \"127.0.0.0/8\""),
-                ),
+        let debug_from = self.networks(&key("debug_from"), file.debug_from.as_deref());
+        let priority_from = self.networks(&key("priority_from"), file.priority_from.as_deref());
+        let location_from = self.networks(&key("location_from"), file.location_from.as_deref());
+        if let Some(db) = &file.geoip_db {
+            if db.is_empty() {
+                self.problem(
+                    key("geoip_db"),
+                    "is empty; write the path of a MaxMind-format database, e.g. \"GeoLite2-City.mmdb\"",
+                );
             }
         }
         ListenerConfig {
@@ -263,7 +265,25 @@ impl Validator {
             accept_proxy_protocol,
             proxy_protocol_from,
             max_flows,
+            priority_from,
+            location_from,
+            geoip_db: file.geoip_db.clone(),
         }
+    }
+
+    /// A list of CIDRs or addresses (`debug_from`, `priority_from`, ...).
+    fn networks(&mut self, key: &str, list: Option<&[String]>) -> Vec<IpNet> {
+        let mut out = Vec::new();
+        for (j, s) in list.unwrap_or_default().iter().enumerate() {
+            match IpNet::parse(s) {
+                Some(net) => out.push(net),
+                None => self.problem(
+                    format!("{key}[{j}]"),
+                    format!("`{s}` is not an address or CIDR such as \"127.0.0.0/8\""),
+                ),
+            }
+        }
+        out
     }
 
     fn sni_route(
@@ -434,10 +454,27 @@ impl Validator {
                 String::new()
             }
         };
+        if let Some(p) = &file.priority {
+            let classes: Vec<String> =
+                match clusters.get(&cluster).and_then(|c| c.admission.as_ref()) {
+                    Some(a) => a.classes.clone(),
+                    None => DEFAULT_CLASSES.iter().map(|c| c.to_string()).collect(),
+                };
+            if !classes.contains(p) {
+                self.problem(
+                    format!("{key}.priority"),
+                    format!(
+                        "unknown class `{p}` for cluster `{cluster}`, expected one of: {}",
+                        classes.join(", ")
+                    ),
+                );
+            }
+        }
         let mut route = RouteConfig {
             host,
             path_prefix: file.path_prefix.clone(),
             cluster,
+            priority: file.priority.clone(),
             ..RouteConfig::default()
         };
         self.route_rules(key, file, clusters, &mut route);
@@ -539,6 +576,16 @@ impl Validator {
         c.health = file.health.as_ref().map(|h| self.health(&key("health"), h));
         c.sticky = file.sticky.as_ref().map(|s| self.sticky(&key("sticky"), s));
         self.resilience(name, file, &mut c);
+        if let Some(n) = file.geo_max_in_flight {
+            if n == 0 {
+                self.problem(key("geo_max_in_flight"), "must be at least 1");
+            }
+            c.geo_max_in_flight = n.max(1);
+        }
+        c.admission = file
+            .admission
+            .as_ref()
+            .map(|a| self.admission(&key("admission"), a));
         c.proxy_protocol = match file.proxy_protocol.as_deref() {
             None | Some("none") => None,
             Some("v1") => Some(ProxyProtocol::V1),
@@ -552,6 +599,90 @@ impl Validator {
             }
         };
         c
+    }
+
+    fn admission(&mut self, key: &str, file: &FileAdmission) -> AdmissionConfig {
+        let k = |n: &str| format!("{key}.{n}");
+        let adaptive = file.adaptive.unwrap_or(false);
+        let limit = match file.limit {
+            Some(0) => {
+                self.problem(k("limit"), "must be at least 1");
+                1
+            }
+            Some(n) => n,
+            None if adaptive => DEFAULT_ADAPTIVE_LIMIT,
+            None => {
+                self.problem(
+                    k("limit"),
+                    "missing; set a concurrency limit (limit = 100) or adaptive = true",
+                );
+                1
+            }
+        };
+        let min_limit = file.min_limit.unwrap_or(1).max(1);
+        let max_limit = file.max_limit.unwrap_or(limit.max(1000));
+        if !adaptive && (file.min_limit.is_some() || file.max_limit.is_some()) {
+            self.problem(
+                k("min_limit"),
+                "min_limit and max_limit bound an adaptive limit; add adaptive = true or remove them",
+            );
+        }
+        if min_limit > max_limit {
+            self.problem(
+                k("max_limit"),
+                format!("{max_limit} is below min_limit {min_limit}"),
+            );
+        }
+        let queue_timeout = self
+            .duration(&k("queue_timeout"), file.queue_timeout.as_deref())
+            .unwrap_or(DEFAULT_QUEUE_TIMEOUT);
+        let max_queue = file.max_queue.unwrap_or(DEFAULT_MAX_QUEUE);
+        let classes: Vec<String> = match &file.classes {
+            Some(c) => c.clone(),
+            None => DEFAULT_CLASSES.iter().map(|c| c.to_string()).collect(),
+        };
+        if classes.is_empty() || classes.len() > MAX_CLASSES {
+            self.problem(
+                k("classes"),
+                format!("list 1 to {MAX_CLASSES} class names, most important first, e.g. [\"critical\", \"normal\", \"bulk\"]"),
+            );
+        }
+        let mut seen = HashSet::new();
+        for c in &classes {
+            if !seen.insert(c) {
+                self.problem(k("classes"), format!("class `{c}` is listed twice"));
+            }
+        }
+        let default_name = file.default_class.clone().unwrap_or_else(|| {
+            if classes.iter().any(|c| c == "normal") {
+                "normal".to_owned()
+            } else {
+                classes.last().cloned().unwrap_or_default()
+            }
+        });
+        let default_rank = match classes.iter().position(|c| *c == default_name) {
+            Some(r) => r as u8,
+            None => {
+                self.problem(
+                    k("default_class"),
+                    format!(
+                        "unknown class `{default_name}`, expected one of: {}",
+                        classes.join(", ")
+                    ),
+                );
+                0
+            }
+        };
+        AdmissionConfig {
+            limit: limit.clamp(min_limit, max_limit.max(min_limit)),
+            adaptive,
+            min_limit,
+            max_limit,
+            queue_timeout,
+            max_queue,
+            classes,
+            default_rank,
+        }
     }
 
     /// Outlier detection, retries and panic mode of `[cluster.NAME]`.
@@ -668,10 +799,41 @@ impl Validator {
                 AdminState::Enabled
             }),
         };
+        let location = self.location(key, file);
         Some(BackendConfig {
             address,
             weight,
             state,
+            location,
+        })
+    }
+
+    /// `zone`, `region`, `lat`, `lon` of a backend.
+    fn location(&mut self, key: &str, file: &FileBackend) -> Option<Location> {
+        let point = match (file.lat, file.lon) {
+            (None, None) => None,
+            (Some(lat), Some(lon)) => {
+                let p = GeoPoint::new(lat, lon);
+                if p.is_none() {
+                    self.problem(
+                        format!("{key}.lat"),
+                        format!("({lat}, {lon}) is not a position; lat is -90..90 and lon -180..180 degrees"),
+                    );
+                }
+                p
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                self.problem(format!("{key}.lat"), "give both lat and lon, or neither");
+                None
+            }
+        };
+        if file.zone.is_none() && file.region.is_none() && point.is_none() {
+            return None;
+        }
+        Some(Location {
+            zone: file.zone.as_deref().map(Into::into),
+            region: file.region.as_deref().map(Into::into),
+            point,
         })
     }
 

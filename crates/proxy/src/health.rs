@@ -351,6 +351,7 @@ mod tests {
                     address: b_addr.clone(),
                     weight: 1,
                     state: Default::default(),
+                    location: None,
                 },
             }])
             .unwrap();

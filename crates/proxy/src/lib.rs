@@ -23,9 +23,11 @@
 //!   and PROXY protocol headers.
 
 pub mod admin;
+pub mod admission;
 pub mod body;
 pub mod clock;
 pub mod framing;
+pub mod geoip;
 pub mod headers;
 pub mod health;
 pub mod http;

@@ -108,6 +108,11 @@ pub struct Route {
 }
 
 impl Route {
+    /// The priority class this route gives its requests, if it sets one.
+    pub fn priority(&self) -> Option<&str> {
+        self.config.priority.as_deref()
+    }
+
     fn compile(config: &RouteConfig, scope: &str) -> Self {
         let target = if config.redirect.is_some() {
             Target::Redirect

@@ -20,6 +20,7 @@ use fulcrum_balance::{
 };
 use fulcrum_config::{ClusterConfig, Command, CommandError, Config, ListenerConfig};
 
+use crate::admission::Admission;
 use crate::clock;
 use crate::metrics::{BackendMetrics, ClusterMetrics, ProxyMetrics};
 use crate::routes::RouteTable;
@@ -50,6 +51,9 @@ pub struct ClusterSnapshot {
     pub backend_metrics: Vec<Arc<BackendMetrics>>,
     /// Sticky-session cookie values, when the cluster has `sticky`.
     pub sticky: Option<crate::sticky::StickyTable>,
+    /// Concurrency limit and priority queue, if configured (survives
+    /// reloads while its settings do).
+    pub admission: Option<Arc<Admission>>,
 }
 
 impl ClusterSnapshot {
@@ -91,6 +95,7 @@ struct Control {
     /// The last built listeners, whose routes' learned state (rate-limit
     /// buckets) the next build keeps.
     listeners: HashMap<String, Arc<ListenerSnapshot>>,
+    admissions: HashMap<String, Arc<Admission>>,
 }
 
 /// The running configuration.
@@ -120,6 +125,7 @@ impl Runtime {
             retry_budgets: HashMap::new(),
             metrics: Arc::clone(&metrics),
             listeners: HashMap::new(),
+            admissions: HashMap::new(),
         };
         let snapshot = control.build();
         Arc::new(Self {
@@ -204,6 +210,7 @@ impl Control {
         let mut live_states = HashMap::new();
         let mut live_upstreams = HashMap::new();
         let mut live_budgets = HashMap::new();
+        let mut live_admissions = HashMap::new();
         let mut clusters = HashMap::new();
         for (name, cluster) in &self.model.clusters {
             let backends: Vec<Backend> = cluster
@@ -225,6 +232,7 @@ impl Control {
                         weight: b.weight,
                         admin: b.state,
                         state,
+                        location: b.location.clone(),
                     }
                 })
                 .collect();
@@ -234,6 +242,7 @@ impl Control {
             let selector_config = SelectorConfig {
                 decay: cluster.ewma_decay.as_nanos() as u64,
                 hash_balance_factor: cluster.balance_factor,
+                geo_max_in_flight: cluster.geo_max_in_flight,
                 ..SelectorConfig::default()
             };
             let selector = cluster.algorithm.build(&set, &selector_config);
@@ -266,6 +275,12 @@ impl Control {
                 .iter()
                 .map(|b| self.metrics.backend(name, &b.address))
                 .collect();
+            let admission = cluster.admission.as_ref().map(|a| {
+                let kept = self.admissions.get(name).filter(|k| k.matches(a));
+                let admission = kept.cloned().unwrap_or_else(|| Admission::new(a, now));
+                live_admissions.insert(name.clone(), Arc::clone(&admission));
+                admission
+            });
             clusters.insert(
                 name.clone(),
                 Arc::new(ClusterSnapshot {
@@ -283,12 +298,14 @@ impl Control {
                         .as_ref()
                         .map(|s| crate::sticky::StickyTable::new(s, name, &set)),
                     set,
+                    admission,
                 }),
             );
         }
         self.backend_states = live_states;
         self.upstreams = live_upstreams;
         self.retry_budgets = live_budgets;
+        self.admissions = live_admissions;
         let listeners = self
             .model
             .listeners

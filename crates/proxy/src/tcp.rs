@@ -281,6 +281,7 @@ async fn connect(
     let decay = cluster.selector_config.decay;
     while attempts < MAX_ATTEMPTS {
         let mut ctx = PickContext {
+            client: None,
             now: clock::now(),
             key,
             rng: &mut rng,

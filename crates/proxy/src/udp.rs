@@ -135,6 +135,7 @@ async fn open_flow(
             .ok_or_else(|| not_found("no cluster"))?;
         let mut rng = fastrand::Rng::new();
         let mut ctx = PickContext {
+            client: None,
             now: clock::now(),
             key: Some(crate::tcp::client_key(client)),
             rng: &mut rng,

@@ -449,6 +449,7 @@ impl<'a> Engine<'a> {
             key,
             rng: &mut view.rng,
             exclude: &[],
+            client: None,
         };
         let Some(id) = view.selector.pick(&view.set, &mut ctx) else {
             if measured {

@@ -28,6 +28,7 @@
 //! | `prequal` | [`Prequal`] | probe pool + hot-cold lexicographic rule | O(pool) |
 //! | `ring-hash` | [`RingHash`] | consistent hashing of the key, bounded load | O(log n) |
 //! | `maglev` | [`Maglev`] | Maglev table lookup of the key, bounded load | O(1) |
+//! | `geo` | [`Geo`] | nearest zone with headroom, peak-EWMA inside it | O(zones²) |
 //!
 //! For the `x-fulcrum-debug` header, [`Selector::explain`] picks and
 //! describes the decision.
@@ -39,6 +40,7 @@ use crate::backend::{BackendId, BackendSet};
 use crate::Nanos;
 
 mod bounded_load;
+mod geo;
 mod hashing;
 mod least_conn;
 mod maglev;
@@ -53,6 +55,7 @@ mod weight_table;
 mod weighted_round_robin;
 
 pub use bounded_load::{BoundedLoad, DEFAULT_BALANCE_FACTOR};
+pub use geo::{Geo, GeoPoint, Location};
 pub use least_conn::LeastConn;
 pub use maglev::Maglev;
 pub use p2c::P2c;
@@ -76,6 +79,9 @@ pub struct PickContext<'a> {
     pub rng: &'a mut fastrand::Rng,
     /// Backends this request already tried (retries go elsewhere).
     pub exclude: &'a [BackendId],
+    /// Where the client is, when known (GeoIP or a trusted header), for
+    /// the `geo` selector.
+    pub client: Option<GeoPoint>,
 }
 
 impl<'a> PickContext<'a> {
@@ -86,6 +92,7 @@ impl<'a> PickContext<'a> {
             key: None,
             rng,
             exclude: &[],
+            client: None,
         }
     }
 
@@ -170,7 +177,17 @@ pub struct SelectorConfig {
     /// key only while below `c ×` its fair share of the requests in flight
     /// (default 1.25, see [`DEFAULT_BALANCE_FACTOR`]).
     pub hash_balance_factor: f64,
+    /// `geo`: a backend has headroom while it has fewer requests than this
+    /// in flight; a zone without such a backend spills to the next nearest
+    /// (default [`DEFAULT_GEO_MAX_IN_FLIGHT`]).
+    pub geo_max_in_flight: u32,
 }
+
+/// Default of [`SelectorConfig::geo_max_in_flight`]: 100 requests in flight
+/// per backend. Past that a backend is usually queueing (a few ms of service
+/// time × 100 is already a visible wait), so a nearby zone a few ms away
+/// serves faster.
+pub const DEFAULT_GEO_MAX_IN_FLIGHT: u32 = 100;
 
 impl Default for SelectorConfig {
     fn default() -> Self {
@@ -182,6 +199,7 @@ impl Default for SelectorConfig {
             prequal_max_age: DEFAULT_MAX_AGE,
             report_max_age: 30 * crate::SECOND,
             hash_balance_factor: DEFAULT_BALANCE_FACTOR,
+            geo_max_in_flight: DEFAULT_GEO_MAX_IN_FLIGHT,
         }
     }
 }
@@ -208,6 +226,8 @@ pub enum Algorithm {
     RingHash,
     /// Maglev lookup-table hashing, with bounded load.
     Maglev,
+    /// Nearest zone with headroom, spilling over by distance.
+    Geo,
 }
 
 /// The error for an algorithm name Fulcrum does not know.
@@ -230,6 +250,7 @@ impl Algorithm {
         Algorithm::Prequal,
         Algorithm::RingHash,
         Algorithm::Maglev,
+        Algorithm::Geo,
     ];
 
     /// Every configuration name, in documentation order.
@@ -243,6 +264,7 @@ impl Algorithm {
         "prequal",
         "ring-hash",
         "maglev",
+        "geo",
     ];
 
     /// The algorithm used when a cluster names none: `peak-ewma`, which
@@ -262,6 +284,7 @@ impl Algorithm {
             Algorithm::Prequal => "prequal",
             Algorithm::RingHash => "ring-hash",
             Algorithm::Maglev => "maglev",
+            Algorithm::Geo => "geo",
         }
     }
 
@@ -277,6 +300,7 @@ impl Algorithm {
             Algorithm::Prequal => Box::new(Prequal::new(set, config)),
             Algorithm::RingHash => Box::new(RingHash::new(set, config)),
             Algorithm::Maglev => Box::new(Maglev::new(set, config)),
+            Algorithm::Geo => Box::new(Geo::new(set, config)),
         }
     }
 }

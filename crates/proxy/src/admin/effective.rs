@@ -78,6 +78,9 @@ pub fn to_file(config: &Config) -> FileConfig {
                         .collect(),
                 ),
                 max_flows: (l.protocol == Protocol::Udp).then_some(l.max_flows),
+                priority_from: Some(l.priority_from.iter().map(|n| n.to_string()).collect()),
+                location_from: Some(l.location_from.iter().map(|n| n.to_string()).collect()),
+                geoip_db: l.geoip_db.clone(),
             })
             .collect(),
         cluster: config
@@ -93,6 +96,16 @@ pub fn to_file(config: &Config) -> FileConfig {
                                 address: Some(b.address.clone()),
                                 weight: Some(b.weight),
                                 state: Some(b.state.as_str().to_owned()),
+                                zone: b
+                                    .location
+                                    .as_ref()
+                                    .and_then(|l| l.zone.as_deref().map(Into::into)),
+                                region: b
+                                    .location
+                                    .as_ref()
+                                    .and_then(|l| l.region.as_deref().map(Into::into)),
+                                lat: b.location.as_ref().and_then(|l| l.point).map(|p| p.lat),
+                                lon: b.location.as_ref().and_then(|l| l.point).map(|p| p.lon),
                             })
                             .collect(),
                     ),
@@ -151,6 +164,17 @@ pub fn to_file(config: &Config) -> FileConfig {
                     retry_budget_min: Some(c.retry_budget_min),
                     try_timeout: c.try_timeout.map(duration),
                     panic_threshold: Some(c.panic_threshold),
+                    geo_max_in_flight: Some(c.geo_max_in_flight),
+                    admission: c.admission.as_ref().map(|a| FileAdmission {
+                        limit: Some(a.limit),
+                        adaptive: Some(a.adaptive),
+                        min_limit: a.adaptive.then_some(a.min_limit),
+                        max_limit: a.adaptive.then_some(a.max_limit),
+                        queue_timeout: Some(duration(a.queue_timeout)),
+                        max_queue: Some(a.max_queue),
+                        classes: Some(a.classes.clone()),
+                        default_class: a.classes.get(a.default_rank as usize).cloned(),
+                    }),
                     sticky: c.sticky.as_ref().map(|st| FileSticky {
                         cookie: Some(st.cookie.clone()),
                         ttl: Some(duration(st.ttl)),
@@ -206,6 +230,7 @@ fn route_to_file(r: &RouteConfig) -> FileRoute {
         query: value_matches(&r.query),
         cluster: (!r.cluster.is_empty()).then(|| r.cluster.clone()),
         sni: None,
+        priority: r.priority.clone(),
         clusters: (!r.split.is_empty()).then(|| {
             r.split
                 .iter()

@@ -242,6 +242,7 @@ pub(super) async fn add_backend(
         address: address.to_owned(),
         weight,
         state,
+        location: None,
     };
     match admin.runtime.apply([Command::AddBackend {
         cluster: cluster.clone(),

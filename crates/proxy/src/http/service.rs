@@ -15,8 +15,10 @@ use hyper::body::Incoming;
 use super::error::ProxyError;
 use super::routing;
 use super::upgrade;
+use crate::admission;
 use crate::body::{ProxyBody, RequestBody};
 use crate::clock;
+use crate::geoip;
 use crate::headers;
 use crate::health;
 use crate::metrics::ResponseClass;
@@ -73,6 +75,7 @@ async fn proxy(
         .select(host_str, req.method(), req.uri(), req.headers())
         .ok_or(ProxyError::NoRoute)?;
     let route = matched.route;
+    let route_priority = route.and_then(|r| r.priority());
     let mut limit = None;
     if let Some(limiter) = route.and_then(|r| r.rate_limit()) {
         let verdict = limiter.check(conn.peer.ip(), req.headers()).await;
@@ -105,12 +108,37 @@ async fn proxy(
             .debug_from
             .iter()
             .any(|n| n.contains(conn.peer.ip()));
+    // Admission: classify while the route is at hand, then wait for a slot
+    // in priority order, or be shed (503 + Retry-After).
+    let rank = cluster.admission.as_ref().map(|a| {
+        let trusted = admission::trusted(&listener.config.priority_from, conn.peer.ip());
+        a.classify(route_priority, req.headers(), trusted)
+    });
+    // Geo: the client's position, from a trusted header.
+    let client = (cluster.config.algorithm == fulcrum_balance::Algorithm::Geo)
+        .then(|| {
+            let trusted = admission::trusted(&listener.config.location_from, conn.peer.ip());
+            geoip::client_location(req.headers(), trusted, &cluster.set)
+        })
+        .flatten();
     drop(snapshot);
+    let permit = match (&cluster.admission, rank) {
+        (Some(admission), Some(rank)) => match admission.acquire(rank).await {
+            Ok(permit) => Some(permit),
+            Err(why) => {
+                let shed = admission.shed_response(cluster.name(), rank, why);
+                return Ok(routing::finish(route, limit, Ok(shed)));
+            }
+        },
+        _ => None,
+    };
     let result = if upgrade::requested(&req) {
         upgrade::forward(&cluster, conn, req, host, route).await
     } else {
-        forward_to(&cluster, conn, req, host, route, debug).await
+        forward_to(&cluster, conn, req, host, route, debug, client).await
     };
+    // The admission slot is held until the response body is done.
+    let result = result.map(|response| response.map(|b| b.with_permit(permit)));
     Ok(routing::finish(route, limit, result))
 }
 
@@ -122,6 +150,7 @@ async fn forward_to(
     host: Option<HeaderValue>,
     route: Option<&Route>,
     debug: bool,
+    client: Option<fulcrum_balance::selector::GeoPoint>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     headers::prepare_request(
@@ -176,6 +205,7 @@ async fn forward_to(
             key,
             rng: &mut rng,
             exclude: &tried[..attempts],
+            client,
         };
         let picked = match decisions.as_mut() {
             _ if pin.is_some() => pin.take(),
