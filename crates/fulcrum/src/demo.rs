@@ -52,6 +52,14 @@ ewma_decay = "1s"
 backends = [
 {}
 ]
+
+# Active health checks: a backend that dies is taken out within about a second.
+[cluster.app.health]
+path = "/healthz"
+interval = "500ms"
+timeout = "300ms"
+rise = 2
+fall = 2
 "#,
         list.join("\n")
     )

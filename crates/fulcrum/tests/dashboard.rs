@@ -307,8 +307,67 @@ async fn dashboard_shows_every_backend_and_a_drain_within_seconds() {
     let seen = seen.unwrap_or_else(|| panic!("drain not shown within 5 s: {:?}", rows));
     eprintln!("dashboard showed the drain after {seen:?}");
 
+    // A backend process added through the API shows up, and when it is
+    // killed the page shows it down within a few seconds (health checks).
+    let mut extra = Command::new(fulcrum_bin())
+        .args([
+            "testbed",
+            "backend",
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            "delta",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let extra_out = pipe_lines(extra.stdout.take().unwrap());
+    let extra_addr = loop {
+        let line = extra_out
+            .recv_timeout(Duration::from_secs(20))
+            .expect("testbed backend announces its address");
+        if let Some(rest) = line.split("http://").nth(1) {
+            break rest.trim().to_owned();
+        }
+    };
+    let add = http::Request::post(format!(
+        "http://{}/api/v1/clusters/app/backends",
+        demo.admin
+    ))
+    .header("authorization", format!("Bearer {TOKEN}"))
+    .header("content-type", "application/json")
+    .body(Full::new(Bytes::from(
+        json!({ "address": extra_addr, "weight": 1 }).to_string(),
+    )))
+    .unwrap();
+    let added = send(&client(), add).await;
+    assert!(added.status < 300, "{:?}", added.body);
+    let wait_for = |health: &'static str| {
+        let browser = &browser;
+        let addr = extra_addr.clone();
+        async move {
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(8) {
+                let rows = browser.rows().await;
+                if rows.iter().any(|r| r.0 == addr && r.1 == health) {
+                    return Some(started.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            None
+        }
+    };
+    wait_for("up").await.expect("the added backend is shown up");
+    let _ = extra.kill();
+    let _ = extra.wait();
+    let down = wait_for("down")
+        .await
+        .unwrap_or_else(|| panic!("killed backend not shown down: {:?}", rows));
+    eprintln!("dashboard showed the killed backend down after {down:?}");
+
     // Let the charts fill a little, then keep a screenshot as an artifact.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let png = browser.screenshot().await;
     assert!(png.starts_with(b"\x89PNG"), "screenshot is a PNG");
     let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
