@@ -176,4 +176,58 @@ mod tests {
         assert_eq!(db.locate(ip("2001:db8::1")), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[tokio::test]
+    async fn geoip_db_is_shared_and_kept_across_reloads_while_the_file_is_unchanged() {
+        use crate::state::Runtime;
+        use fulcrum_config::{Command, Config};
+        use std::sync::Arc;
+        let dir = std::env::temp_dir().join(format!("fulcrum-geoip-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("city.mmdb");
+        let mut w = fulcrum_testbed::mmdb::MmdbWriter::new();
+        w.insert_v4("127.0.2.0".parse().unwrap(), 24, "Dublin", 53.35, -6.26);
+        std::fs::write(&path, w.to_bytes()).unwrap();
+        let config = |weight: u32| -> Config {
+            let listener = |name: &str| {
+                format!(
+                    "[[listener]]\nname = \"{name}\"\nbind = \"127.0.0.1:0\"\ncluster = \"app\"\ngeoip_db = {:?}\n",
+                    path.to_str().unwrap()
+                )
+            };
+            let text = format!(
+                "{}{}[cluster.app]\nalgorithm = \"geo\"\nbackends = [{{ address = \"127.0.0.1:9\", weight = {weight} }}]\n",
+                listener("a"),
+                listener("b")
+            );
+            fulcrum_config::parse(&text, None).unwrap()
+        };
+        let db = |runtime: &Runtime, name: &str| {
+            Arc::clone(runtime.snapshot().listeners[name].geoip.as_ref().unwrap())
+        };
+        let runtime = Runtime::new(config(1));
+        let first = db(&runtime, "a");
+        assert!(Arc::ptr_eq(&first, &db(&runtime, "b")), "one copy per file");
+        assert_eq!(
+            first.locate("127.0.2.1".parse().unwrap()),
+            GeoPoint::new(53.35, -6.26)
+        );
+        runtime
+            .apply([Command::Replace(Box::new(config(2)))])
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &db(&runtime, "a")), "kept by a reload");
+        // A replaced file (new size) is read again.
+        w.insert_v4("127.0.3.0".parse().unwrap(), 24, "Munich", 48.14, 11.58);
+        std::fs::write(&path, w.to_bytes()).unwrap();
+        runtime
+            .apply([Command::Replace(Box::new(config(3)))])
+            .unwrap();
+        let second = db(&runtime, "a");
+        assert!(!Arc::ptr_eq(&first, &second), "read again after a change");
+        assert_eq!(
+            second.locate("127.0.3.1".parse().unwrap()),
+            GeoPoint::new(48.14, 11.58)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
