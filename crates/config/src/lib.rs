@@ -73,7 +73,60 @@ pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
             Problem::new("", format!("cannot read the file: {e}")),
         )
     })?;
-    parse(&text, Some(&name))
+    let config = parse(&text, Some(&name))?;
+    let mut problems = check_files(&config);
+    if problems.is_empty() {
+        return Ok(config);
+    }
+    for p in &mut problems {
+        p.line = error::locate(&text, &p.key);
+    }
+    Err(ConfigError {
+        file: Some(name),
+        problems,
+    })
+}
+
+/// The MaxMind DB metadata marker; a `.mmdb` file ends with it followed by
+/// at most 128 KiB of metadata.
+const MMDB_METADATA_MARKER: &[u8] = b"\xAB\xCD\xEFMaxMind.com";
+
+/// Files the configuration names that must exist when it is loaded (and not
+/// only when it is parsed from text): each listener's `geoip_db` must be
+/// readable and look like a MaxMind-format database. The runtime opens it;
+/// this check makes a wrong path a load (and reload) error naming the key.
+pub fn check_files(config: &Config) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        let Some(path) = &l.geoip_db else { continue };
+        if let Err(why) = check_mmdb(std::path::Path::new(path)) {
+            problems.push(Problem::new(
+                format!("listener[{i}].geoip_db"),
+                format!("cannot use \"{path}\": {why}"),
+            ));
+        }
+    }
+    problems
+}
+
+/// Opens `path` and looks for the metadata marker in its last 128 KiB.
+fn check_mmdb(path: &std::path::Path) -> Result<(), String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const METADATA_MAX: u64 = 128 * 1024;
+    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let len = f.metadata().map_err(|e| e.to_string())?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(METADATA_MAX)))
+        .map_err(|e| e.to_string())?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).map_err(|e| e.to_string())?;
+    if tail
+        .windows(MMDB_METADATA_MARKER.len())
+        .any(|w| w == MMDB_METADATA_MARKER)
+    {
+        Ok(())
+    } else {
+        Err("not a MaxMind-format database (no metadata marker)".into())
+    }
 }
 
 /// `cluster.app.algoritm`, `listener[0].route[1].clustr`.

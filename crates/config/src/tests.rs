@@ -701,3 +701,40 @@ fn parse_rejects_bad_admission_and_geo_values_naming_the_key() {
     assert!(keys.contains(&"cluster.app.admission.limit"), "{p:?}");
     assert!(keys.contains(&"cluster.app.admission.classes"), "{p:?}");
 }
+
+#[test]
+fn load_refuses_a_geoip_db_that_is_missing_or_not_a_maxmind_file() {
+    let dir = std::env::temp_dir().join(format!("fulcrum-config-geoip-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_at = |db: &std::path::Path| {
+        let text = GOOD.replacen(
+            "protocol = \"http\"\n",
+            &format!(
+                "protocol = \"http\"\ngeoip_db = {:?}\n",
+                db.to_str().unwrap()
+            ),
+            1,
+        );
+        let path = dir.join("fulcrum.toml");
+        std::fs::write(&path, text).unwrap();
+        load(&path)
+    };
+    let err = config_at(&dir.join("missing.mmdb")).unwrap_err();
+    assert_eq!(err.problems[0].key, "listener[0].geoip_db", "{err}");
+    assert!(err.problems[0].line.is_some(), "{err}");
+    let bogus = dir.join("bogus.mmdb");
+    std::fs::write(&bogus, "not a database").unwrap();
+    let err = config_at(&bogus).unwrap_err();
+    assert!(err.problems[0].message.contains("MaxMind"), "{err}");
+    let good = dir.join("good.mmdb");
+    std::fs::write(&good, b"...tree...\xAB\xCD\xEFMaxMind.com...metadata...").unwrap();
+    assert!(config_at(&good).is_ok());
+    // Parsing text alone reads no files.
+    let text = GOOD.replacen(
+        "protocol = \"http\"\n",
+        "protocol = \"http\"\ngeoip_db = \"/nope.mmdb\"\n",
+        1,
+    );
+    assert!(parse(&text, None).is_ok());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -70,6 +70,9 @@ pub struct ListenerSnapshot {
     pub config: ListenerConfig,
     /// Compiled routes.
     pub routes: RouteTable,
+    /// The listener's `geoip_db`, loaded (shared by listeners naming the
+    /// same file, kept across reloads while the file is unchanged).
+    pub geoip: Option<Arc<crate::geoip::GeoIpDb>>,
 }
 
 /// Everything the request path needs, swapped atomically on change.
@@ -96,6 +99,8 @@ struct Control {
     /// buckets) the next build keeps.
     listeners: HashMap<String, Arc<ListenerSnapshot>>,
     admissions: HashMap<String, Arc<Admission>>,
+    /// Loaded GeoIP databases by path.
+    geoip: HashMap<String, Arc<crate::geoip::GeoIpDb>>,
 }
 
 /// The running configuration.
@@ -126,6 +131,7 @@ impl Runtime {
             metrics: Arc::clone(&metrics),
             listeners: HashMap::new(),
             admissions: HashMap::new(),
+            geoip: HashMap::new(),
         };
         let snapshot = control.build();
         Arc::new(Self {
@@ -205,6 +211,38 @@ impl Runtime {
 }
 
 impl Control {
+    /// Every listener's `geoip_db`, by path: the loaded copy while the file
+    /// is unchanged, else read again. A file that cannot be read (it was
+    /// checked when the configuration was loaded) is logged; the previous
+    /// copy, if any, stays in use.
+    fn load_geoip(&self) -> HashMap<String, Arc<crate::geoip::GeoIpDb>> {
+        let mut out = HashMap::new();
+        for l in &self.model.listeners {
+            let Some(path) = &l.geoip_db else { continue };
+            if out.contains_key(path) {
+                continue;
+            }
+            let previous = self.geoip.get(path);
+            let db = match previous {
+                Some(db) if db.is_current(path) => Some(Arc::clone(db)),
+                _ => match crate::geoip::GeoIpDb::open(path) {
+                    Ok(db) => {
+                        tracing::info!(listener = %l.name, file = %path, "geoip database loaded");
+                        Some(Arc::new(db))
+                    }
+                    Err(e) => {
+                        tracing::error!(listener = %l.name, file = %path, error = %e, "cannot read the geoip_db; clients are placed by header only");
+                        previous.cloned()
+                    }
+                },
+            };
+            if let Some(db) = db {
+                out.insert(path.clone(), db);
+            }
+        }
+        out
+    }
+
     fn build(&mut self) -> Snapshot {
         let now = clock::now();
         let mut live_states = HashMap::new();
@@ -306,6 +344,7 @@ impl Control {
         self.upstreams = live_upstreams;
         self.retry_budgets = live_budgets;
         self.admissions = live_admissions;
+        let geoip = self.load_geoip();
         let listeners = self
             .model
             .listeners
@@ -320,11 +359,13 @@ impl Control {
                     Arc::new(ListenerSnapshot {
                         config: l.clone(),
                         routes,
+                        geoip: l.geoip_db.as_ref().and_then(|p| geoip.get(p).cloned()),
                     }),
                 )
             })
             .collect::<HashMap<_, _>>();
         self.listeners = listeners.clone();
+        self.geoip = geoip;
         let snapshot = Snapshot {
             clusters,
             listeners,

@@ -21,6 +21,7 @@ use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use fastrand::Rng;
+use fulcrum_balance::selector::GeoPoint;
 use fulcrum_balance::{
     Algorithm, Backend, BackendSet, InFlightGuard, Nanos, Outcome, PickContext, Selector,
     SelectorConfig, SECOND,
@@ -28,7 +29,7 @@ use fulcrum_balance::{
 
 use crate::dist::{exponential, mix64};
 use crate::metrics::{cdf_points, percentile, Metrics, Shares};
-use crate::scenario::{Arrivals, FailureMode, Scenario};
+use crate::scenario::{Arrivals, Discipline, FailureMode, Scenario};
 use crate::server::{JobRef, Lru, Server};
 
 /// Builds a selector for a snapshot: normally `Algorithm::build`, or any
@@ -137,6 +138,112 @@ struct Collector {
     lookups: u64,
     hits: u64,
     final_backlog: Vec<u64>,
+    /// Measured requests from a client source (`[[clients]]`).
+    located: u64,
+    /// ... of which arrived while the client's home zone was up.
+    home_up: u64,
+    /// ... of those, served in the home zone.
+    in_zone: u64,
+    /// Located requests sent to a zone farther than one with headroom.
+    farther: u64,
+}
+
+/// A zone of the world: the backends sharing a `zone` name.
+struct SimZone {
+    centre: Option<GeoPoint>,
+    servers: Vec<usize>,
+}
+
+/// A client source with its zones ordered nearest first.
+struct SimClient {
+    point: GeoPoint,
+    /// Cumulative share, for drawing a source per arrival.
+    cumulative: f64,
+    /// `(zone, distance km)`, nearest first; the first is the home zone.
+    order: Vec<(usize, f64)>,
+}
+
+/// The map: zones, which zone each server is in, and the client sources.
+#[derive(Default)]
+struct Geography {
+    zones: Vec<SimZone>,
+    server_zone: Vec<Option<usize>>,
+    clients: Vec<SimClient>,
+}
+
+impl Geography {
+    fn new(sc: &Scenario, world: &[World]) -> Self {
+        let mut names: Vec<&str> = Vec::new();
+        let mut zones: Vec<SimZone> = Vec::new();
+        let mut server_zone = Vec::new();
+        for (s, w) in world.iter().enumerate() {
+            let zone = sc.groups[w.group]
+                .location
+                .as_ref()
+                .and_then(|l| l.zone.as_deref());
+            let Some(zone) = zone else {
+                server_zone.push(None);
+                continue;
+            };
+            let z = match names.iter().position(|n| *n == zone) {
+                Some(z) => z,
+                None => {
+                    names.push(zone);
+                    zones.push(SimZone {
+                        centre: None,
+                        servers: Vec::new(),
+                    });
+                    names.len() - 1
+                }
+            };
+            zones[z].servers.push(s);
+            server_zone.push(Some(z));
+        }
+        for z in &mut zones {
+            let points: Vec<GeoPoint> = z
+                .servers
+                .iter()
+                .filter_map(|&s| sc.groups[world[s].group].location.as_ref()?.point)
+                .collect();
+            let n = points.len() as f64;
+            if n > 0.0 {
+                z.centre = GeoPoint::new(
+                    points.iter().map(|p| p.lat).sum::<f64>() / n,
+                    points.iter().map(|p| p.lon).sum::<f64>() / n,
+                );
+            }
+        }
+        let total: f64 = sc.clients.iter().map(|c| c.share).sum();
+        let mut acc = 0.0;
+        let clients = sc
+            .clients
+            .iter()
+            .map(|c| {
+                acc += c.share / total;
+                let mut order: Vec<(usize, f64)> = zones
+                    .iter()
+                    .enumerate()
+                    .map(|(i, z)| {
+                        (
+                            i,
+                            z.centre.map_or(f64::INFINITY, |p| c.point.distance_km(p)),
+                        )
+                    })
+                    .collect();
+                order.sort_by(|a, b| a.1.total_cmp(&b.1));
+                SimClient {
+                    point: c.point,
+                    cumulative: acc,
+                    order,
+                }
+            })
+            .collect();
+        Geography {
+            zones,
+            server_zone,
+            clients,
+        }
+    }
 }
 
 enum ArrivalSource {
@@ -150,6 +257,7 @@ const STREAM_SERVICE: u64 = 0xb2;
 const STREAM_KEYS: u64 = 0xc3;
 const STREAM_WORLD: u64 = 0xd4;
 const STREAM_PROXY: u64 = 0xe5;
+const STREAM_CLIENTS: u64 = 0xf6;
 
 fn stream(seed: u64, tag: u64, index: u64) -> Rng {
     Rng::with_seed(mix64(mix64(seed ^ (tag << 56)) ^ index))
@@ -170,6 +278,8 @@ struct Engine<'a> {
     rng_service: Rng,
     rng_keys: Rng,
     rng_world: Rng,
+    rng_clients: Rng,
+    geo: Geography,
     stats: Collector,
     done: Vec<JobRef>,
     /// Requests each server has from the proxies' point of view (sent and
@@ -202,7 +312,11 @@ impl<'a> Engine<'a> {
             .map(|p| {
                 let all: Vec<Backend> = world
                     .iter()
-                    .map(|w| Backend::new(w.name.clone(), sc.groups[w.group].weight))
+                    .map(|w| {
+                        let mut b = Backend::new(w.name.clone(), sc.groups[w.group].weight);
+                        b.location = sc.groups[w.group].location.clone();
+                        b
+                    })
                     .collect();
                 let (members, set) = snapshot(&all, &world, sc);
                 ProxyView {
@@ -219,6 +333,7 @@ impl<'a> Engine<'a> {
             Arrivals::Trace(records) => ArrivalSource::Trace(Arc::clone(records), 0),
         };
         let n = world.len();
+        let geo = Geography::new(sc, &world);
         Engine {
             sc,
             build,
@@ -234,6 +349,8 @@ impl<'a> Engine<'a> {
             rng_service: stream(seed, STREAM_SERVICE, 0),
             rng_keys: stream(seed, STREAM_KEYS, 0),
             rng_world: stream(seed, STREAM_WORLD, 0),
+            rng_clients: stream(seed, STREAM_CLIENTS, 0),
+            geo,
             stats: Collector {
                 dispatched: vec![0; n],
                 ..Collector::default()
@@ -443,13 +560,21 @@ impl<'a> Engine<'a> {
             self.stats.measured += 1;
         }
 
+        let source = (!self.geo.clients.is_empty()).then(|| {
+            let u = self.rng_clients.f64();
+            let clients = &self.geo.clients;
+            clients
+                .iter()
+                .position(|c| u < c.cumulative)
+                .unwrap_or(clients.len() - 1)
+        });
         let view = &mut self.proxies[proxy];
         let mut ctx = PickContext {
             now,
             key,
             rng: &mut view.rng,
             exclude: &[],
-            client: None,
+            client: source.map(|c| self.geo.clients[c].point),
         };
         let Some(id) = view.selector.pick(&view.set, &mut ctx) else {
             if measured {
@@ -461,6 +586,9 @@ impl<'a> Engine<'a> {
         let guard = Some(view.set.get(id).state.load.start());
         if measured {
             self.stats.dispatched[server] += 1;
+            if let Some(c) = source {
+                self.account_geo(c, server);
+            }
         }
         self.outstanding[server] += 1;
         let job = self.alloc(Request {
@@ -512,6 +640,52 @@ impl<'a> Engine<'a> {
         }
         self.world[server].server.admit(now, work, job);
         self.reschedule(server);
+    }
+
+    /// Whether server `s` can take work now: a member outside any failure
+    /// window.
+    fn serving(&self, s: usize) -> bool {
+        let now = self.now;
+        self.world[s].member
+            && !self.sc.groups[self.world[s].group]
+                .failures
+                .iter()
+                .any(|f| f.from <= now && now < f.until)
+    }
+
+    /// Whether zone `z` has a serving backend with an idle worker (the
+    /// ground truth, not any proxy's view).
+    fn zone_has_headroom(&self, z: usize) -> bool {
+        self.geo.zones[z].servers.iter().any(|&s| {
+            let g = &self.sc.groups[self.world[s].group];
+            self.serving(s)
+                && (g.discipline == Discipline::Delay
+                    || self.world[s].server.in_system() < g.workers as usize)
+        })
+    }
+
+    /// Counts a measured request from client source `c` sent to `server`,
+    /// before the server admits it.
+    fn account_geo(&mut self, c: usize, server: usize) {
+        let order = &self.geo.clients[c].order;
+        let served = self.geo.server_zone[server];
+        let home = order.first().map(|o| o.0);
+        let home_up =
+            home.is_some_and(|h| self.geo.zones[h].servers.iter().all(|&s| self.serving(s)));
+        let served_km = served
+            .and_then(|z| order.iter().find(|o| o.0 == z))
+            .map_or(f64::INFINITY, |o| o.1);
+        let farther = order
+            .iter()
+            .take_while(|o| o.1 < served_km)
+            .any(|o| self.zone_has_headroom(o.0));
+        let st = &mut self.stats;
+        st.located += 1;
+        if home_up {
+            st.home_up += 1;
+            st.in_zone += u64::from(served.is_some() && served == home);
+        }
+        st.farther += u64::from(farther);
     }
 
     fn alloc(&mut self, mut request: Request) -> JobRef {
@@ -740,6 +914,8 @@ impl<'a> Engine<'a> {
                 .copied()
                 .unwrap_or(0) as f64,
             hit_rate: (st.lookups > 0).then(|| st.hits as f64 / st.lookups as f64),
+            in_zone_share: (st.home_up > 0).then(|| st.in_zone as f64 / st.home_up as f64),
+            farther_while_headroom: (st.located > 0).then(|| st.farther as f64 / st.located as f64),
             unfinished,
             final_backlog: std::mem::take(&mut st.final_backlog),
             cdf: cdf_points(&st.latencies),

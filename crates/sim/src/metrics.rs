@@ -63,6 +63,14 @@ pub struct Metrics {
     pub rif_p99: f64,
     /// Cache hit rate, when backends have caches.
     pub hit_rate: Option<f64>,
+    /// With `[[clients]]`: the fraction of requests served in the client's
+    /// home zone (the nearest), over requests arriving while every backend
+    /// of that zone was up (outside failure windows).
+    pub in_zone_share: Option<f64>,
+    /// With `[[clients]]`: the fraction of requests sent to a zone farther
+    /// than another zone that had headroom (a serving backend with an idle
+    /// worker) when they were sent.
+    pub farther_while_headroom: Option<f64>,
     /// Measured requests neither answered nor timed out when the run ended
     /// (only possible without a timeout, e.g. a server stopped for good).
     pub unfinished: u64,
@@ -167,6 +175,12 @@ impl Metrics {
             max_avg_inflight_peak: f(&|m| m.max_avg_inflight_peak),
             rif_p99: f(&|m| m.rif_p99),
             hit_rate: first.hit_rate.map(|_| f(&|m| m.hit_rate.unwrap_or(0.0))),
+            in_zone_share: first
+                .in_zone_share
+                .map(|_| f(&|m| m.in_zone_share.unwrap_or(0.0))),
+            farther_while_headroom: first
+                .farther_while_headroom
+                .map(|_| f(&|m| m.farther_while_headroom.unwrap_or(0.0))),
             unfinished: f(&|m| m.unfinished as f64) as u64,
             final_backlog: (0..backlog_len)
                 .map(|i| f(&|m| m.final_backlog.get(i).copied().unwrap_or(0) as f64) as u64)

@@ -14,7 +14,7 @@ pub fn json(c: &Comparison) -> String {
 /// CSV with a header line; per-backend shares as `share:<backend>` columns.
 pub fn csv(c: &Comparison) -> String {
     let mut out = String::from(
-        "scenario,algorithm,seeds,requests,p50_ms,p99_ms,p999_ms,mean_ms,timeout_rate,error_rate,share_cov,max_avg_inflight,max_avg_inflight_peak,rif_p99,hit_rate,unfinished",
+        "scenario,algorithm,seeds,requests,p50_ms,p99_ms,p999_ms,mean_ms,timeout_rate,error_rate,share_cov,max_avg_inflight,max_avg_inflight_peak,rif_p99,hit_rate,unfinished,in_zone_share,farther_while_headroom",
     );
     let backends: Vec<&str> = c
         .results
@@ -36,7 +36,7 @@ pub fn csv(c: &Comparison) -> String {
         let m = &r.metrics;
         let _ = write!(
             out,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             c.scenario,
             r.algorithm,
             r.seeds,
@@ -53,6 +53,10 @@ pub fn csv(c: &Comparison) -> String {
             m.rif_p99,
             m.hit_rate.map(|h| h.to_string()).unwrap_or_default(),
             m.unfinished,
+            m.in_zone_share.map(|h| h.to_string()).unwrap_or_default(),
+            m.farther_while_headroom
+                .map(|h| h.to_string())
+                .unwrap_or_default(),
         );
         for (_, share) in &m.backend_share.0 {
             let _ = write!(out, ",{share}");
@@ -86,6 +90,8 @@ pub fn table(c: &Comparison) -> String {
         "max/avg IF",
         "RIF p99",
         "hit rate",
+        "in-zone",
+        "farther",
     ];
     let mut rows: Vec<Vec<String>> = Vec::new();
     for r in &c.results {
@@ -101,7 +107,20 @@ pub fn table(c: &Comparison) -> String {
             format!("{:.2}", m.max_avg_inflight),
             format!("{:.0}", m.rif_p99),
             m.hit_rate.map(percent).unwrap_or_else(|| "-".to_owned()),
+            m.in_zone_share
+                .map(percent)
+                .unwrap_or_else(|| "-".to_owned()),
+            m.farther_while_headroom
+                .map(percent)
+                .unwrap_or_else(|| "-".to_owned()),
         ]);
+    }
+    // The geography columns only for scenarios with client sources.
+    let geo = c.results.iter().any(|r| r.metrics.in_zone_share.is_some());
+    let mut headers = headers.to_vec();
+    if !geo {
+        headers.truncate(headers.len() - 2);
+        rows.iter_mut().for_each(|r| r.truncate(r.len() - 2));
     }
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in &rows {
@@ -126,7 +145,7 @@ pub fn table(c: &Comparison) -> String {
         s.push('\n');
         s
     };
-    out.push_str(&line(headers.to_vec()));
+    out.push_str(&line(headers.clone()));
     for row in &rows {
         out.push_str(&line(row.iter().map(String::as_str).collect()));
     }

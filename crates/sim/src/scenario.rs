@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use fulcrum_balance::selector::{GeoPoint, Location};
 use fulcrum_balance::{Nanos, SelectorConfig, SECOND};
 use serde::Deserialize;
 
@@ -72,7 +73,21 @@ struct FileScenario {
     service: FileService,
     keys: Option<FileKeys>,
     reports: Option<FileReports>,
+    geo_max_in_flight: Option<u32>,
+    #[serde(default)]
+    clients: Vec<FileClient>,
     backends: Vec<FileBackendGroup>,
+}
+
+/// One source of clients placed on the map (`[[clients]]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileClient {
+    name: String,
+    lat: f64,
+    lon: f64,
+    #[serde(default = "unit_speed")]
+    share: f64,
 }
 
 fn one() -> usize {
@@ -154,6 +169,9 @@ struct FileBackendGroup {
     #[serde(default)]
     failures: Vec<FileFailure>,
     cache: Option<FileCache>,
+    zone: Option<String>,
+    lat: Option<f64>,
+    lon: Option<f64>,
 }
 
 fn one_u32() -> u32 {
@@ -243,6 +261,20 @@ pub struct Scenario {
     pub reports: Option<Reports>,
     /// Backend groups, in order; backend ids follow this order.
     pub groups: Vec<BackendGroup>,
+    /// Where requests come from (`[[clients]]`); empty = nowhere in
+    /// particular (`PickContext.client` stays `None`).
+    pub clients: Vec<ClientSource>,
+}
+
+/// A source of requests at a point on the map.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientSource {
+    /// Shown in reports.
+    pub name: String,
+    /// Where its requests come from (handed to `PickContext.client`).
+    pub point: GeoPoint,
+    /// Relative share of the arrivals (normalised over all sources).
+    pub share: f64,
 }
 
 /// How requests arrive.
@@ -450,6 +482,8 @@ pub struct BackendGroup {
     pub failures: Vec<Failure>,
     /// Per-backend cache.
     pub cache: Option<Cache>,
+    /// Zone and coordinates given to the selectors (`zone`, `lat`, `lon`).
+    pub location: Option<Location>,
 }
 
 impl Scenario {
@@ -580,6 +614,9 @@ impl Validator<'_> {
         #[allow(clippy::needless_update)]
         let selector = SelectorConfig {
             decay: f.decay.map_or(SelectorConfig::default().decay, |d| d.0),
+            geo_max_in_flight: f
+                .geo_max_in_flight
+                .unwrap_or(SelectorConfig::default().geo_max_in_flight),
             ..SelectorConfig::default()
         };
         let sample_interval = f
@@ -587,6 +624,26 @@ impl Validator<'_> {
             .map_or(10 * fulcrum_balance::MILLISECOND, |d| d.0);
         if sample_interval == 0 {
             return Err(self.invalid("sample_interval", "must be positive"));
+        }
+        if f.geo_max_in_flight == Some(0) {
+            return Err(self.invalid("geo_max_in_flight", "must be at least 1"));
+        }
+        let mut clients = Vec::new();
+        for (i, c) in f.clients.iter().enumerate() {
+            let Some(point) = GeoPoint::new(c.lat, c.lon) else {
+                return Err(self.invalid(
+                    &format!("clients[{i}]"),
+                    "needs -90 <= lat <= 90 and -180 <= lon <= 180",
+                ));
+            };
+            if !(c.share.is_finite() && c.share > 0.0) {
+                return Err(self.invalid(&format!("clients[{i}].share"), "must be positive"));
+            }
+            clients.push(ClientSource {
+                name: c.name.clone(),
+                point,
+                share: c.share,
+            });
         }
         Ok(Scenario {
             name,
@@ -605,6 +662,7 @@ impl Validator<'_> {
             keys,
             reports,
             groups,
+            clients,
         })
     }
 
@@ -921,6 +979,18 @@ impl Validator<'_> {
                 return Err(self.invalid(&key("leave_at"), "must be after join_at"));
             }
         }
+        let point = match (g.lat, g.lon) {
+            (None, None) => None,
+            (Some(lat), Some(lon)) => Some(GeoPoint::new(lat, lon).ok_or_else(|| {
+                self.invalid(&key("lat"), "needs -90 <= lat <= 90 and -180 <= lon <= 180")
+            })?),
+            _ => return Err(self.invalid(&key("lat"), "give both lat and lon, or neither")),
+        };
+        let location = (g.zone.is_some() || point.is_some()).then(|| Location {
+            zone: g.zone.as_deref().map(Arc::from),
+            region: None,
+            point,
+        });
         Ok(BackendGroup {
             name: g.name.clone(),
             count: g.count,
@@ -935,6 +1005,7 @@ impl Validator<'_> {
             stalls,
             failures,
             cache,
+            location,
         })
     }
 }

@@ -178,3 +178,71 @@ fn each_proxy_learns_only_from_its_own_requests() {
         "proxies split traffic evenly: {a} vs {b}"
     );
 }
+
+/// S8 reduced: two zones of two backends, a client source near each, the
+/// first zone failing for a while.
+const TWO_ZONES: &str = r#"
+    duration = "12s"
+    warmup = "1s"
+    timeout = "1s"
+    geo_max_in_flight = 3
+    [arrivals]
+    process = "poisson"
+    load = 0.4
+    [service]
+    distribution = "exponential"
+    mean = "2ms"
+    [[clients]]
+    name = "cork"
+    lat = 51.9
+    lon = -8.47
+    [[clients]]
+    name = "new-york"
+    lat = 40.7
+    lon = -74.0
+    [[backends]]
+    name = "dublin"
+    count = 2
+    workers = 2
+    zone = "eu-west"
+    lat = 53.35
+    lon = -6.26
+    failures = [{ mode = "fail-fast", from = "6s", until = "9s", detect = "0s" }]
+    [[backends]]
+    name = "virginia"
+    count = 2
+    workers = 2
+    zone = "us-east"
+    lat = 38.9
+    lon = -77.4
+"#;
+
+#[test]
+fn geo_keeps_clients_in_their_zone_and_fails_over_without_errors() {
+    let sc = scenario(TWO_ZONES);
+    for seed in 1..=3 {
+        let m = run(&sc, Algorithm::Geo, seed);
+        let in_zone = m.in_zone_share.expect("clients give an in-zone share");
+        let farther = m.farther_while_headroom.expect("and a farther share");
+        assert!(in_zone >= 0.95, "seed {seed}: in-zone {in_zone}");
+        assert!(farther <= 0.02, "seed {seed}: farther {farther}");
+        assert_eq!(m.error_rate, 0.0, "seed {seed}");
+        assert_eq!(m.timeout_rate, 0.0, "seed {seed}");
+        // Virginia served Cork while Dublin was down (3 s of 11 s measured).
+        assert!(m.group_share.get("virginia").unwrap() > 0.55, "{m:?}");
+    }
+    // A selector blind to the client's position serves about half in-zone.
+    let rr = run(&sc, Algorithm::RoundRobin, 1);
+    let in_zone = rr.in_zone_share.unwrap();
+    assert!(
+        (0.4..0.6).contains(&in_zone),
+        "round-robin in-zone {in_zone}"
+    );
+}
+
+#[test]
+fn scenarios_without_clients_have_no_geo_metrics() {
+    let m = run(&scenario(TWO_BACKENDS), Algorithm::RoundRobin, 1);
+    assert_eq!(m.in_zone_share, None);
+    assert_eq!(m.farther_while_headroom, None);
+}

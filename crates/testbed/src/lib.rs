@@ -9,7 +9,9 @@
 //!   worker capacity, failure modes (fail, flaky, black hole, reset), health
 //!   toggling, body checksums and optional load reports;
 //! - [`load`]: a closed- or open-loop HTTP load generator that counts answers
-//!   per status and per backend and records latencies.
+//!   per status and per backend and records latencies;
+//! - [`mmdb`]: a minimal MaxMind DB writer, so GeoIP tests build their own
+//!   database.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -26,6 +28,7 @@
 
 pub mod backend;
 pub mod load;
+pub mod mmdb;
 
 pub use backend::{
     pattern, pattern_chunk, pattern_chunks, pattern_sha256, spawn_backend, BackendOptions,

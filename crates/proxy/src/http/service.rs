@@ -114,11 +114,13 @@ async fn proxy(
         let trusted = admission::trusted(&listener.config.priority_from, conn.peer.ip());
         a.classify(route_priority, req.headers(), trusted)
     });
-    // Geo: the client's position, from a trusted header.
+    // Geo: the client's position, from a trusted header, else from the
+    // listener's GeoIP database.
     let client = (cluster.config.algorithm == fulcrum_balance::Algorithm::Geo)
         .then(|| {
             let trusted = admission::trusted(&listener.config.location_from, conn.peer.ip());
             geoip::client_location(req.headers(), trusted, &cluster.set)
+                .or_else(|| listener.geoip.as_ref()?.locate(conn.peer.ip()))
         })
         .flatten();
     drop(snapshot);
