@@ -256,6 +256,8 @@ fn key_lists_match_the_file_shapes() {
         body_contains: s(),
         jitter: s(),
         unhealthy_interval: s(),
+        send: s(),
+        expect: s(),
     };
     let outlier = file::FileOutlier {
         consecutive_failures: Some(1),
@@ -287,8 +289,17 @@ fn key_lists_match_the_file_shapes() {
         sticky: Some(sticky),
         geo_max_in_flight: Some(1),
         admission: Some(file::FileAdmission::default()),
+        tls: Some(file::FileUpstreamTls::default()),
     };
     assert_eq!(keys(&cluster), sorted(file::FileCluster::KEYS));
+    let upstream_tls = file::FileUpstreamTls {
+        ca: s(),
+        sni: s(),
+        cert: s(),
+        key: s(),
+        verify: Some(true),
+    };
+    assert_eq!(keys(&upstream_tls), sorted(file::FileUpstreamTls::KEYS));
     let admission = file::FileAdmission {
         limit: Some(1),
         adaptive: Some(true),
@@ -309,6 +320,7 @@ fn key_lists_match_the_file_shapes() {
         region: s(),
         lat: Some(1.0),
         lon: Some(1.0),
+        tls_sni: s(),
     };
     assert_eq!(keys(&backend), sorted(file::FileBackend::KEYS));
     let admin = file::FileAdmin {
