@@ -72,6 +72,23 @@ impl Validator {
                 );
             }
         }
+        for (i, l) in listeners.iter().enumerate() {
+            if l.protocol == Protocol::Http {
+                continue;
+            }
+            let used = l
+                .cluster
+                .iter()
+                .chain(l.sni_routes.iter().map(|r| &r.cluster));
+            for name in used {
+                if clusters.get(name).is_some_and(|c| c.tls.is_some()) {
+                    self.problem(
+                        format!("cluster.{name}.tls"),
+                        format!("TLS to backends is for http listeners; listener[{i}] (`{}`) forwards {} to this cluster in plain text; remove `tls` or use a separate cluster", l.name, l.protocol.as_str()),
+                    );
+                }
+            }
+        }
         if listeners.is_empty() {
             self.problem(
                 "listener",
