@@ -362,6 +362,8 @@ pub struct FileCluster {
     pub geo_max_in_flight: Option<u32>,
     /// Concurrency limit, priority queue and load shedding.
     pub admission: Option<FileAdmission>,
+    /// TLS to the backends.
+    pub tls: Option<FileUpstreamTls>,
 }
 
 impl FileCluster {
@@ -389,7 +391,29 @@ impl FileCluster {
         "sticky",
         "geo_max_in_flight",
         "admission",
+        "tls",
     ];
+}
+
+/// `tls = { ca, sni, cert, key, verify }` of a cluster: TLS to its backends.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct FileUpstreamTls {
+    /// PEM file of the CAs that sign the backends' certificates (default:
+    /// the Mozilla root set).
+    pub ca: Option<String>,
+    /// Server name sent and verified (default: the backend address's host).
+    pub sni: Option<String>,
+    /// PEM client certificate chain (mTLS).
+    pub cert: Option<String>,
+    /// PEM client private key (mTLS).
+    pub key: Option<String>,
+    /// Verify the backends' certificates (default true).
+    pub verify: Option<bool>,
+}
+
+impl FileUpstreamTls {
+    /// Keys of a cluster's `tls`.
+    pub const KEYS: &'static [&'static str] = &["ca", "sni", "cert", "key", "verify"];
 }
 
 /// One backend in `backends = [...]`.
@@ -409,12 +433,15 @@ pub struct FileBackend {
     pub lat: Option<f64>,
     /// Longitude in degrees.
     pub lon: Option<f64>,
+    /// Server name for TLS to this backend (overrides the cluster's `tls.sni`).
+    pub tls_sni: Option<String>,
 }
 
 impl FileBackend {
     /// Keys of a backend.
-    pub const KEYS: &'static [&'static str] =
-        &["address", "weight", "state", "zone", "region", "lat", "lon"];
+    pub const KEYS: &'static [&'static str] = &[
+        "address", "weight", "state", "zone", "region", "lat", "lon", "tls_sni",
+    ];
 }
 
 /// `[cluster.NAME.admission]`.
@@ -480,6 +507,10 @@ pub struct FileHealth {
     pub jitter: Option<String>,
     /// Time between probes while a backend is down.
     pub unhealthy_interval: Option<String>,
+    /// Bytes a TCP check sends after connecting.
+    pub send: Option<String>,
+    /// Bytes the reply to a TCP check must start with.
+    pub expect: Option<String>,
 }
 
 impl FileHealth {
@@ -497,6 +528,8 @@ impl FileHealth {
         "body_contains",
         "jitter",
         "unhealthy_interval",
+        "send",
+        "expect",
     ];
 }
 

@@ -189,6 +189,7 @@ fn known_keys(parent: &str) -> &'static [&'static str] {
         ["cluster", _, "health"] => FileHealth::KEYS,
         ["cluster", _, "outlier"] => FileOutlier::KEYS,
         ["cluster", _, "admission"] => FileAdmission::KEYS,
+        ["cluster", _, "tls"] => FileUpstreamTls::KEYS,
         _ => &[],
     }
 }

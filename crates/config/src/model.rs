@@ -460,6 +460,23 @@ pub struct ClusterConfig {
     pub geo_max_in_flight: u32,
     /// Concurrency limit and priority queue; `None` admits everything.
     pub admission: Option<AdmissionConfig>,
+    /// TLS to the backends, if configured.
+    pub tls: Option<UpstreamTlsConfig>,
+}
+
+/// TLS from Fulcrum to a cluster's backends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamTlsConfig {
+    /// PEM file of trusted CAs; `None` trusts the Mozilla root set.
+    pub ca: Option<String>,
+    /// Server name for every backend; `None` uses each address's host.
+    pub sni: Option<String>,
+    /// Server names of single backends (`tls_sni`), by address.
+    pub backend_sni: std::collections::BTreeMap<String, String>,
+    /// Client certificate and key presented to backends (mTLS).
+    pub client_cert: Option<CertificateConfig>,
+    /// Whether backends' certificates are verified (default true).
+    pub verify: bool,
 }
 
 /// A cluster's admission control: concurrency limit, priority queue,
@@ -625,6 +642,7 @@ impl ClusterConfig {
             sticky: None,
             geo_max_in_flight: fulcrum_balance::selector::DEFAULT_GEO_MAX_IN_FLIGHT,
             admission: None,
+            tls: None,
         }
     }
 }
@@ -696,6 +714,10 @@ pub struct HealthConfig {
     /// Time between probes while a backend is down: shorter, so a recovered
     /// backend is back sooner.
     pub unhealthy_interval: Duration,
+    /// TCP checks: bytes sent once connected, if any.
+    pub send: Option<String>,
+    /// TCP checks: the reply must start with these bytes, if set.
+    pub expect: Option<String>,
 }
 
 impl Default for HealthConfig {
@@ -714,6 +736,8 @@ impl Default for HealthConfig {
             body_contains: None,
             jitter: Duration::from_millis(100),
             unhealthy_interval: Duration::from_millis(500),
+            send: None,
+            expect: None,
         }
     }
 }

@@ -256,6 +256,8 @@ fn key_lists_match_the_file_shapes() {
         body_contains: s(),
         jitter: s(),
         unhealthy_interval: s(),
+        send: s(),
+        expect: s(),
     };
     let outlier = file::FileOutlier {
         consecutive_failures: Some(1),
@@ -287,8 +289,17 @@ fn key_lists_match_the_file_shapes() {
         sticky: Some(sticky),
         geo_max_in_flight: Some(1),
         admission: Some(file::FileAdmission::default()),
+        tls: Some(file::FileUpstreamTls::default()),
     };
     assert_eq!(keys(&cluster), sorted(file::FileCluster::KEYS));
+    let upstream_tls = file::FileUpstreamTls {
+        ca: s(),
+        sni: s(),
+        cert: s(),
+        key: s(),
+        verify: Some(true),
+    };
+    assert_eq!(keys(&upstream_tls), sorted(file::FileUpstreamTls::KEYS));
     let admission = file::FileAdmission {
         limit: Some(1),
         adaptive: Some(true),
@@ -309,6 +320,7 @@ fn key_lists_match_the_file_shapes() {
         region: s(),
         lat: Some(1.0),
         lon: Some(1.0),
+        tls_sni: s(),
     };
     assert_eq!(keys(&backend), sorted(file::FileBackend::KEYS));
     let admin = file::FileAdmin {
@@ -737,4 +749,76 @@ fn load_refuses_a_geoip_db_that_is_missing_or_not_a_maxmind_file() {
     );
     assert!(parse(&text, None).is_ok());
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn parse_accepts_upstream_tls_and_tcp_check_bytes() {
+    let dir = std::env::temp_dir().join(format!("fulcrum-config-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(
+        &ca,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let text = GOOD
+        .replace(
+            "{ address = \"127.0.0.1:9002\", weight = 2 },",
+            "{ address = \"127.0.0.1:9002\", weight = 2, tls_sni = \"b.internal\" },",
+        )
+        .replace(
+            "[cluster.app.health]",
+            &format!(
+                "tls = {{ ca = \"{}\", sni = \"app.internal\" }}\n[cluster.app.health]",
+                ca.display()
+            ),
+        )
+        .replace(
+            "[cluster.api]\n",
+            "[cluster.api]\nhealth = { type = \"tcp\", send = \"PING\\r\\n\", expect = \"+PONG\" }\n",
+        );
+    let c = parse(&text, None).unwrap();
+    let tls = c.clusters["app"].tls.as_ref().unwrap();
+    assert_eq!(tls.sni.as_deref(), Some("app.internal"));
+    assert!(tls.verify);
+    assert_eq!(tls.backend_sni["127.0.0.1:9002"], "b.internal");
+    let h = c.clusters["api"].health.as_ref().unwrap();
+    assert_eq!(h.send.as_deref(), Some("PING\r\n"));
+    assert_eq!(h.expect.as_deref(), Some("+PONG"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn parse_refuses_bad_upstream_tls_naming_the_key() {
+    let text = GOOD
+        .replace(
+            "{ address = \"localhost:9003\" }",
+            "{ address = \"localhost:9003\", tls_sni = \"x\" }",
+        )
+        .replace(
+            "[cluster.app.health]",
+            "tls = { ca = \"/nonexistent/ca.pem\", cert = \"/nonexistent/c.crt\" }\n[cluster.app.health]\nsend = \"PING\"",
+        );
+    let p = problems(&text);
+    let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    for k in [
+        "cluster.app.tls.ca",
+        "cluster.app.tls.cert",
+        "cluster.app.tls.key",
+        "cluster.api.backends[0].tls_sni",
+        "cluster.app.health.send",
+    ] {
+        assert!(keys.contains(&k), "{k} missing from {p:?}");
+    }
+    let ca = p.iter().find(|p| p.key == "cluster.app.tls.ca").unwrap();
+    assert!(
+        ca.message.contains("cannot read `/nonexistent/ca.pem`"),
+        "{ca:?}"
+    );
+
+    // A tcp listener would forward in plain text: refused.
+    let l4 = "[[listener]]\nname = \"t\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\ncluster = \"db\"\n\
+              [cluster.db]\nbackends = [{ address = \"127.0.0.1:5432\" }]\ntls = { verify = false }\n";
+    let keys: Vec<String> = problems(l4).into_iter().map(|p| p.key).collect();
+    assert_eq!(keys, ["cluster.db.tls"]);
 }

@@ -72,6 +72,23 @@ impl Validator {
                 );
             }
         }
+        for (i, l) in listeners.iter().enumerate() {
+            if l.protocol == Protocol::Http {
+                continue;
+            }
+            let used = l
+                .cluster
+                .iter()
+                .chain(l.sni_routes.iter().map(|r| &r.cluster));
+            for name in used {
+                if clusters.get(name).is_some_and(|c| c.tls.is_some()) {
+                    self.problem(
+                        format!("cluster.{name}.tls"),
+                        format!("TLS to backends is for http listeners; listener[{i}] (`{}`) forwards {} to this cluster in plain text; remove `tls` or use a separate cluster", l.name, l.protocol.as_str()),
+                    );
+                }
+            }
+        }
         if listeners.is_empty() {
             self.problem(
                 "listener",
@@ -586,6 +603,7 @@ impl Validator {
             .admission
             .as_ref()
             .map(|a| self.admission(&key("admission"), a));
+        c.tls = self.upstream_tls(name, file);
         c.proxy_protocol = match file.proxy_protocol.as_deref() {
             None | Some("none") => None,
             Some("v1") => Some(ProxyProtocol::V1),
@@ -599,6 +617,78 @@ impl Validator {
             }
         };
         c
+    }
+
+    /// A cluster's `tls` and its backends' `tls_sni`.
+    fn upstream_tls(&mut self, name: &str, file: &FileCluster) -> Option<UpstreamTlsConfig> {
+        let key = format!("cluster.{name}.tls");
+        let mut backend_sni = BTreeMap::new();
+        for (i, b) in file.backends.iter().flatten().enumerate() {
+            let Some(sni) = &b.tls_sni else { continue };
+            let bkey = format!("cluster.{name}.backends[{i}].tls_sni");
+            if file.tls.is_none() {
+                self.problem(
+                    &bkey,
+                    "only used for TLS to backends; add tls = {} to the cluster or remove it",
+                );
+            }
+            self.server_name(&bkey, sni);
+            if let Some(address) = &b.address {
+                backend_sni.insert(address.clone(), sni.clone());
+            }
+        }
+        let t = file.tls.as_ref()?;
+        if let Some(ca) = &t.ca {
+            match std::fs::read_to_string(ca) {
+                Ok(text) if text.contains("-----BEGIN CERTIFICATE-----") => {}
+                Ok(_) => self.problem(
+                    format!("{key}.ca"),
+                    format!("`{ca}` holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
+                ),
+                Err(e) => self.problem(
+                    format!("{key}.ca"),
+                    format!(
+                        "cannot read `{ca}`: {e} (relative paths start in the working directory)"
+                    ),
+                ),
+            }
+        }
+        if let Some(sni) = &t.sni {
+            self.server_name(&format!("{key}.sni"), sni);
+        }
+        let client_cert = match (&t.cert, &t.key) {
+            (None, None) => None,
+            (cert, k) => self.certificate(&key, cert.as_deref(), k.as_deref()),
+        };
+        let verify = t.verify.unwrap_or(true);
+        if !verify && t.ca.is_some() {
+            self.problem(
+                format!("{key}.verify"),
+                "verify = false ignores `ca`; remove one of them",
+            );
+        }
+        Some(UpstreamTlsConfig {
+            ca: t.ca.clone(),
+            sni: t.sni.clone(),
+            backend_sni,
+            client_cert,
+            verify,
+        })
+    }
+
+    /// A TLS server name: a DNS name or an IP address.
+    fn server_name(&mut self, key: &str, name: &str) {
+        let ok = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'));
+        if !ok {
+            self.problem(
+                key,
+                format!("`{name}` is not a server name; write a DNS name such as \"api.internal\""),
+            );
+        }
     }
 
     fn admission(&mut self, key: &str, file: &FileAdmission) -> AdmissionConfig {
@@ -882,6 +972,7 @@ impl Validator {
             h.unhealthy_interval = d;
         }
         self.http_check(key, file, &mut h);
+        self.tcp_check(key, file, &mut h);
         for (name, value, slot) in [
             ("rise", file.rise, &mut h.rise),
             ("fall", file.fall, &mut h.fall),
@@ -895,6 +986,29 @@ impl Validator {
             }
         }
         h
+    }
+
+    /// The TCP-only keys of `[cluster.NAME.health]`: `send` and `expect`.
+    fn tcp_check(&mut self, key: &str, file: &FileHealth, h: &mut HealthConfig) {
+        let tcp = h.kind == HealthKind::Tcp;
+        for (name, value, slot) in [
+            ("send", &file.send, &mut h.send),
+            ("expect", &file.expect, &mut h.expect),
+        ] {
+            let Some(v) = value else { continue };
+            if !tcp {
+                self.problem(
+                    format!("{key}.{name}"),
+                    "only tcp checks have this; remove it or set type = \"tcp\"",
+                );
+            } else if v.is_empty() {
+                self.problem(
+                    format!("{key}.{name}"),
+                    "is empty; remove it or write the bytes, e.g. \"PING\\r\\n\"",
+                );
+            }
+            *slot = Some(v.clone());
+        }
     }
 
     /// The HTTP-only keys of `[cluster.NAME.health]`.

@@ -21,7 +21,10 @@
 //!   `connection: close`, and passes when the status is in `expect_status`
 //!   and, if set, the body (first 64 KiB) contains `body_contains`. A TCP
 //!   probe passes when the connect succeeds. Each probe is bounded by
-//!   `timeout`.
+//!   `timeout`. A TCP probe may `send` bytes and then `expect` the reply to
+//!   start with given bytes. Probes to a cluster with `tls` run the TLS
+//!   handshake first, with the pool's TLS setup
+//!   ([`crate::backend_tls`]).
 //! * Passive observations come from the request path
 //!   (`crate::http::service`) through [`BackendState::record_outcome`]; its
 //!   transitions are reported here too ([`report`]).
@@ -38,10 +41,12 @@ use fulcrum_balance::{BackendId, BackendState, HealthPolicy, Nanos, Outcome, Tra
 use fulcrum_config::{ClusterConfig, HealthConfig, HealthKind};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::backend_tls::BackendTls;
 use crate::clock;
 use crate::state::{ClusterSnapshot, Runtime};
 
@@ -213,8 +218,13 @@ async fn probe_loop(
     tokio::time::sleep(random_up_to(&mut rng, config.interval)).await;
     loop {
         let started = Instant::now();
-        let result = match tokio::time::timeout(config.timeout, probe_once(&address, &config)).await
-        {
+        let tls = runtime
+            .snapshot()
+            .clusters
+            .get(&cluster)
+            .and_then(|c| c.upstream.tls().cloned());
+        let probe = probe_once(&address, &config, tls.as_deref());
+        let result = match tokio::time::timeout(config.timeout, probe).await {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {:?}", config.timeout)),
         };
@@ -247,15 +257,37 @@ fn random_up_to(rng: &mut fastrand::Rng, max: Duration) -> Duration {
 }
 
 /// One probe; `Err` says why it failed.
-async fn probe_once(address: &str, config: &HealthConfig) -> Result<(), String> {
+async fn probe_once(
+    address: &str,
+    config: &HealthConfig,
+    tls: Option<&Result<BackendTls, String>>,
+) -> Result<(), String> {
     let stream = TcpStream::connect(address)
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    match tls {
+        None => probe_stream(address, config, stream).await,
+        Some(Err(e)) => Err(e.clone()),
+        Some(Ok(tls)) => {
+            let stream = tls
+                .connect(address, stream)
+                .await
+                .map_err(|e| e.to_string())?;
+            probe_stream(address, config, stream).await
+        }
+    }
+}
+
+/// The probe's exchange over a connected (maybe TLS) stream.
+async fn probe_stream<S>(address: &str, config: &HealthConfig, mut stream: S) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let path = match &config.kind {
-        HealthKind::Tcp => return Ok(()),
+        HealthKind::Tcp => return tcp_exchange(config, &mut stream).await,
         HealthKind::Http { path } => path,
     };
-    let _ = stream.set_nodelay(true);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
@@ -296,6 +328,45 @@ async fn probe_once(address: &str, config: &HealthConfig) -> Result<(), String> 
     .await;
     conn.abort();
     outcome
+}
+
+/// A TCP check's `send` and `expect`: the reply must start with `expect`.
+async fn tcp_exchange<S>(config: &HealthConfig, stream: &mut S) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if let Some(send) = &config.send {
+        stream
+            .write_all(send.as_bytes())
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        stream.flush().await.map_err(|e| format!("send: {e}"))?;
+    }
+    let Some(expect) = &config.expect else {
+        return Ok(());
+    };
+    let expect = expect.as_bytes();
+    let mut reply = Vec::with_capacity(expect.len());
+    while reply.len() < expect.len() {
+        let mut chunk = [0u8; 512];
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&chunk[..n]);
+    }
+    if reply.starts_with(expect) {
+        Ok(())
+    } else {
+        let shown = String::from_utf8_lossy(&reply[..reply.len().min(64)]).into_owned();
+        Err(format!(
+            "reply {shown:?} does not start with {:?}",
+            config.expect.as_deref().unwrap_or_default()
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod backend_tls;
 pub mod body;
 pub mod clock;
 pub mod framing;

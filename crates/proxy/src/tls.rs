@@ -13,12 +13,19 @@
 //!   listener's certificate files; handshakes in flight keep the set they
 //!   started with, established connections are untouched, and a set that
 //!   fails to load is logged and the old one kept.
+//! * Reload on file change: a task per listener polls the modification
+//!   time and size of the loaded certificate and key files every
+//!   [`CERT_POLL`] and, when one changed, loads the set again and swaps it
+//!   in as above. A half-written pair (the key does not match the
+//!   certificate, or a file does not parse) is skipped until the files
+//!   change again. The task ends with the listener.
 //! * A private key file readable by group or others draws a warning.
 
 use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use fulcrum_config::{CertificateConfig, ListenerConfig, Protocol, TlsConfig};
@@ -32,6 +39,9 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::state::Runtime;
+
+/// How often the certificate and key files are checked for changes.
+pub const CERT_POLL: Duration = Duration::from_secs(2);
 
 /// Why a listener's certificates could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +93,12 @@ impl TlsTerminator {
         if listener.protocol == Protocol::Http {
             config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(watch_files(
+                listener.name.clone(),
+                Arc::downgrade(&resolver),
+            ));
+        }
         Ok(Some(Self {
             listener: listener.name.clone(),
             acceptor: TlsAcceptor::from(Arc::new(config)),
@@ -122,15 +138,66 @@ impl TlsTerminator {
     }
 }
 
+/// Reloads a listener's certificates when their files change, until the
+/// listener (its resolver) is gone.
+async fn watch_files(listener: String, resolver: Weak<Resolver>) {
+    // The stamps of files that failed to load: not retried until they change.
+    let mut failed: Option<Vec<Stamp>> = None;
+    loop {
+        tokio::time::sleep(CERT_POLL).await;
+        let Some(resolver) = resolver.upgrade() else {
+            return;
+        };
+        let current = resolver.store.load_full();
+        let now = stamps(&current.source);
+        if now == current.stamps || failed.as_ref() == Some(&now) {
+            continue;
+        }
+        match CertStore::load(&current.source) {
+            Ok(store) => {
+                resolver.store.store(Arc::new(store));
+                failed = None;
+                tracing::info!(listener = %listener, "certificate files changed; certificates reloaded");
+            }
+            Err(e) => {
+                tracing::warn!(listener = %listener, error = %e, "certificate files changed but do not load; keeping the loaded certificates");
+                failed = Some(now);
+            }
+        }
+    }
+}
+
+/// A file's modification time and size, to notice a replaced file.
+type Stamp = Option<(SystemTime, u64)>;
+
+/// The stamps of every certificate and key file of `tls`, in a fixed order.
+fn stamps(tls: &TlsConfig) -> Vec<Stamp> {
+    std::iter::once(&tls.default)
+        .chain(&tls.certificates)
+        .flat_map(|c| [&c.cert, &c.key])
+        .map(|path| {
+            let meta = std::fs::metadata(path).ok()?;
+            Some((meta.modified().ok()?, meta.len()))
+        })
+        .collect()
+}
+
 /// The certificates of one listener.
 struct CertStore {
     default: Arc<CertifiedKey>,
     named: Vec<Arc<CertifiedKey>>,
+    /// What was loaded, for the file watcher.
+    source: TlsConfig,
+    /// The files' stamps taken just before they were read.
+    stamps: Vec<Stamp>,
 }
 
 impl CertStore {
     fn load(tls: &TlsConfig) -> Result<Self, TlsError> {
+        let stamps = stamps(tls);
         Ok(Self {
+            source: tls.clone(),
+            stamps,
             default: certified_key(&tls.default)?,
             named: tls
                 .certificates
@@ -198,7 +265,17 @@ fn certified_key(c: &CertificateConfig) -> Result<Arc<CertifiedKey>, TlsError> {
         .map_err(|e| file_error(&c.key, format!("cannot read the private key: {e}")))?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&key)
         .map_err(|e| file_error(&c.key, format!("unsupported private key: {e}")))?;
-    Ok(Arc::new(CertifiedKey::new(chain, signing)))
+    let key = CertifiedKey::new(chain, signing);
+    match key.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(e) => {
+            return Err(file_error(
+                &c.key,
+                format!("does not belong to the certificate in {}: {e}", c.cert),
+            ))
+        }
+    }
+    Ok(Arc::new(key))
 }
 
 /// Private keys should be `0600` (or `0400`): anyone who reads the key can

@@ -3,15 +3,17 @@
 //! HTTP/1.1 to backends through hyper-util's pooled client, keyed by backend
 //! authority, with `TCP_NODELAY` and the cluster's connect timeout. The pool
 //! survives reloads as long as the cluster's connection settings do not
-//! change, so a reload does not cost a reconnect storm.
+//! change, so a reload does not cost a reconnect storm. A cluster with
+//! `tls` connects with TLS ([`crate::backend_tls`]).
 
 use std::time::Duration;
 
-use fulcrum_config::ClusterConfig;
+use fulcrum_config::{ClusterConfig, UpstreamTlsConfig};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::backend_tls::{BackendTls, TlsSetup, UpstreamConnector};
 use crate::body::RequestBody;
 
 /// The connection settings an [`Upstream`] was built with.
@@ -20,6 +22,7 @@ struct Settings {
     connect_timeout: Duration,
     pool_idle_timeout: Duration,
     pool_max_idle: usize,
+    tls: Option<UpstreamTlsConfig>,
 }
 
 impl Settings {
@@ -28,6 +31,7 @@ impl Settings {
             connect_timeout: cluster.connect_timeout,
             pool_idle_timeout: cluster.pool_idle_timeout,
             pool_max_idle: cluster.pool_max_idle,
+            tls: cluster.tls.clone(),
         }
     }
 }
@@ -35,7 +39,8 @@ impl Settings {
 /// A cluster's upstream client; cheap to clone (shares the pool).
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    client: Client<HttpConnector, RequestBody>,
+    client: Client<UpstreamConnector, RequestBody>,
+    connector: UpstreamConnector,
     settings: Settings,
 }
 
@@ -47,6 +52,13 @@ impl Upstream {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(settings.connect_timeout));
         connector.set_keepalive(Some(Duration::from_secs(60)));
+        let tls = cluster.tls.as_ref().map(|t| {
+            BackendTls::new(t, settings.connect_timeout).map_err(|e| {
+                tracing::error!(cluster = %cluster.name, error = %e, "cannot set up TLS to backends; connects will fail");
+                format!("cluster `{}`: tls: {e}", cluster.name)
+            })
+        });
+        let connector = UpstreamConnector::new(connector, tls);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
@@ -54,8 +66,12 @@ impl Upstream {
             .pool_max_idle_per_host(settings.pool_max_idle)
             .retry_canceled_requests(false)
             .set_host(false)
-            .build(connector);
-        Self { client, settings }
+            .build(connector.clone());
+        Self {
+            client,
+            connector,
+            settings,
+        }
     }
 
     /// Whether this pool was built with `cluster`'s current settings.
@@ -63,9 +79,14 @@ impl Upstream {
         self.settings == Settings::of(cluster)
     }
 
+    /// The TLS setup to backends: `None` without `tls`, `Err` if it failed to load.
+    pub fn tls(&self) -> Option<&TlsSetup> {
+        self.connector.tls()
+    }
+
     /// The HTTP client.
     #[inline]
-    pub fn client(&self) -> &Client<HttpConnector, RequestBody> {
+    pub fn client(&self) -> &Client<UpstreamConnector, RequestBody> {
         &self.client
     }
 }

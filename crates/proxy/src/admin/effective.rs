@@ -106,6 +106,10 @@ pub fn to_file(config: &Config) -> FileConfig {
                                     .and_then(|l| l.region.as_deref().map(Into::into)),
                                 lat: b.location.as_ref().and_then(|l| l.point).map(|p| p.lat),
                                 lon: b.location.as_ref().and_then(|l| l.point).map(|p| p.lon),
+                                tls_sni: c
+                                    .tls
+                                    .as_ref()
+                                    .and_then(|t| t.backend_sni.get(&b.address).cloned()),
                             })
                             .collect(),
                     ),
@@ -152,6 +156,8 @@ pub fn to_file(config: &Config) -> FileConfig {
                         body_contains: h.body_contains.clone(),
                         jitter: Some(duration(h.jitter)),
                         unhealthy_interval: Some(duration(h.unhealthy_interval)),
+                        send: h.send.clone(),
+                        expect: h.expect.clone(),
                     }),
                     outlier: Some(FileOutlier {
                         consecutive_failures: Some(c.outlier.consecutive_failures),
@@ -187,6 +193,13 @@ pub fn to_file(config: &Config) -> FileConfig {
                             ProxyProtocol::V2 => "v2",
                         }
                         .to_owned()
+                    }),
+                    tls: c.tls.as_ref().map(|t| FileUpstreamTls {
+                        ca: t.ca.clone(),
+                        sni: t.sni.clone(),
+                        cert: t.client_cert.as_ref().map(|k| k.cert.clone()),
+                        key: t.client_cert.as_ref().map(|k| k.key.clone()),
+                        verify: Some(t.verify),
                     }),
                 };
                 (name.clone(), file)

@@ -493,7 +493,11 @@ fn authority<B>(req: &Request<B>) -> Option<HeaderValue> {
 
 pub(super) fn upstream_uri(cluster: &ClusterSnapshot, id: BackendId, path: &PathAndQuery) -> Uri {
     let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
+    parts.scheme = Some(if cluster.config.tls.is_some() {
+        Scheme::HTTPS
+    } else {
+        Scheme::HTTP
+    });
     parts.authority = Some(cluster.authorities[id.index()].clone());
     parts.path_and_query = Some(path.clone());
     Uri::from_parts(parts).expect("scheme, authority and path are all set")
