@@ -68,7 +68,7 @@ async fn least_conn_sends_less_to_a_slow_backend() {
 
 #[tokio::test]
 async fn peak_ewma_beats_round_robin_with_a_slow_backend() {
-    // One backend 10-20x slower. Round-robin gives it a third of the traffic and
+    // One backend 10-20x slower. Round-robin gives it a quarter of the traffic and
     // its latency shows in the tail; peak-EWMA learns and avoids it.
     let bs = backends(&["4ms..6ms", "4ms..6ms", "4ms..6ms", "40ms..100ms"]).await;
     let addrs: Vec<_> = bs.iter().map(|b| (b.addr, 1)).collect();
