@@ -321,8 +321,16 @@ fn classify_with<'h>(
     let mut transfer_encoding: Option<&[u8]> = None;
     let mut te_count = 0;
     let mut upgrade = req.method == Some("CONNECT");
+    let mut host: Option<&[u8]> = None;
     for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
+        if h.name.eq_ignore_ascii_case("host") {
+            // RFC 9112 §3.2: more than one Host is a 400; two hops could
+            // route the request by different ones.
+            if host.is_some() {
+                return Err("more than one Host");
+            }
+            host = Some(trim(h.value));
+        } else if h.name.eq_ignore_ascii_case("content-length") {
             cl_count += 1;
             let v = trim(h.value);
             if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
@@ -334,6 +342,13 @@ fn classify_with<'h>(
             transfer_encoding = Some(h.value);
         } else if h.name.eq_ignore_ascii_case("upgrade") {
             upgrade = true;
+        }
+    }
+    if let (Some(target), Some(host)) = (req.path.and_then(absolute_form_authority), host) {
+        // RFC 9112 §3.2.2: the absolute-form target wins over Host; a next
+        // hop that reads Host instead would route the request elsewhere.
+        if !target.eq_ignore_ascii_case(host) {
+            return Err("absolute-form target disagrees with Host");
         }
     }
     if cl_count > 0 && te_count > 0 {
@@ -361,6 +376,23 @@ fn classify_with<'h>(
         (None, None) => BodyKind::None,
     };
     Ok(HeadKind::Message { body, upgrade })
+}
+
+/// The authority of an absolute-form request target (`http://host:port/path`).
+fn absolute_form_authority(target: &str) -> Option<&[u8]> {
+    let lower = target.get(..8).map(str::to_ascii_lowercase)?;
+    let rest = if lower.starts_with("http://") {
+        &target[7..]
+    } else if lower.starts_with("https://") {
+        &target[8..]
+    } else {
+        return None;
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    // Userinfo is not part of the host a request is routed by.
+    let authority = &rest[..end];
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    Some(authority.as_bytes())
 }
 
 fn trim(v: &[u8]) -> &[u8] {
@@ -459,6 +491,14 @@ mod tests {
                 "Transfer-Encoding does not end in chunked",
             ),
             (
+                b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+                "more than one Host",
+            ),
+            (
+                b"GET http://evil.example/x HTTP/1.1\r\nHost: good.example\r\n\r\n",
+                "absolute-form target disagrees with Host",
+            ),
+            (
                 b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
                 "invalid chunk size",
             ),
@@ -479,6 +519,14 @@ mod tests {
                 String::from_utf8_lossy(data)
             );
         }
+    }
+
+    #[test]
+    fn framing_guard_accepts_absolute_form_matching_host() {
+        let ok = b"GET HTTP://Good.Example:8080/x HTTP/1.1\r\nHost: good.example:8080\r\n\r\n";
+        assert_eq!(feed_split(ok, 1000), Ok(()));
+        let short = b"GET http:/ HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(feed_split(short, 1000), Ok(()));
     }
 
     #[test]

@@ -258,6 +258,9 @@ async fn accept_with(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
+        // A refused head ends the read side; requests before it still get
+        // their answers (then the 400 follows and the connection closes).
+        .half_close(true)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .max_headers(limits.max_headers);
     builder

@@ -475,6 +475,24 @@ fn check_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
                 });
             }
         }
+    } else {
+        // HTTP/2 and later, downgraded to HTTP/1.1 towards the backend. The
+        // h2 codec already refuses connection-specific headers, `te` other
+        // than `trailers`, CR/LF/NUL in values and pseudo-header misuse
+        // (RFC 9113 §8.2); a Host that disagrees with `:authority` is
+        // left to us (§8.3.1): two hops could route by different ones.
+        let mut hosts = h.get_all(header::HOST).iter();
+        if let (Some(host), Some(authority)) = (hosts.next(), req.uri().authority()) {
+            if hosts.next().is_some()
+                || !host
+                    .as_bytes()
+                    .eq_ignore_ascii_case(authority.as_str().as_bytes())
+            {
+                return Err(ProxyError::BadFraming {
+                    reason: "Host disagrees with :authority",
+                });
+            }
+        }
     }
     Ok(())
 }

@@ -1,0 +1,373 @@
+//! Abuse resistance through real sockets: HTTP/1 framing and header
+//! hygiene, the HTTP/2 → HTTP/1 downgrade, and client-side limits.
+//!
+//! The backend here is a recording server: it logs exactly the bytes it
+//! receives, so a test can assert that no request hidden in a body (request
+//! smuggling) ever reached it.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A backend that records every byte it receives and answers each request
+/// head with `200 ok` once the request's body (by Content-Length or chunked)
+/// has arrived.
+struct RecordingBackend {
+    addr: SocketAddr,
+    bytes: Arc<Mutex<Vec<u8>>>,
+}
+
+impl RecordingBackend {
+    async fn spawn() -> RecordingBackend {
+        let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let bytes = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&bytes);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = socket.accept().await {
+                tokio::spawn(serve_recording(stream, Arc::clone(&log)));
+            }
+        });
+        RecordingBackend { addr, bytes }
+    }
+
+    fn received(&self) -> String {
+        String::from_utf8_lossy(&self.bytes.lock().unwrap()).into_owned()
+    }
+}
+
+async fn serve_recording(mut stream: TcpStream, log: Arc<Mutex<Vec<u8>>>) {
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = match tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return,
+        };
+        log.lock().unwrap().extend_from_slice(&buf[..n]);
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(used) = complete_request(&pending) {
+            pending.drain(..used);
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+            if stream.write_all(answer).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Length of the first complete request in `buf` (the proxy sends only
+/// well-formed requests, so a naive reading is enough).
+fn complete_request(buf: &[u8]) -> Option<usize> {
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    if let Some(line) = head.lines().find(|l| l.starts_with("content-length:")) {
+        let n: usize = line[15..].trim().parse().ok()?;
+        return (buf.len() >= head_end + n).then_some(head_end + n);
+    }
+    if head.contains("transfer-encoding: chunked") {
+        let end = buf[head_end..].windows(5).position(|w| w == b"0\r\n\r\n")?;
+        return Some(head_end + end + 5);
+    }
+    Some(head_end)
+}
+
+/// Sends raw bytes, then reads until the server closes (bounded by 5 s).
+/// Returns the text and whether the server closed the connection.
+fn raw_exchange(addr: SocketAddr, request: &[u8]) -> (String, bool) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(request);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            // A reset after the answer is a close too.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+async fn exchange(addr: SocketAddr, request: Vec<u8>) -> (String, bool) {
+    tokio::task::spawn_blocking(move || raw_exchange(addr, &request))
+        .await
+        .unwrap()
+}
+
+fn proxy_to(backend: SocketAddr, listener_extra: &str) -> Proxy {
+    Proxy::run(&format!(
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\ncluster = \"app\"\n{listener_extra}\n\n{}",
+        cluster_block("app", "round-robin", &[(backend, 1)])
+    ))
+}
+
+/// Each case carries a request hidden in its body (`/smuggled-N`), and is
+/// itself marked `/case-N`; neither may reach the backend.
+fn framing_cases() -> Vec<(&'static str, Vec<u8>)> {
+    let hidden = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let cases: Vec<(&str, String)> = vec![
+        ("cl+te", format!("POST /case HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{hidden}")),
+        ("te+cl", format!("POST /case HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\n{hidden}")),
+        ("duplicate cl", format!("POST /case HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 36\r\n\r\n{hidden}")),
+        ("list cl", format!("POST /case HTTP/1.1\r\nHost: x\r\nContent-Length: 0, 36\r\n\r\n{hidden}")),
+        ("signed cl", format!("POST /case HTTP/1.1\r\nHost: x\r\nContent-Length: +0\r\n\r\n{hidden}")),
+        ("negative cl", format!("POST /case HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n{hidden}")),
+        ("te not chunked", format!("POST /case HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n{hidden}")),
+        ("te gzip", format!("POST /case HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n{hidden}")),
+        ("te twice", format!("POST /case HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{hidden}")),
+        ("obs-fold", format!("POST /case HTTP/1.1\r\nHost: x\r\nX-A: a\r\n Content-Length: 36\r\n\r\n{hidden}")),
+        ("obs-fold te", format!("POST /case HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n{hidden}")),
+        ("space before colon", format!("POST /case HTTP/1.1\r\nHost: x\r\nContent-Length : 36\r\n\r\n{hidden}")),
+        ("tab before colon", format!("POST /case HTTP/1.1\r\nHost: x\r\nTransfer-Encoding\t: chunked\r\n\r\n0\r\n\r\n{hidden}")),
+        ("bare cr", format!("POST /case HTTP/1.1\r\nHost: x\r\nX-A: a\rContent-Length: 36\r\n\r\n{hidden}")),
+        ("nul in value", format!("POST /case HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n{hidden}")),
+        ("nul in name", format!("POST /case HTTP/1.1\r\nHost: x\r\nX-\0A: b\r\n\r\n{hidden}")),
+        ("control in value", format!("POST /case HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n{hidden}")),
+        ("control in name", format!("POST /case HTTP/1.1\r\nHost: x\r\nX-\x7fA: b\r\n\r\n{hidden}")),
+        ("invalid chunk size", format!("POST /case HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{hidden}")),
+        ("chunk size overflow", format!("POST /case HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000024\r\n{hidden}\r\n0\r\n\r\n")),
+        ("negative chunk size", format!("POST /case HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n-24\r\n{hidden}\r\n0\r\n\r\n")),
+        ("multiple host", format!("POST /case HTTP/1.1\r\nHost: x\r\nHost: y\r\nContent-Length: 36\r\n\r\n{hidden}")),
+        ("absolute-form host mismatch", format!("POST http://evil.example/case HTTP/1.1\r\nHost: x\r\nContent-Length: 36\r\n\r\n{hidden}")),
+    ];
+    cases
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, text))| {
+            let text = text
+                .replace("/case", &format!("/case-{i}"))
+                .replace("/smuggled", &format!("/smuggled-{i}"));
+            (name, text.into_bytes())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn ambiguous_or_malformed_requests_get_400_close_and_never_reach_the_backend() {
+    let backend = RecordingBackend::spawn().await;
+    let proxy = proxy_to(backend.addr, "");
+    let addr = proxy.addr("web");
+    let mut failures = Vec::new();
+    for (i, (name, request)) in framing_cases().into_iter().enumerate() {
+        let (text, closed) = exchange(addr, request).await;
+        if !text.starts_with("HTTP/1.1 400") || !closed || text.matches("HTTP/1.1").count() != 1 {
+            failures.push(format!("{i} {name}: closed={closed} answer={text:?}"));
+        }
+        let seen = backend.received();
+        if seen.contains(&format!("/smuggled-{i} ")) || seen.contains(&format!("/case-{i} ")) {
+            failures.push(format!("{i} {name}: reached the backend: {seen:?}"));
+        }
+    }
+    // The backend is alive and recording: a clean request does get through.
+    let (text, _) = exchange(
+        addr,
+        b"POST /clean HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+            .to_vec(),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(backend.received().contains("POST /clean HTTP/1.1"));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[tokio::test]
+async fn smuggled_request_after_a_valid_one_is_cut_off() {
+    let backend = RecordingBackend::spawn().await;
+    let proxy = proxy_to(backend.addr, "");
+    let stream = b"GET /first HTTP/1.1\r\nHost: x\r\n\r\nPOST /second HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let (text, closed) = exchange(proxy.addr("web"), stream.to_vec()).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("HTTP/1.1 400"), "{text}");
+    assert!(closed);
+    let seen = backend.received();
+    assert!(seen.contains("GET /first"), "{seen}");
+    assert!(
+        !seen.contains("/second") && !seen.contains("/smuggled"),
+        "{seen}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// HTTP/2 → HTTP/1 downgrade, with hand-built frames (a real h2 client would
+// refuse to send these).
+
+/// A header block as (name, value) pairs, in order.
+type HeaderList = Vec<(&'static [u8], &'static [u8])>;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HPACK "literal header field without indexing, new name", no Huffman.
+fn hpack_literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    assert!(name.len() < 127 && value.len() < 127);
+    out.push(0x00);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name);
+    out.push(value.len() as u8);
+    out.extend_from_slice(value);
+}
+
+/// Sends one HEADERS frame (END_STREAM | END_HEADERS) on stream 1 and
+/// returns the `:status` of the answer, or `None` if the stream or the
+/// connection was reset instead.
+async fn h2_request(addr: SocketAddr, headers: &[(&[u8], &[u8])]) -> Option<u16> {
+    let mut block = Vec::new();
+    for (n, v) in headers {
+        hpack_literal(&mut block, n, v);
+    }
+    let mut out = H2_PREFACE.to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[]));
+    out.extend(h2_frame(0x1, 0x5, 1, &block));
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&out).await.unwrap();
+    let mut buf = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut at = 0;
+    loop {
+        // Walk the frames received since the last read.
+        while buf.len() >= at + 9 {
+            let len = (buf[at] as usize) << 16 | (buf[at + 1] as usize) << 8 | buf[at + 2] as usize;
+            if buf.len() < at + 9 + len {
+                break;
+            }
+            let (kind, flags) = (buf[at + 3], buf[at + 4]);
+            let stream = u32::from_be_bytes(buf[at + 5..at + 9].try_into().unwrap()) & 0x7fff_ffff;
+            let payload = &buf[at + 9..at + 9 + len];
+            match kind {
+                0x4 if flags & 1 == 0 => {
+                    let ack = h2_frame(0x4, 1, 0, &[]);
+                    let _ = s.write_all(&ack).await;
+                }
+                0x1 if stream == 1 => {
+                    // :status from the static table (index 8..=14) or a literal.
+                    let first = payload.first().copied().unwrap_or(0);
+                    return Some(match first {
+                        0x88 => 200,
+                        0x89 => 204,
+                        0x8a => 206,
+                        0x8b => 304,
+                        0x8c => 400,
+                        0x8d => 404,
+                        0x8e => 500,
+                        _ => 0,
+                    });
+                }
+                0x3 if stream == 1 => return None,
+                0x7 => return None,
+                _ => {}
+            }
+            at += 9 + len;
+        }
+        let mut chunk = [0u8; 4096];
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn h2_downgrade_refuses_unsafe_headers_and_pseudo_header_misuse() {
+    let backend = RecordingBackend::spawn().await;
+    let proxy = proxy_to(backend.addr, "");
+    let addr = proxy.addr("web");
+    let base: [(&[u8], &[u8]); 4] = [
+        (b":method", b"GET"),
+        (b":scheme", b"http"),
+        (b":authority", b"x"),
+        (b":path", b"/ok"),
+    ];
+    // The well-formed request is forwarded.
+    assert_eq!(h2_request(addr, &base).await, Some(200));
+    assert!(backend.received().contains("GET /ok HTTP/1.1"));
+    let with = |name: &'static [u8], value: &'static [u8], path: &'static [u8]| {
+        let mut h: Vec<(&[u8], &[u8])> = base.to_vec();
+        h[3].1 = path;
+        h.push((name, value));
+        h
+    };
+    let cases: Vec<(&str, HeaderList)> = vec![
+        (
+            "crlf in value",
+            with(b"x-a", b"a\r\nx-smuggled: 1", b"/bad-0"),
+        ),
+        ("lf in value", with(b"x-a", b"a\nx-smuggled: 1", b"/bad-1")),
+        ("nul in value", with(b"x-a", b"a\0b", b"/bad-2")),
+        ("connection", with(b"connection", b"close", b"/bad-3")),
+        (
+            "transfer-encoding",
+            with(b"transfer-encoding", b"chunked", b"/bad-4"),
+        ),
+        ("keep-alive", with(b"keep-alive", b"timeout=5", b"/bad-5")),
+        ("upgrade", with(b"upgrade", b"websocket", b"/bad-6")),
+        (
+            "proxy-connection",
+            with(b"proxy-connection", b"keep-alive", b"/bad-7"),
+        ),
+        ("te gzip", with(b"te", b"gzip", b"/bad-8")),
+        ("uppercase name", with(b"X-Upper", b"1", b"/bad-9")),
+        ("unknown pseudo-header", with(b":evil", b"1", b"/bad-10")),
+        (
+            "host disagrees with :authority",
+            with(b"host", b"evil.example", b"/bad-11"),
+        ),
+        ("pseudo-header after regular", {
+            let mut h: Vec<(&[u8], &[u8])> =
+                vec![(b":method", b"GET"), (b":scheme", b"http"), (b"x-a", b"1")];
+            h.push((b":authority", b"x"));
+            h.push((b":path", b"/bad-12"));
+            h
+        }),
+        ("duplicate :path", {
+            let mut h: Vec<(&[u8], &[u8])> = base.to_vec();
+            h[3].1 = b"/bad-13";
+            h.push((b":path", b"/bad-13b"));
+            h
+        }),
+        (
+            "missing :path",
+            vec![
+                (b":method", b"GET"),
+                (b":scheme", b"http"),
+                (b":authority", b"x"),
+                (b"x-bad", b"/bad-14"),
+            ],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (i, (name, headers)) in cases.iter().enumerate() {
+        let status = h2_request(addr, headers).await;
+        if matches!(status, Some(200..=299)) {
+            failures.push(format!("{name}: answered {status:?}"));
+        }
+        let seen = backend.received();
+        if seen.contains(&format!("/bad-{i}")) || seen.contains("smuggled") {
+            failures.push(format!("{name}: reached the backend"));
+        }
+    }
+    // TE: trailers is the one TE value allowed in HTTP/2.
+    let mut ok = base.to_vec();
+    ok[3].1 = b"/trailers";
+    ok.push((b"te", b"trailers"));
+    assert_eq!(h2_request(addr, &ok).await, Some(200));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
