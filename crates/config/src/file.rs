@@ -80,6 +80,14 @@ pub struct FileListener {
     pub max_headers: Option<usize>,
     /// Most concurrent client connections.
     pub max_connections: Option<usize>,
+    /// Longest request target in bytes (414 beyond it).
+    pub max_uri_bytes: Option<usize>,
+    /// Largest request body in bytes (413 beyond it).
+    pub max_body_bytes: Option<u64>,
+    /// Requests on one HTTP/1 connection before it is closed.
+    pub max_requests_per_connection: Option<u64>,
+    /// Most concurrent connections from one client address.
+    pub max_connections_per_ip: Option<usize>,
     /// Clients whose `x-fulcrum-debug: 1` header is honoured (CIDRs or addresses).
     pub debug_from: Option<Vec<String>>,
     /// Clients whose `x-fulcrum-priority` header is honoured (CIDRs or addresses).
@@ -113,6 +121,10 @@ impl FileListener {
         "max_header_bytes",
         "max_headers",
         "max_connections",
+        "max_uri_bytes",
+        "max_body_bytes",
+        "max_requests_per_connection",
+        "max_connections_per_ip",
         "debug_from",
         "priority_from",
         "location_from",

@@ -371,3 +371,81 @@ async fn h2_downgrade_refuses_unsafe_headers_and_pseudo_header_misuse() {
     assert_eq!(h2_request(addr, &ok).await, Some(200));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+// ---------------------------------------------------------------------------
+// Limits.
+
+#[tokio::test]
+async fn limits_answer_414_413_431_and_close() {
+    let backend = RecordingBackend::spawn().await;
+    let proxy = proxy_to(
+        backend.addr,
+        "max_uri_bytes = 300\nmax_body_bytes = 10\nmax_header_bytes = 1024",
+    );
+    let addr = proxy.addr("web");
+    let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "u".repeat(400));
+    let (text, closed) = exchange(addr, long.into_bytes()).await;
+    assert!(text.starts_with("HTTP/1.1 414"), "{text}");
+    assert!(closed);
+    let (text, closed) = exchange(
+        addr,
+        b"POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello world".to_vec(),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(closed);
+    let huge = format!(
+        "GET /h HTTP/1.1\r\nHost: x\r\nX-A: {}\r\n\r\n",
+        "a".repeat(10_000)
+    );
+    let (text, closed) = exchange(addr, huge.into_bytes()).await;
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+    assert!(closed);
+    let (text, _) = exchange(
+        addr,
+        b"POST /small HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n0123456789"
+            .to_vec(),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let seen = backend.received();
+    assert!(
+        !seen.contains("/big") && !seen.contains("/uuu") && !seen.contains("GET /h "),
+        "{seen}"
+    );
+}
+
+#[tokio::test]
+async fn max_requests_per_connection_closes_after_the_last_answer() {
+    let backend = RecordingBackend::spawn().await;
+    let proxy = proxy_to(backend.addr, "max_requests_per_connection = 2");
+    let three = b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\nGET /3 HTTP/1.1\r\nHost: x\r\n\r\n";
+    let (text, closed) = exchange(proxy.addr("web"), three.to_vec()).await;
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    assert!(closed);
+    assert!(!backend.received().contains("GET /3"));
+}
+
+#[tokio::test]
+async fn max_connections_per_ip_refuses_the_extra_connection() {
+    let backend = RecordingBackend::spawn().await;
+    let proxy = proxy_to(backend.addr, "max_connections_per_ip = 2");
+    let addr = proxy.addr("web");
+    let _a = TcpStream::connect(addr).await.unwrap();
+    let _b = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (text, closed) = exchange(addr, b"GET /third HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()).await;
+    assert!(closed && text.is_empty(), "{text}");
+    drop(_a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (text, _) = exchange(
+        addr,
+        b"GET /again HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}

@@ -68,6 +68,7 @@ async fn proxy(
         .get(&*conn.listener)
         .ok_or(ProxyError::NoRoute)?;
     let listener = Arc::clone(listener);
+    check_limits(&req, &listener.config.limits)?;
     let host = authority(&req);
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
     let matched = listener
@@ -493,6 +494,31 @@ fn check_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
                 });
             }
         }
+    }
+    Ok(())
+}
+
+/// Refuses request targets and declared bodies beyond the listener's limits
+/// (414, 413). A chunked body is not measured here.
+fn check_limits<B>(
+    req: &Request<B>,
+    limits: &fulcrum_config::HttpLimits,
+) -> Result<(), ProxyError> {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target > limits.max_uri_bytes {
+        return Err(ProxyError::UriTooLong {
+            limit: limits.max_uri_bytes,
+        });
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body_bytes) {
+        return Err(ProxyError::BodyTooLarge {
+            limit: limits.max_body_bytes,
+        });
     }
     Ok(())
 }
