@@ -47,7 +47,7 @@ fn mutate(seed: &[u8], rng: &mut fastrand::Rng) -> Vec<u8> {
 }
 
 fn run(target: &str, f: fn(&[u8])) {
-    let mut rng = fastrand::Rng::with_seed(0x0f00_d5ee_d);
+    let mut rng = fastrand::Rng::with_seed(0xf00d_5eed);
     for seed in seeds(target) {
         f(&seed);
         for _ in 0..MUTATIONS_PER_SEED {
