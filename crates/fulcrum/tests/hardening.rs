@@ -449,3 +449,154 @@ async fn max_connections_per_ip_refuses_the_extra_connection() {
     .await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
 }
+
+// ---------------------------------------------------------------------------
+// Slowloris.
+
+/// Attacking connections; scaled down when the open-file limit is low (the
+/// proxy inherits this process's limit and needs one fd per connection too).
+const SLOWLORIS_CONNECTIONS: usize = 1_000;
+
+/// The soft `Max open files` of this process, from /proc/self/limits.
+fn open_file_limit() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+fn p99(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[(samples.len() * 99 / 100).min(samples.len() - 1)]
+}
+
+/// Sequential GETs on one keep-alive connection for `span`; their latencies.
+async fn timed_gets(client: &HttpClient, addr: SocketAddr, span: Duration) -> Vec<Duration> {
+    let mut out = Vec::new();
+    let end = Instant::now() + span;
+    while Instant::now() < end {
+        let started = Instant::now();
+        let answer = get(client, addr, "/").await;
+        out.push(started.elapsed());
+        assert_eq!(answer.status, 200);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_connections_are_cut_at_the_header_timeout_and_others_are_served() {
+    let limit = open_file_limit().unwrap_or(1024);
+    let n = SLOWLORIS_CONNECTIONS
+        .min(limit.saturating_sub(200) / 2)
+        .max(10);
+    if n < SLOWLORIS_CONNECTIONS {
+        eprintln!("open-file limit {limit}: slowloris scaled down to {n} connections");
+    }
+    let bs = backends(&["0ms"]).await;
+    let proxy = proxy_to(
+        bs[0].addr,
+        "header_timeout = \"2s\"\nmax_connections_per_ip = 100000",
+    );
+    let addr = proxy.addr("web");
+    // Warm up, then the unloaded baseline, measured the same way as under load.
+    let unloaded = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let client = common::client();
+            timed_gets(&client, addr, Duration::from_millis(300)).await;
+            p99(timed_gets(&client, addr, Duration::from_secs(2)).await)
+        })
+    })
+    .join()
+    .unwrap();
+
+    // The attack: n connections each trickling a request head one byte per
+    // second; a connection the proxy closes is replaced at once.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lifetimes = Arc::new(Mutex::new(Vec::new()));
+    let mut attackers = Vec::new();
+    for _ in 0..n {
+        let stop = Arc::clone(&stop);
+        let lifetimes = Arc::clone(&lifetimes);
+        // Attackers start spread over the header timeout, as independent
+        // clients would, rather than in one synchronised burst.
+        let delay = Duration::from_millis(fastrand::u64(..2_000));
+        attackers.push(tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(mut s) = TcpStream::connect(addr).await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let opened = Instant::now();
+                for b in b"GET / HTTP/1.1\r\nHost: slow\r\nX-Slow: ".iter().cycle() {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    if s.write_all(&[*b]).await.is_err() {
+                        break;
+                    }
+                    // Waiting for the next byte, watch for the proxy closing.
+                    let mut buf = [0u8; 512];
+                    match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+                        Err(_) => continue,
+                        Ok(_) => break,
+                    }
+                }
+                lifetimes.lock().unwrap().push(opened.elapsed());
+            }
+        }));
+    }
+    // Let the attack build up, then measure normal clients through it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The normal client runs on its own thread and runtime, so the attack
+    // tasks of this test do not delay it in the test's own scheduler.
+    let loaded = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let client = common::client();
+            timed_gets(&client, addr, Duration::from_millis(200)).await;
+            p99(timed_gets(&client, addr, Duration::from_secs(6)).await)
+        })
+    })
+    .join()
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for a in attackers {
+        let _ = tokio::time::timeout(Duration::from_secs(3), a).await;
+    }
+    let lifetimes = lifetimes.lock().unwrap().clone();
+    eprintln!(
+        "slowloris: {n} connections, {} cut, unloaded p99 {unloaded:?}, loaded p99 {loaded:?}",
+        lifetimes.len()
+    );
+    // Every connection was cut, at the header timeout (2 s, the 1 s write
+    // cadence and a loaded 2-core machine give the margin).
+    assert!(
+        lifetimes.len() >= n,
+        "only {} of {n} slow connections were cut",
+        lifetimes.len()
+    );
+    let early = lifetimes
+        .iter()
+        .filter(|d| **d < Duration::from_millis(1500))
+        .count();
+    let late = lifetimes
+        .iter()
+        .filter(|d| **d > Duration::from_secs(5))
+        .count();
+    assert_eq!(early, 0, "slow connections cut before the header timeout");
+    assert_eq!(late, 0, "slow connections kept past the header timeout");
+    // Normal clients: p99 under twice the unloaded p99 (with 2 ms for
+    // scheduler noise when the unloaded p99 is well under a millisecond).
+    assert!(
+        loaded <= unloaded * 2 + Duration::from_millis(2),
+        "p99 {loaded:?} under slowloris vs {unloaded:?} unloaded"
+    );
+}
