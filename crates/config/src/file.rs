@@ -107,6 +107,12 @@ pub struct FileListener {
     pub proxy_protocol_from: Option<Vec<String>>,
     /// Most concurrent UDP flows (udp listeners).
     pub max_flows: Option<usize>,
+    /// Clients allowed (CIDRs or addresses); others get 403. Absent allows all.
+    pub allow: Option<Vec<String>>,
+    /// Clients refused with 403 (CIDRs or addresses).
+    pub deny: Option<Vec<String>>,
+    /// Peers whose `X-Forwarded-For` is trusted (CIDRs or addresses).
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 impl FileListener {
@@ -134,6 +140,9 @@ impl FileListener {
         "accept_proxy_protocol",
         "proxy_protocol_from",
         "max_flows",
+        "allow",
+        "deny",
+        "trusted_proxies",
     ];
 }
 

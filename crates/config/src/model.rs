@@ -173,6 +173,13 @@ pub struct ListenerConfig {
     pub location_from: Vec<IpNet>,
     /// MaxMind-format database placing clients by address, if any.
     pub geoip_db: Option<String>,
+    /// Clients allowed to use the listener (403 for others); empty allows all.
+    pub allow: Vec<IpNet>,
+    /// Clients refused with 403; checked before `allow`.
+    pub deny: Vec<IpNet>,
+    /// Peers whose `X-Forwarded-For` is kept and appended to; from any
+    /// other peer the header is replaced by the peer's address.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// 65 536 UDP flows: one per client address, each one socket and a task; far

@@ -176,6 +176,9 @@ fn key_lists_match_the_file_shapes() {
         accept_proxy_protocol: Some(true),
         proxy_protocol_from: Some(vec![]),
         max_flows: Some(1),
+        allow: Some(vec![]),
+        deny: Some(vec![]),
+        trusted_proxies: Some(vec![]),
     };
     assert_eq!(keys(&listener), sorted(file::FileListener::KEYS));
     let value_match = file::FileValueMatch {

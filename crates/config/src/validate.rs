@@ -289,6 +289,10 @@ impl Validator {
             priority_from,
             location_from,
             geoip_db: file.geoip_db.clone(),
+            allow: self.networks(&key("allow"), file.allow.as_deref()),
+            deny: self.networks(&key("deny"), file.deny.as_deref()),
+            trusted_proxies: self
+                .networks(&key("trusted_proxies"), file.trusted_proxies.as_deref()),
         }
     }
 

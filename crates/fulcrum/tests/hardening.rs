@@ -600,3 +600,77 @@ async fn slowloris_connections_are_cut_at_the_header_timeout_and_others_are_serv
         "p99 {loaded:?} under slowloris vs {unloaded:?} unloaded"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Access control.
+
+#[tokio::test]
+async fn deny_and_allow_lists_answer_403() {
+    let backend = RecordingBackend::spawn().await;
+    let denied = proxy_to(backend.addr, "deny = [\"127.0.0.0/8\"]");
+    let (text, _) = exchange(
+        denied.addr("web"),
+        b"GET /denied HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+    let not_allowed = proxy_to(backend.addr, "allow = [\"192.0.2.0/24\", \"::1\"]");
+    let (text, _) = exchange(
+        not_allowed.addr("web"),
+        b"GET /not-allowed HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+    let allowed = proxy_to(backend.addr, "allow = [\"127.0.0.1/32\"]");
+    let (text, _) = exchange(
+        allowed.addr("web"),
+        b"GET /allowed HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let seen = backend.received();
+    assert!(
+        seen.contains("/allowed") && !seen.contains("/denied") && !seen.contains("/not-allowed")
+    );
+}
+
+/// The X-Forwarded-For value the backend received for request `path`.
+fn forwarded_for(seen: &str, path: &str) -> String {
+    let request = seen
+        .split(&format!("GET {path} "))
+        .nth(1)
+        .unwrap_or_default();
+    let head = request.split("\r\n\r\n").next().unwrap_or_default();
+    head.lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-forwarded-for:")
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn x_forwarded_for_is_replaced_unless_the_peer_is_a_trusted_proxy() {
+    let backend = RecordingBackend::spawn().await;
+    let untrusted = proxy_to(backend.addr, "trusted_proxies = [\"10.0.0.0/8\"]");
+    let _ = exchange(
+        untrusted.addr("web"),
+        b"GET /spoof HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.7\r\nX-Forwarded-For: 203.0.113.8\r\nConnection: close\r\n\r\n".to_vec(),
+    )
+    .await;
+    let trusted = proxy_to(backend.addr, "trusted_proxies = [\"127.0.0.1\"]");
+    let _ = exchange(
+        trusted.addr("web"),
+        b"GET /relayed HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.7\r\nConnection: close\r\n\r\n".to_vec(),
+    )
+    .await;
+    let seen = backend.received();
+    assert_eq!(forwarded_for(&seen, "/spoof"), "127.0.0.1", "{seen}");
+    assert!(!seen.contains("203.0.113.8"), "{seen}");
+    assert_eq!(
+        forwarded_for(&seen, "/relayed"),
+        "203.0.113.7, 127.0.0.1",
+        "{seen}"
+    );
+}

@@ -26,6 +26,9 @@ pub enum ProxyError {
         /// The limit.
         limit: u64,
     },
+    /// The client's address is denied (or not allowed) on this listener.
+    #[error("client address refused by the listener's allow/deny lists")]
+    Forbidden,
     /// No route matched and the listener has no default cluster.
     #[error("no route for this request")]
     NoRoute,
@@ -62,6 +65,7 @@ impl ProxyError {
             ProxyError::BadFraming { .. } => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
@@ -81,6 +85,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { limit } => {
                 format!("413 content too large: the request body exceeds {limit} bytes\n")
             }
+            ProxyError::Forbidden => "403 forbidden\n".to_owned(),
             ProxyError::NoRoute => "404 not found: no route matches this request\n".to_owned(),
             ProxyError::NoBackend { cluster } => {
                 format!("503 service unavailable: no usable backend in cluster `{cluster}`\n")

@@ -59,7 +59,7 @@ pub async fn handle(
 async fn proxy(
     runtime: &Runtime,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     check_framing(&req)?;
     let snapshot = runtime.snapshot();
@@ -69,6 +69,18 @@ async fn proxy(
         .ok_or(ProxyError::NoRoute)?;
     let listener = Arc::clone(listener);
     check_limits(&req, &listener.config.limits)?;
+    let ip = conn.peer.ip();
+    let config = &listener.config;
+    if config.deny.iter().any(|n| n.contains(ip))
+        || !(config.allow.is_empty() || config.allow.iter().any(|n| n.contains(ip)))
+    {
+        return Err(ProxyError::Forbidden);
+    }
+    if !config.trusted_proxies.iter().any(|n| n.contains(ip)) {
+        // Only trusted proxies may say who the client is; from anyone else
+        // the header is dropped, and the peer's address alone is sent.
+        req.headers_mut().remove(&headers::X_FORWARDED_FOR);
+    }
     let host = authority(&req);
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
     let matched = listener
