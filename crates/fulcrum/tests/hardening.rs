@@ -674,3 +674,102 @@ async fn x_forwarded_for_is_replaced_unless_the_peer_is_a_trusted_proxy() {
         "{seen}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Graceful lifecycle.
+
+fn signal(proxy: &Proxy, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &proxy.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits (bounded) for the proxy process to exit; its exit code.
+fn wait_exit(proxy: &mut Proxy, within: Duration) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(status) = proxy.child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("fulcrum did not exit within {within:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_request_in_flight_then_exits_0() {
+    let bs = backends(&["1500ms"]).await;
+    let mut proxy = proxy_to(bs[0].addr, "");
+    let addr = proxy.addr("web");
+    let in_flight = tokio::spawn(exchange(
+        addr,
+        b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+    ));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    signal(&proxy, "TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // No longer accepting.
+    let late = TcpStream::connect(addr).await;
+    if let Ok(mut s) = late {
+        let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .map_or(0, |r| r.unwrap_or(0));
+        assert_eq!(n, 0, "a connection after SIGTERM was served");
+    }
+    let (text, closed) = in_flight.await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(closed);
+    let code = tokio::task::block_in_place(|| wait_exit(&mut proxy, Duration::from_secs(10)));
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_signal_exits_at_once() {
+    let bs = backends(&["20s"]).await;
+    let mut proxy = proxy_to(bs[0].addr, "");
+    let addr = proxy.addr("web");
+    let _stuck = tokio::spawn(exchange(
+        addr,
+        b"GET /stuck HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+    ));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    signal(&proxy, "TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        proxy.child.try_wait().unwrap().is_none(),
+        "waits for the request in flight"
+    );
+    let started = Instant::now();
+    signal(&proxy, "INT");
+    let code = tokio::task::block_in_place(|| wait_exit(&mut proxy, Duration::from_secs(5)));
+    assert_eq!(code, Some(130));
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn run_refuses_a_port_in_use_with_a_clear_message() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = TempDir::new("port-in-use");
+    let path = dir.write(
+        "fulcrum.toml",
+        &format!(
+            "[admin]\nbind = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:{port}\"\ncluster = \"app\"\n\n[cluster.app]\nbackends = [{{ address = \"127.0.0.1:9\" }}]\n"
+        ),
+    );
+    let out = std::process::Command::new(fulcrum_bin())
+        .args(["run", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("web"),
+        "{err}"
+    );
+}
