@@ -16,6 +16,10 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// The slowloris test measures latency: it runs alone (write lock) while the
+/// other tests of this file share the read lock.
+static TIMING: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// A backend that records every byte it receives and answers each request
 /// head with `200 ok` once the request's body (by Content-Length or chunked)
 /// has arrived.
@@ -155,6 +159,7 @@ fn framing_cases() -> Vec<(&'static str, Vec<u8>)> {
 
 #[tokio::test]
 async fn ambiguous_or_malformed_requests_get_400_close_and_never_reach_the_backend() {
+    let _shared = TIMING.read().await;
     let backend = RecordingBackend::spawn().await;
     let proxy = proxy_to(backend.addr, "");
     let addr = proxy.addr("web");
@@ -183,6 +188,7 @@ async fn ambiguous_or_malformed_requests_get_400_close_and_never_reach_the_backe
 
 #[tokio::test]
 async fn smuggled_request_after_a_valid_one_is_cut_off() {
+    let _shared = TIMING.read().await;
     let backend = RecordingBackend::spawn().await;
     let proxy = proxy_to(backend.addr, "");
     let stream = b"GET /first HTTP/1.1\r\nHost: x\r\n\r\nPOST /second HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -287,6 +293,7 @@ async fn h2_request(addr: SocketAddr, headers: &[(&[u8], &[u8])]) -> Option<u16>
 
 #[tokio::test]
 async fn h2_downgrade_refuses_unsafe_headers_and_pseudo_header_misuse() {
+    let _shared = TIMING.read().await;
     let backend = RecordingBackend::spawn().await;
     let proxy = proxy_to(backend.addr, "");
     let addr = proxy.addr("web");
@@ -377,6 +384,7 @@ async fn h2_downgrade_refuses_unsafe_headers_and_pseudo_header_misuse() {
 
 #[tokio::test]
 async fn limits_answer_414_413_431_and_close() {
+    let _shared = TIMING.read().await;
     let backend = RecordingBackend::spawn().await;
     let proxy = proxy_to(
         backend.addr,
@@ -417,6 +425,7 @@ async fn limits_answer_414_413_431_and_close() {
 
 #[tokio::test]
 async fn max_requests_per_connection_closes_after_the_last_answer() {
+    let _shared = TIMING.read().await;
     let backend = RecordingBackend::spawn().await;
     let proxy = proxy_to(backend.addr, "max_requests_per_connection = 2");
     let three = b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\nGET /3 HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -432,6 +441,7 @@ async fn max_requests_per_connection_closes_after_the_last_answer() {
 
 #[tokio::test]
 async fn max_connections_per_ip_refuses_the_extra_connection() {
+    let _shared = TIMING.read().await;
     let backend = RecordingBackend::spawn().await;
     let proxy = proxy_to(backend.addr, "max_connections_per_ip = 2");
     let addr = proxy.addr("web");
@@ -485,6 +495,7 @@ async fn timed_gets(client: &HttpClient, addr: SocketAddr, span: Duration) -> Ve
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_connections_are_cut_at_the_header_timeout_and_others_are_served() {
+    let _alone = TIMING.write().await;
     let limit = open_file_limit().unwrap_or(1024);
     let n = SLOWLORIS_CONNECTIONS
         .min(limit.saturating_sub(200) / 2)
@@ -606,6 +617,7 @@ async fn slowloris_connections_are_cut_at_the_header_timeout_and_others_are_serv
 
 #[tokio::test]
 async fn deny_and_allow_lists_answer_403() {
+    let _shared = TIMING.read().await;
     let backend = RecordingBackend::spawn().await;
     let denied = proxy_to(backend.addr, "deny = [\"127.0.0.0/8\"]");
     let (text, _) = exchange(
@@ -652,6 +664,7 @@ fn forwarded_for(seen: &str, path: &str) -> String {
 
 #[tokio::test]
 async fn x_forwarded_for_is_replaced_unless_the_peer_is_a_trusted_proxy() {
+    let _shared = TIMING.read().await;
     let backend = RecordingBackend::spawn().await;
     let untrusted = proxy_to(backend.addr, "trusted_proxies = [\"10.0.0.0/8\"]");
     let _ = exchange(
@@ -700,6 +713,7 @@ fn wait_exit(proxy: &mut Proxy, within: Duration) -> Option<i32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_the_request_in_flight_then_exits_0() {
+    let _shared = TIMING.read().await;
     let bs = backends(&["1500ms"]).await;
     let mut proxy = proxy_to(bs[0].addr, "");
     let addr = proxy.addr("web");
@@ -729,6 +743,7 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_0() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_signal_exits_at_once() {
+    let _shared = TIMING.read().await;
     let bs = backends(&["20s"]).await;
     let mut proxy = proxy_to(bs[0].addr, "");
     let addr = proxy.addr("web");
