@@ -788,3 +788,33 @@ fn run_refuses_a_port_in_use_with_a_clear_message() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn chunked_body_over_max_body_bytes_is_cut_off() {
+    let _shared = TIMING.read().await;
+    let backend = RecordingBackend::spawn().await;
+    let proxy = proxy_to(backend.addr, "max_body_bytes = 10");
+    let addr = proxy.addr("web");
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // The head and a first chunk within the limit, then a chunk beyond it.
+    s.write_all(
+        b"POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = s.write_all(b"10\r\nSECRETSECRETSECR\r\n0\r\n\r\n").await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(!text.starts_with("HTTP/1.1 2"), "{text}");
+    let seen = backend.received();
+    assert!(!seen.contains("SECRET"), "{seen}");
+    // Within the limit, chunked bodies pass.
+    let (text, _) = exchange(
+        addr,
+        b"POST /ok HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}

@@ -66,6 +66,10 @@ pub struct FramingGuard {
     scan_from: usize,
     /// After the current message's body, stop following (upgrade/CONNECT).
     pass_after_body: bool,
+    /// Largest chunked body followed; a longer one is cut off.
+    max_body: u64,
+    /// Chunk data declared so far in the current message.
+    body_so_far: u64,
 }
 
 impl FramingGuard {
@@ -79,7 +83,16 @@ impl FramingGuard {
             first: true,
             scan_from: 0,
             pass_after_body: false,
+            max_body: u64::MAX,
+            body_so_far: 0,
         }
+    }
+
+    /// Cuts chunked bodies longer than `max` bytes (`max_body_bytes`;
+    /// bodies with a Content-Length are refused from the head, with 413).
+    pub fn with_max_body(mut self, max: u64) -> Self {
+        self.max_body = max;
+        self
     }
 
     /// Feeds bytes just read. On `Err`, the first value is how many of
@@ -179,7 +192,7 @@ impl FramingGuard {
                         _ if digits == 0 => return Err((0, "invalid chunk size")),
                         b';' | b' ' | b'\t' => State::ChunkExt(value),
                         b'\r' => State::ChunkSizeLf(value),
-                        b'\n' => self.after_size_line(value),
+                        b'\n' => self.after_size_line(value)?,
                         _ => return Err((0, "invalid chunk size")),
                     };
                 }
@@ -188,7 +201,7 @@ impl FramingGuard {
                     i += 1;
                     match b {
                         b'\r' => self.state = State::ChunkSizeLf(value),
-                        b'\n' => self.state = self.after_size_line(value),
+                        b'\n' => self.state = self.after_size_line(value)?,
                         _ => {}
                     }
                 }
@@ -197,7 +210,7 @@ impl FramingGuard {
                         return Err((0, "invalid chunk size line"));
                     }
                     i += 1;
-                    self.state = self.after_size_line(value);
+                    self.state = self.after_size_line(value)?;
                 }
                 State::ChunkData(left) => {
                     let n = (left.min((data.len() - i) as u64)) as usize;
@@ -238,12 +251,16 @@ impl FramingGuard {
         Ok(())
     }
 
-    fn after_size_line(&self, size: u64) -> State {
-        if size == 0 {
+    fn after_size_line(&mut self, size: u64) -> Result<State, (usize, Rejection)> {
+        self.body_so_far = self.body_so_far.saturating_add(size);
+        if self.body_so_far > self.max_body {
+            return Err((0, "chunked body larger than max_body_bytes"));
+        }
+        Ok(if size == 0 {
             State::Trailers(true)
         } else {
             State::ChunkData(size)
-        }
+        })
     }
 
     fn after_body(&mut self) -> State {
@@ -267,6 +284,7 @@ impl FramingGuard {
             HeadKind::Unparsed => self.state = State::Pass,
             HeadKind::Message { body, upgrade } => {
                 self.pass_after_body = upgrade;
+                self.body_so_far = 0;
                 self.state = match body {
                     BodyKind::Chunked => State::ChunkSize(0, 0),
                     BodyKind::Length(n) if n > 0 => State::Body(n),
@@ -519,6 +537,20 @@ mod tests {
                 String::from_utf8_lossy(data)
             );
         }
+    }
+
+    #[test]
+    fn framing_guard_cuts_chunked_bodies_over_the_limit() {
+        let body = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\nworld!\r\n0\r\n\r\n";
+        let mut g = guard().with_max_body(10);
+        assert_eq!(
+            g.feed(body).map_err(|e| e.1),
+            Err("chunked body larger than max_body_bytes")
+        );
+        assert_eq!(guard().with_max_body(11).feed(body), Ok(()));
+        // The count starts again with every message.
+        let two = [&body[..], &body[..]].concat();
+        assert_eq!(guard().with_max_body(11).feed(&two), Ok(()));
     }
 
     #[test]

@@ -356,7 +356,8 @@ async fn serve_connection<S>(
     let io = TokioIo::new(ClientIo {
         inner: stream,
         activity: Arc::clone(&activity),
-        framing: FramingGuard::new(limits.max_header_bytes, limits.max_headers),
+        framing: FramingGuard::new(limits.max_header_bytes, limits.max_headers)
+            .with_max_body(limits.max_body_bytes),
         rejected: None,
         peer: info.peer,
     });
