@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The test suite, runnable on a fresh machine: installs the real peers the
-# end-to-end tests drive (curl, openssl, promtool, chromium, redis-server)
-# with apt when they are missing, then runs every test of the workspace.
+# end-to-end tests drive (curl, openssl, promtool, chromium, redis-server,
+# testssl.sh) with apt when they are missing, then runs every test of the
+# workspace.
 #
 #   scripts/test.sh [extra cargo test arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(curl openssl prometheus chromium chromium-driver redis-server)
+packages=(curl openssl prometheus chromium chromium-driver redis-server testssl.sh)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

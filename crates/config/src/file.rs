@@ -80,6 +80,14 @@ pub struct FileListener {
     pub max_headers: Option<usize>,
     /// Most concurrent client connections.
     pub max_connections: Option<usize>,
+    /// Longest request target in bytes (414 beyond it).
+    pub max_uri_bytes: Option<usize>,
+    /// Largest request body in bytes (413 beyond it).
+    pub max_body_bytes: Option<u64>,
+    /// Requests on one HTTP/1 connection before it is closed.
+    pub max_requests_per_connection: Option<u64>,
+    /// Most concurrent connections from one client address.
+    pub max_connections_per_ip: Option<usize>,
     /// Clients whose `x-fulcrum-debug: 1` header is honoured (CIDRs or addresses).
     pub debug_from: Option<Vec<String>>,
     /// Clients whose `x-fulcrum-priority` header is honoured (CIDRs or addresses).
@@ -99,6 +107,12 @@ pub struct FileListener {
     pub proxy_protocol_from: Option<Vec<String>>,
     /// Most concurrent UDP flows (udp listeners).
     pub max_flows: Option<usize>,
+    /// Clients allowed (CIDRs or addresses); others get 403. Absent allows all.
+    pub allow: Option<Vec<String>>,
+    /// Clients refused with 403 (CIDRs or addresses).
+    pub deny: Option<Vec<String>>,
+    /// Peers whose `X-Forwarded-For` is trusted (CIDRs or addresses).
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 impl FileListener {
@@ -113,6 +127,10 @@ impl FileListener {
         "max_header_bytes",
         "max_headers",
         "max_connections",
+        "max_uri_bytes",
+        "max_body_bytes",
+        "max_requests_per_connection",
+        "max_connections_per_ip",
         "debug_from",
         "priority_from",
         "location_from",
@@ -122,6 +140,9 @@ impl FileListener {
         "accept_proxy_protocol",
         "proxy_protocol_from",
         "max_flows",
+        "allow",
+        "deny",
+        "trusted_proxies",
     ];
 }
 

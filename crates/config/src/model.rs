@@ -87,6 +87,14 @@ pub struct HttpLimits {
     pub max_headers: usize,
     /// Most concurrent client connections; new ones wait in the accept queue.
     pub max_connections: usize,
+    /// Longest request target (path and query) in bytes (414 beyond it).
+    pub max_uri_bytes: usize,
+    /// Largest request body in bytes (413 when Content-Length exceeds it).
+    pub max_body_bytes: u64,
+    /// Requests served on one HTTP/1 connection before it is closed.
+    pub max_requests_per_connection: u64,
+    /// Most concurrent connections from one client address; more are closed at once.
+    pub max_connections_per_ip: usize,
 }
 
 /// 10 s to send a request head: generous for humans on bad links, short
@@ -101,6 +109,19 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// 10 000 concurrent client connections per listener.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// 8 KiB request targets: what most servers and caches accept (RFC 9110
+/// §4.1 recommends at least 8 000 octets); longer ones are mostly attacks.
+pub const DEFAULT_MAX_URI_BYTES: usize = 8 * 1024;
+/// 1 GiB request bodies: uploads pass, a client cannot stream forever into
+/// a backend by declaring an absurd length. Lower it per listener.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 30;
+/// 1 000 requests per keep-alive connection, as NGINX's `keepalive_requests`:
+/// long-lived connections are recycled, so memory held per connection and
+/// load pinned to one worker are bounded.
+pub const DEFAULT_MAX_REQUESTS_PER_CONNECTION: u64 = 1_000;
+/// 1 024 connections from one address: one client (or one NAT) cannot take
+/// the whole `max_connections` of a listener.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1_024;
 
 impl Default for HttpLimits {
     fn default() -> Self {
@@ -110,6 +131,10 @@ impl Default for HttpLimits {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_headers: DEFAULT_MAX_HEADERS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_uri_bytes: DEFAULT_MAX_URI_BYTES,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_requests_per_connection: DEFAULT_MAX_REQUESTS_PER_CONNECTION,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
         }
     }
 }
@@ -148,6 +173,13 @@ pub struct ListenerConfig {
     pub location_from: Vec<IpNet>,
     /// MaxMind-format database placing clients by address, if any.
     pub geoip_db: Option<String>,
+    /// Clients allowed to use the listener (403 for others); empty allows all.
+    pub allow: Vec<IpNet>,
+    /// Clients refused with 403; checked before `allow`.
+    pub deny: Vec<IpNet>,
+    /// Peers whose `X-Forwarded-For` is kept and appended to; from any
+    /// other peer the header is replaced by the peer's address.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// 65 536 UDP flows: one per client address, each one socket and a task; far

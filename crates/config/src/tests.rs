@@ -163,6 +163,10 @@ fn key_lists_match_the_file_shapes() {
         max_header_bytes: Some(1),
         max_headers: Some(1),
         max_connections: Some(1),
+        max_uri_bytes: Some(1),
+        max_body_bytes: Some(1),
+        max_requests_per_connection: Some(1),
+        max_connections_per_ip: Some(1),
         debug_from: Some(vec![]),
         priority_from: Some(vec![]),
         location_from: Some(vec![]),
@@ -172,6 +176,9 @@ fn key_lists_match_the_file_shapes() {
         accept_proxy_protocol: Some(true),
         proxy_protocol_from: Some(vec![]),
         max_flows: Some(1),
+        allow: Some(vec![]),
+        deny: Some(vec![]),
+        trusted_proxies: Some(vec![]),
     };
     assert_eq!(keys(&listener), sorted(file::FileListener::KEYS));
     let value_match = file::FileValueMatch {

@@ -258,6 +258,27 @@ impl Validator {
             }
             limits.max_connections = n;
         }
+        if let Some(n) = file.max_uri_bytes {
+            if n < 256 {
+                self.problem(key("max_uri_bytes"), "must be at least 256 bytes");
+            }
+            limits.max_uri_bytes = n;
+        }
+        if let Some(n) = file.max_body_bytes {
+            limits.max_body_bytes = n;
+        }
+        if let Some(n) = file.max_requests_per_connection {
+            if n == 0 {
+                self.problem(key("max_requests_per_connection"), "must be at least 1");
+            }
+            limits.max_requests_per_connection = n;
+        }
+        if let Some(n) = file.max_connections_per_ip {
+            if n == 0 {
+                self.problem(key("max_connections_per_ip"), "must be at least 1");
+            }
+            limits.max_connections_per_ip = n;
+        }
         let debug_from = self.networks(&key("debug_from"), file.debug_from.as_deref());
         let priority_from = self.networks(&key("priority_from"), file.priority_from.as_deref());
         let location_from = self.networks(&key("location_from"), file.location_from.as_deref());
@@ -285,6 +306,10 @@ impl Validator {
             priority_from,
             location_from,
             geoip_db: file.geoip_db.clone(),
+            allow: self.networks(&key("allow"), file.allow.as_deref()),
+            deny: self.networks(&key("deny"), file.deny.as_deref()),
+            trusted_proxies: self
+                .networks(&key("trusted_proxies"), file.trusted_proxies.as_deref()),
         }
     }
 

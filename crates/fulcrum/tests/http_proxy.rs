@@ -111,11 +111,13 @@ async fn h2c_clients_are_served() {
 #[tokio::test]
 async fn forwarding_headers_are_added_and_hop_by_hop_removed() {
     let bs = backends(&["0ms"]).await;
-    let proxy = Proxy::run(&simple_config(&cluster_block(
-        "app",
-        "round-robin",
-        &[(bs[0].addr, 1)],
-    )));
+    // The test client is a trusted proxy, so its X-Forwarded-For is kept.
+    let proxy = Proxy::run(
+        &simple_config(&cluster_block("app", "round-robin", &[(bs[0].addr, 1)])).replace(
+            "cluster = \"app\"\n",
+            "cluster = \"app\"\ntrusted_proxies = [\"127.0.0.1\"]\n",
+        ),
+    );
     let req = http::Request::get(format!("http://{}/echo-headers", proxy.addr("web")))
         .header("connection", "x-private")
         .header("x-private", "secret")

@@ -66,6 +66,10 @@ pub struct FramingGuard {
     scan_from: usize,
     /// After the current message's body, stop following (upgrade/CONNECT).
     pass_after_body: bool,
+    /// Largest chunked body followed; a longer one is cut off.
+    max_body: u64,
+    /// Chunk data declared so far in the current message.
+    body_so_far: u64,
 }
 
 impl FramingGuard {
@@ -79,7 +83,16 @@ impl FramingGuard {
             first: true,
             scan_from: 0,
             pass_after_body: false,
+            max_body: u64::MAX,
+            body_so_far: 0,
         }
+    }
+
+    /// Cuts chunked bodies longer than `max` bytes (`max_body_bytes`;
+    /// bodies with a Content-Length are refused from the head, with 413).
+    pub fn with_max_body(mut self, max: u64) -> Self {
+        self.max_body = max;
+        self
     }
 
     /// Feeds bytes just read. On `Err`, the first value is how many of
@@ -179,7 +192,7 @@ impl FramingGuard {
                         _ if digits == 0 => return Err((0, "invalid chunk size")),
                         b';' | b' ' | b'\t' => State::ChunkExt(value),
                         b'\r' => State::ChunkSizeLf(value),
-                        b'\n' => self.after_size_line(value),
+                        b'\n' => self.after_size_line(value)?,
                         _ => return Err((0, "invalid chunk size")),
                     };
                 }
@@ -188,7 +201,7 @@ impl FramingGuard {
                     i += 1;
                     match b {
                         b'\r' => self.state = State::ChunkSizeLf(value),
-                        b'\n' => self.state = self.after_size_line(value),
+                        b'\n' => self.state = self.after_size_line(value)?,
                         _ => {}
                     }
                 }
@@ -197,7 +210,7 @@ impl FramingGuard {
                         return Err((0, "invalid chunk size line"));
                     }
                     i += 1;
-                    self.state = self.after_size_line(value);
+                    self.state = self.after_size_line(value)?;
                 }
                 State::ChunkData(left) => {
                     let n = (left.min((data.len() - i) as u64)) as usize;
@@ -238,12 +251,16 @@ impl FramingGuard {
         Ok(())
     }
 
-    fn after_size_line(&self, size: u64) -> State {
-        if size == 0 {
+    fn after_size_line(&mut self, size: u64) -> Result<State, (usize, Rejection)> {
+        self.body_so_far = self.body_so_far.saturating_add(size);
+        if self.body_so_far > self.max_body {
+            return Err((0, "chunked body larger than max_body_bytes"));
+        }
+        Ok(if size == 0 {
             State::Trailers(true)
         } else {
             State::ChunkData(size)
-        }
+        })
     }
 
     fn after_body(&mut self) -> State {
@@ -267,6 +284,7 @@ impl FramingGuard {
             HeadKind::Unparsed => self.state = State::Pass,
             HeadKind::Message { body, upgrade } => {
                 self.pass_after_body = upgrade;
+                self.body_so_far = 0;
                 self.state = match body {
                     BodyKind::Chunked => State::ChunkSize(0, 0),
                     BodyKind::Length(n) if n > 0 => State::Body(n),
@@ -321,8 +339,16 @@ fn classify_with<'h>(
     let mut transfer_encoding: Option<&[u8]> = None;
     let mut te_count = 0;
     let mut upgrade = req.method == Some("CONNECT");
+    let mut host: Option<&[u8]> = None;
     for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
+        if h.name.eq_ignore_ascii_case("host") {
+            // RFC 9112 §3.2: more than one Host is a 400; two hops could
+            // route the request by different ones.
+            if host.is_some() {
+                return Err("more than one Host");
+            }
+            host = Some(trim(h.value));
+        } else if h.name.eq_ignore_ascii_case("content-length") {
             cl_count += 1;
             let v = trim(h.value);
             if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
@@ -334,6 +360,13 @@ fn classify_with<'h>(
             transfer_encoding = Some(h.value);
         } else if h.name.eq_ignore_ascii_case("upgrade") {
             upgrade = true;
+        }
+    }
+    if let (Some(target), Some(host)) = (req.path.and_then(absolute_form_authority), host) {
+        // RFC 9112 §3.2.2: the absolute-form target wins over Host; a next
+        // hop that reads Host instead would route the request elsewhere.
+        if !target.eq_ignore_ascii_case(host) {
+            return Err("absolute-form target disagrees with Host");
         }
     }
     if cl_count > 0 && te_count > 0 {
@@ -361,6 +394,23 @@ fn classify_with<'h>(
         (None, None) => BodyKind::None,
     };
     Ok(HeadKind::Message { body, upgrade })
+}
+
+/// The authority of an absolute-form request target (`http://host:port/path`).
+fn absolute_form_authority(target: &str) -> Option<&[u8]> {
+    let lower = target.get(..8).map(str::to_ascii_lowercase)?;
+    let rest = if lower.starts_with("http://") {
+        &target[7..]
+    } else if lower.starts_with("https://") {
+        &target[8..]
+    } else {
+        return None;
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    // Userinfo is not part of the host a request is routed by.
+    let authority = &rest[..end];
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    Some(authority.as_bytes())
 }
 
 fn trim(v: &[u8]) -> &[u8] {
@@ -459,6 +509,14 @@ mod tests {
                 "Transfer-Encoding does not end in chunked",
             ),
             (
+                b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+                "more than one Host",
+            ),
+            (
+                b"GET http://evil.example/x HTTP/1.1\r\nHost: good.example\r\n\r\n",
+                "absolute-form target disagrees with Host",
+            ),
+            (
                 b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
                 "invalid chunk size",
             ),
@@ -479,6 +537,28 @@ mod tests {
                 String::from_utf8_lossy(data)
             );
         }
+    }
+
+    #[test]
+    fn framing_guard_cuts_chunked_bodies_over_the_limit() {
+        let body = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\nworld!\r\n0\r\n\r\n";
+        let mut g = guard().with_max_body(10);
+        assert_eq!(
+            g.feed(body).map_err(|e| e.1),
+            Err("chunked body larger than max_body_bytes")
+        );
+        assert_eq!(guard().with_max_body(11).feed(body), Ok(()));
+        // The count starts again with every message.
+        let two = [&body[..], &body[..]].concat();
+        assert_eq!(guard().with_max_body(11).feed(&two), Ok(()));
+    }
+
+    #[test]
+    fn framing_guard_accepts_absolute_form_matching_host() {
+        let ok = b"GET HTTP://Good.Example:8080/x HTTP/1.1\r\nHost: good.example:8080\r\n\r\n";
+        assert_eq!(feed_split(ok, 1000), Ok(()));
+        let short = b"GET http:/ HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(feed_split(short, 1000), Ok(()));
     }
 
     #[test]

@@ -258,15 +258,27 @@ async fn accept_with(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
+        // A refused head ends the read side; requests before it still get
+        // their answers (then the 400 follows and the connection closes).
+        .half_close(true)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .max_headers(limits.max_headers);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        // Rapid reset (CVE-2023-44487): streams the client opens and resets
+        // before they are accepted are capped, and a client that makes the
+        // server reset too many streams gets GOAWAY. h2 itself bounds
+        // CONTINUATION by max_header_list_size and queued SETTINGS/PING
+        // acknowledgements; these two values are h2's defaults, set here so
+        // they are visible and survive dependency updates.
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024);
     let builder = Arc::new(builder);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let per_ip = Arc::new(PerIp::default());
     loop {
         let permit = Arc::clone(&permits)
             .acquire_owned()
@@ -280,6 +292,11 @@ async fn accept_with(
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             }
+        };
+        let Some(ip_slot) = per_ip.take(peer.ip(), limits.max_connections_per_ip) else {
+            tracing::debug!(listener = %name, client = %peer, "refused: too many connections from this address");
+            drop(stream);
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let info = ConnInfo {
@@ -317,6 +334,7 @@ async fn accept_with(
                 }
             }
             drop(open);
+            drop(ip_slot);
             drop(permit);
             drop(alive);
         });
@@ -338,14 +356,30 @@ async fn serve_connection<S>(
     let io = TokioIo::new(ClientIo {
         inner: stream,
         activity: Arc::clone(&activity),
-        framing: FramingGuard::new(limits.max_header_bytes, limits.max_headers),
+        framing: FramingGuard::new(limits.max_header_bytes, limits.max_headers)
+            .with_max_body(limits.max_body_bytes),
         rejected: None,
         peer: info.peer,
     });
-    let service = service_fn(move |req| {
+    let max_requests = limits.max_requests_per_connection;
+    let served = Arc::new(AtomicU64::new(0));
+    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let runtime = Arc::clone(&runtime);
         let info = info.clone();
-        async move { Ok::<_, Infallible>(handle(runtime, info, req).await) }
+        // HTTP/1 connections are recycled after `max_requests_per_connection`
+        // (HTTP/2 multiplexes; its streams are bounded by max_concurrent_streams).
+        let last = req.version() <= http::Version::HTTP_11
+            && served.fetch_add(1, Ordering::Relaxed) + 1 >= max_requests;
+        async move {
+            let mut response = handle(runtime, info, req).await;
+            if last {
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, Infallible>(response)
+        }
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
@@ -491,5 +525,45 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
             return Poll::Pending;
         }
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Connections open per client address, for `max_connections_per_ip`.
+#[derive(Debug, Default)]
+struct PerIp {
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+impl PerIp {
+    /// A slot for one more connection from `ip`, unless it has `limit` already.
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, limit: usize) -> Option<PerIpSlot> {
+        let mut open = self.open.lock().expect("per-ip table lock");
+        let n = open.entry(ip).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(PerIpSlot {
+            table: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+/// One connection counted against its address; released on drop.
+struct PerIpSlot {
+    table: Arc<PerIp>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for PerIpSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().expect("per-ip table lock");
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
     }
 }

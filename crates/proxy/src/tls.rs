@@ -90,6 +90,9 @@ impl TlsTerminator {
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_no_client_auth()
             .with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
+        // Server cipher order: ring's suites are listed strongest first, and
+        // a client cannot steer the choice to a weaker one it prefers.
+        config.ignore_client_order = true;
         if listener.protocol == Protocol::Http {
             config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         }

@@ -46,6 +46,13 @@ pub fn to_file(config: &Config) -> FileConfig {
                 max_header_bytes: Some(l.limits.max_header_bytes),
                 max_headers: Some(l.limits.max_headers),
                 max_connections: Some(l.limits.max_connections),
+                max_uri_bytes: Some(l.limits.max_uri_bytes),
+                max_body_bytes: Some(l.limits.max_body_bytes),
+                max_requests_per_connection: Some(l.limits.max_requests_per_connection),
+                max_connections_per_ip: Some(l.limits.max_connections_per_ip),
+                allow: Some(l.allow.iter().map(|n| n.to_string()).collect()),
+                deny: Some(l.deny.iter().map(|n| n.to_string()).collect()),
+                trusted_proxies: Some(l.trusted_proxies.iter().map(|n| n.to_string()).collect()),
                 debug_from: Some(l.debug_from.iter().map(|n| n.to_string()).collect()),
                 route: l
                     .routes

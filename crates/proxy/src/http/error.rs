@@ -14,6 +14,21 @@ pub enum ProxyError {
         /// What was ambiguous.
         reason: &'static str,
     },
+    /// The request target is longer than the listener's `max_uri_bytes`.
+    #[error("request target longer than {limit} bytes")]
+    UriTooLong {
+        /// The limit.
+        limit: usize,
+    },
+    /// The declared body is larger than the listener's `max_body_bytes`.
+    #[error("request body larger than {limit} bytes")]
+    BodyTooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// The client's address is denied (or not allowed) on this listener.
+    #[error("client address refused by the listener's allow/deny lists")]
+    Forbidden,
     /// No route matched and the listener has no default cluster.
     #[error("no route for this request")]
     NoRoute,
@@ -48,6 +63,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadFraming { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
@@ -61,6 +79,13 @@ impl ProxyError {
         let status = self.status();
         let text = match &self {
             ProxyError::BadFraming { reason } => format!("400 bad request: {reason}\n"),
+            ProxyError::UriTooLong { limit } => {
+                format!("414 uri too long: the request target exceeds {limit} bytes\n")
+            }
+            ProxyError::BodyTooLarge { limit } => {
+                format!("413 content too large: the request body exceeds {limit} bytes\n")
+            }
+            ProxyError::Forbidden => "403 forbidden\n".to_owned(),
             ProxyError::NoRoute => "404 not found: no route matches this request\n".to_owned(),
             ProxyError::NoBackend { cluster } => {
                 format!("503 service unavailable: no usable backend in cluster `{cluster}`\n")
@@ -79,7 +104,14 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        if matches!(self, ProxyError::BadFraming { .. }) {
+        // The unread body (or the rest of a refused head) must not be
+        // parsed as the next request: close.
+        if matches!(
+            self,
+            ProxyError::BadFraming { .. }
+                | ProxyError::UriTooLong { .. }
+                | ProxyError::BodyTooLarge { .. }
+        ) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response

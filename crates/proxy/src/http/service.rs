@@ -59,7 +59,7 @@ pub async fn handle(
 async fn proxy(
     runtime: &Runtime,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     check_framing(&req)?;
     let snapshot = runtime.snapshot();
@@ -68,6 +68,19 @@ async fn proxy(
         .get(&*conn.listener)
         .ok_or(ProxyError::NoRoute)?;
     let listener = Arc::clone(listener);
+    check_limits(&req, &listener.config.limits)?;
+    let ip = conn.peer.ip();
+    let config = &listener.config;
+    if config.deny.iter().any(|n| n.contains(ip))
+        || !(config.allow.is_empty() || config.allow.iter().any(|n| n.contains(ip)))
+    {
+        return Err(ProxyError::Forbidden);
+    }
+    if !config.trusted_proxies.iter().any(|n| n.contains(ip)) {
+        // Only trusted proxies may say who the client is; from anyone else
+        // the header is dropped, and the peer's address alone is sent.
+        req.headers_mut().remove(&headers::X_FORWARDED_FOR);
+    }
     let host = authority(&req);
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
     let matched = listener
@@ -477,6 +490,49 @@ fn check_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
                 });
             }
         }
+    } else {
+        // HTTP/2 and later, downgraded to HTTP/1.1 towards the backend. The
+        // h2 codec already refuses connection-specific headers, `te` other
+        // than `trailers`, CR/LF/NUL in values and pseudo-header misuse
+        // (RFC 9113 §8.2); a Host that disagrees with `:authority` is
+        // left to us (§8.3.1): two hops could route by different ones.
+        let mut hosts = h.get_all(header::HOST).iter();
+        if let (Some(host), Some(authority)) = (hosts.next(), req.uri().authority()) {
+            if hosts.next().is_some()
+                || !host
+                    .as_bytes()
+                    .eq_ignore_ascii_case(authority.as_str().as_bytes())
+            {
+                return Err(ProxyError::BadFraming {
+                    reason: "Host disagrees with :authority",
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses request targets and declared bodies beyond the listener's limits
+/// (414, 413). A chunked body is not measured here.
+fn check_limits<B>(
+    req: &Request<B>,
+    limits: &fulcrum_config::HttpLimits,
+) -> Result<(), ProxyError> {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target > limits.max_uri_bytes {
+        return Err(ProxyError::UriTooLong {
+            limit: limits.max_uri_bytes,
+        });
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body_bytes) {
+        return Err(ProxyError::BodyTooLarge {
+            limit: limits.max_body_bytes,
+        });
     }
     Ok(())
 }

@@ -1,0 +1,884 @@
+//! Abuse resistance through real sockets: HTTP/1 framing and header
+//! hygiene, the HTTP/2 → HTTP/1 downgrade, and client-side limits.
+//!
+//! The backend here is a recording server: it logs exactly the bytes it
+//! receives, so a test can assert that no request hidden in a body (request
+//! smuggling) ever reached it.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The slowloris test measures latency: it runs alone (write lock) while the
+/// other tests of this file share the read lock.
+static TIMING: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// A backend that records every byte it receives and answers each request
+/// head with `200 ok` once the request's body (by Content-Length or chunked)
+/// has arrived.
+struct RecordingBackend {
+    addr: SocketAddr,
+    bytes: Arc<Mutex<Vec<u8>>>,
+}
+
+impl RecordingBackend {
+    async fn spawn() -> RecordingBackend {
+        let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let bytes = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&bytes);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = socket.accept().await {
+                tokio::spawn(serve_recording(stream, Arc::clone(&log)));
+            }
+        });
+        RecordingBackend { addr, bytes }
+    }
+
+    fn received(&self) -> String {
+        String::from_utf8_lossy(&self.bytes.lock().unwrap()).into_owned()
+    }
+}
+
+async fn serve_recording(mut stream: TcpStream, log: Arc<Mutex<Vec<u8>>>) {
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = match tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return,
+        };
+        log.lock().unwrap().extend_from_slice(&buf[..n]);
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(used) = complete_request(&pending) {
+            pending.drain(..used);
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+            if stream.write_all(answer).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Length of the first complete request in `buf` (the proxy sends only
+/// well-formed requests, so a naive reading is enough).
+fn complete_request(buf: &[u8]) -> Option<usize> {
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    if let Some(line) = head.lines().find(|l| l.starts_with("content-length:")) {
+        let n: usize = line[15..].trim().parse().ok()?;
+        return (buf.len() >= head_end + n).then_some(head_end + n);
+    }
+    if head.contains("transfer-encoding: chunked") {
+        let end = buf[head_end..].windows(5).position(|w| w == b"0\r\n\r\n")?;
+        return Some(head_end + end + 5);
+    }
+    Some(head_end)
+}
+
+/// Sends raw bytes, then reads until the server closes (bounded by 5 s).
+/// Returns the text and whether the server closed the connection.
+fn raw_exchange(addr: SocketAddr, request: &[u8]) -> (String, bool) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(request);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            // A reset after the answer is a close too.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+async fn exchange(addr: SocketAddr, request: Vec<u8>) -> (String, bool) {
+    tokio::task::spawn_blocking(move || raw_exchange(addr, &request))
+        .await
+        .unwrap()
+}
+
+fn proxy_to(backend: SocketAddr, listener_extra: &str) -> Proxy {
+    Proxy::run(&format!(
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\ncluster = \"app\"\n{listener_extra}\n\n{}",
+        cluster_block("app", "round-robin", &[(backend, 1)])
+    ))
+}
+
+/// Each case carries a request hidden in its body (`/smuggled-N`), and is
+/// itself marked `/case-N`; neither may reach the backend.
+fn framing_cases() -> Vec<(&'static str, Vec<u8>)> {
+    let hidden = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let cases: Vec<(&str, String)> = vec![
+        ("cl+te", format!("POST /case HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{hidden}")),
+        ("te+cl", format!("POST /case HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n0\r\n\r\n{hidden}")),
+        ("duplicate cl", format!("POST /case HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 36\r\n\r\n{hidden}")),
+        ("list cl", format!("POST /case HTTP/1.1\r\nHost: x\r\nContent-Length: 0, 36\r\n\r\n{hidden}")),
+        ("signed cl", format!("POST /case HTTP/1.1\r\nHost: x\r\nContent-Length: +0\r\n\r\n{hidden}")),
+        ("negative cl", format!("POST /case HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n{hidden}")),
+        ("te not chunked", format!("POST /case HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n{hidden}")),
+        ("te gzip", format!("POST /case HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n{hidden}")),
+        ("te twice", format!("POST /case HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{hidden}")),
+        ("obs-fold", format!("POST /case HTTP/1.1\r\nHost: x\r\nX-A: a\r\n Content-Length: 36\r\n\r\n{hidden}")),
+        ("obs-fold te", format!("POST /case HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n{hidden}")),
+        ("space before colon", format!("POST /case HTTP/1.1\r\nHost: x\r\nContent-Length : 36\r\n\r\n{hidden}")),
+        ("tab before colon", format!("POST /case HTTP/1.1\r\nHost: x\r\nTransfer-Encoding\t: chunked\r\n\r\n0\r\n\r\n{hidden}")),
+        ("bare cr", format!("POST /case HTTP/1.1\r\nHost: x\r\nX-A: a\rContent-Length: 36\r\n\r\n{hidden}")),
+        ("nul in value", format!("POST /case HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\n\r\n{hidden}")),
+        ("nul in name", format!("POST /case HTTP/1.1\r\nHost: x\r\nX-\0A: b\r\n\r\n{hidden}")),
+        ("control in value", format!("POST /case HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n{hidden}")),
+        ("control in name", format!("POST /case HTTP/1.1\r\nHost: x\r\nX-\x7fA: b\r\n\r\n{hidden}")),
+        ("invalid chunk size", format!("POST /case HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{hidden}")),
+        ("chunk size overflow", format!("POST /case HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000024\r\n{hidden}\r\n0\r\n\r\n")),
+        ("negative chunk size", format!("POST /case HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n-24\r\n{hidden}\r\n0\r\n\r\n")),
+        ("multiple host", format!("POST /case HTTP/1.1\r\nHost: x\r\nHost: y\r\nContent-Length: 36\r\n\r\n{hidden}")),
+        ("absolute-form host mismatch", format!("POST http://evil.example/case HTTP/1.1\r\nHost: x\r\nContent-Length: 36\r\n\r\n{hidden}")),
+    ];
+    cases
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, text))| {
+            let text = text
+                .replace("/case", &format!("/case-{i}"))
+                .replace("/smuggled", &format!("/smuggled-{i}"));
+            (name, text.into_bytes())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn ambiguous_or_malformed_requests_get_400_close_and_never_reach_the_backend() {
+    let _shared = TIMING.read().await;
+    let backend = RecordingBackend::spawn().await;
+    let proxy = proxy_to(backend.addr, "");
+    let addr = proxy.addr("web");
+    let mut failures = Vec::new();
+    for (i, (name, request)) in framing_cases().into_iter().enumerate() {
+        let (text, closed) = exchange(addr, request).await;
+        if !text.starts_with("HTTP/1.1 400") || !closed || text.matches("HTTP/1.1").count() != 1 {
+            failures.push(format!("{i} {name}: closed={closed} answer={text:?}"));
+        }
+        let seen = backend.received();
+        if seen.contains(&format!("/smuggled-{i} ")) || seen.contains(&format!("/case-{i} ")) {
+            failures.push(format!("{i} {name}: reached the backend: {seen:?}"));
+        }
+    }
+    // The backend is alive and recording: a clean request does get through.
+    let (text, _) = exchange(
+        addr,
+        b"POST /clean HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+            .to_vec(),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(backend.received().contains("POST /clean HTTP/1.1"));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[tokio::test]
+async fn smuggled_request_after_a_valid_one_is_cut_off() {
+    let _shared = TIMING.read().await;
+    let backend = RecordingBackend::spawn().await;
+    let proxy = proxy_to(backend.addr, "");
+    let stream = b"GET /first HTTP/1.1\r\nHost: x\r\n\r\nPOST /second HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let (text, closed) = exchange(proxy.addr("web"), stream.to_vec()).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("HTTP/1.1 400"), "{text}");
+    assert!(closed);
+    let seen = backend.received();
+    assert!(seen.contains("GET /first"), "{seen}");
+    assert!(
+        !seen.contains("/second") && !seen.contains("/smuggled"),
+        "{seen}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// HTTP/2 → HTTP/1 downgrade, with hand-built frames (a real h2 client would
+// refuse to send these).
+
+/// A header block as (name, value) pairs, in order.
+type HeaderList = Vec<(&'static [u8], &'static [u8])>;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HPACK "literal header field without indexing, new name", no Huffman.
+fn hpack_literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    assert!(name.len() < 127 && value.len() < 127);
+    out.push(0x00);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name);
+    out.push(value.len() as u8);
+    out.extend_from_slice(value);
+}
+
+/// Sends one HEADERS frame (END_STREAM | END_HEADERS) on stream 1 and
+/// returns the `:status` of the answer, or `None` if the stream or the
+/// connection was reset instead.
+async fn h2_request(addr: SocketAddr, headers: &[(&[u8], &[u8])]) -> Option<u16> {
+    let mut block = Vec::new();
+    for (n, v) in headers {
+        hpack_literal(&mut block, n, v);
+    }
+    let mut out = H2_PREFACE.to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[]));
+    out.extend(h2_frame(0x1, 0x5, 1, &block));
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&out).await.unwrap();
+    let mut buf = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut at = 0;
+    loop {
+        // Walk the frames received since the last read.
+        while buf.len() >= at + 9 {
+            let len = (buf[at] as usize) << 16 | (buf[at + 1] as usize) << 8 | buf[at + 2] as usize;
+            if buf.len() < at + 9 + len {
+                break;
+            }
+            let (kind, flags) = (buf[at + 3], buf[at + 4]);
+            let stream = u32::from_be_bytes(buf[at + 5..at + 9].try_into().unwrap()) & 0x7fff_ffff;
+            let payload = &buf[at + 9..at + 9 + len];
+            match kind {
+                0x4 if flags & 1 == 0 => {
+                    let ack = h2_frame(0x4, 1, 0, &[]);
+                    let _ = s.write_all(&ack).await;
+                }
+                0x1 if stream == 1 => {
+                    // :status from the static table (index 8..=14) or a literal.
+                    let first = payload.first().copied().unwrap_or(0);
+                    return Some(match first {
+                        0x88 => 200,
+                        0x89 => 204,
+                        0x8a => 206,
+                        0x8b => 304,
+                        0x8c => 400,
+                        0x8d => 404,
+                        0x8e => 500,
+                        _ => 0,
+                    });
+                }
+                0x3 if stream == 1 => return None,
+                0x7 => return None,
+                _ => {}
+            }
+            at += 9 + len;
+        }
+        let mut chunk = [0u8; 4096];
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn h2_downgrade_refuses_unsafe_headers_and_pseudo_header_misuse() {
+    let _shared = TIMING.read().await;
+    let backend = RecordingBackend::spawn().await;
+    let proxy = proxy_to(backend.addr, "");
+    let addr = proxy.addr("web");
+    let base: [(&[u8], &[u8]); 4] = [
+        (b":method", b"GET"),
+        (b":scheme", b"http"),
+        (b":authority", b"x"),
+        (b":path", b"/ok"),
+    ];
+    // The well-formed request is forwarded.
+    assert_eq!(h2_request(addr, &base).await, Some(200));
+    assert!(backend.received().contains("GET /ok HTTP/1.1"));
+    let with = |name: &'static [u8], value: &'static [u8], path: &'static [u8]| {
+        let mut h: Vec<(&[u8], &[u8])> = base.to_vec();
+        h[3].1 = path;
+        h.push((name, value));
+        h
+    };
+    let cases: Vec<(&str, HeaderList)> = vec![
+        (
+            "crlf in value",
+            with(b"x-a", b"a\r\nx-smuggled: 1", b"/bad-0"),
+        ),
+        ("lf in value", with(b"x-a", b"a\nx-smuggled: 1", b"/bad-1")),
+        ("nul in value", with(b"x-a", b"a\0b", b"/bad-2")),
+        ("connection", with(b"connection", b"close", b"/bad-3")),
+        (
+            "transfer-encoding",
+            with(b"transfer-encoding", b"chunked", b"/bad-4"),
+        ),
+        ("keep-alive", with(b"keep-alive", b"timeout=5", b"/bad-5")),
+        ("upgrade", with(b"upgrade", b"websocket", b"/bad-6")),
+        (
+            "proxy-connection",
+            with(b"proxy-connection", b"keep-alive", b"/bad-7"),
+        ),
+        ("te gzip", with(b"te", b"gzip", b"/bad-8")),
+        ("uppercase name", with(b"X-Upper", b"1", b"/bad-9")),
+        ("unknown pseudo-header", with(b":evil", b"1", b"/bad-10")),
+        (
+            "host disagrees with :authority",
+            with(b"host", b"evil.example", b"/bad-11"),
+        ),
+        ("pseudo-header after regular", {
+            let mut h: Vec<(&[u8], &[u8])> =
+                vec![(b":method", b"GET"), (b":scheme", b"http"), (b"x-a", b"1")];
+            h.push((b":authority", b"x"));
+            h.push((b":path", b"/bad-12"));
+            h
+        }),
+        ("duplicate :path", {
+            let mut h: Vec<(&[u8], &[u8])> = base.to_vec();
+            h[3].1 = b"/bad-13";
+            h.push((b":path", b"/bad-13b"));
+            h
+        }),
+        (
+            "missing :path",
+            vec![
+                (b":method", b"GET"),
+                (b":scheme", b"http"),
+                (b":authority", b"x"),
+                (b"x-bad", b"/bad-14"),
+            ],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (i, (name, headers)) in cases.iter().enumerate() {
+        let status = h2_request(addr, headers).await;
+        if matches!(status, Some(200..=299)) {
+            failures.push(format!("{name}: answered {status:?}"));
+        }
+        let seen = backend.received();
+        if seen.contains(&format!("/bad-{i}")) || seen.contains("smuggled") {
+            failures.push(format!("{name}: reached the backend"));
+        }
+    }
+    // TE: trailers is the one TE value allowed in HTTP/2.
+    let mut ok = base.to_vec();
+    ok[3].1 = b"/trailers";
+    ok.push((b"te", b"trailers"));
+    assert_eq!(h2_request(addr, &ok).await, Some(200));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+// ---------------------------------------------------------------------------
+// Limits.
+
+#[tokio::test]
+async fn limits_answer_414_413_431_and_close() {
+    let _shared = TIMING.read().await;
+    let backend = RecordingBackend::spawn().await;
+    let proxy = proxy_to(
+        backend.addr,
+        "max_uri_bytes = 300\nmax_body_bytes = 10\nmax_header_bytes = 1024",
+    );
+    let addr = proxy.addr("web");
+    let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "u".repeat(400));
+    let (text, closed) = exchange(addr, long.into_bytes()).await;
+    assert!(text.starts_with("HTTP/1.1 414"), "{text}");
+    assert!(closed);
+    let (text, closed) = exchange(
+        addr,
+        b"POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello world".to_vec(),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(closed);
+    let huge = format!(
+        "GET /h HTTP/1.1\r\nHost: x\r\nX-A: {}\r\n\r\n",
+        "a".repeat(10_000)
+    );
+    let (text, closed) = exchange(addr, huge.into_bytes()).await;
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+    assert!(closed);
+    let (text, _) = exchange(
+        addr,
+        b"POST /small HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\nConnection: close\r\n\r\n0123456789"
+            .to_vec(),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let seen = backend.received();
+    assert!(
+        !seen.contains("/big") && !seen.contains("/uuu") && !seen.contains("GET /h "),
+        "{seen}"
+    );
+}
+
+#[tokio::test]
+async fn max_requests_per_connection_closes_after_the_last_answer() {
+    let _shared = TIMING.read().await;
+    let backend = RecordingBackend::spawn().await;
+    let proxy = proxy_to(backend.addr, "max_requests_per_connection = 2");
+    let three = b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\nGET /3 HTTP/1.1\r\nHost: x\r\n\r\n";
+    let (text, closed) = exchange(proxy.addr("web"), three.to_vec()).await;
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    assert!(closed);
+    assert!(!backend.received().contains("GET /3"));
+}
+
+#[tokio::test]
+async fn max_connections_per_ip_refuses_the_extra_connection() {
+    let _shared = TIMING.read().await;
+    let backend = RecordingBackend::spawn().await;
+    let proxy = proxy_to(backend.addr, "max_connections_per_ip = 2");
+    let addr = proxy.addr("web");
+    let _a = TcpStream::connect(addr).await.unwrap();
+    let _b = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (text, closed) = exchange(addr, b"GET /third HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()).await;
+    assert!(closed && text.is_empty(), "{text}");
+    drop(_a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (text, _) = exchange(
+        addr,
+        b"GET /again HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
+
+// ---------------------------------------------------------------------------
+// Slowloris.
+
+/// Attacking connections; scaled down when the open-file limit is low (the
+/// proxy inherits this process's limit and needs one fd per connection too).
+const SLOWLORIS_CONNECTIONS: usize = 1_000;
+
+/// The soft `Max open files` of this process, from /proc/self/limits.
+fn open_file_limit() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+fn p99(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[(samples.len() * 99 / 100).min(samples.len() - 1)]
+}
+
+/// Sequential GETs on one keep-alive connection for `span`; their latencies.
+async fn timed_gets(client: &HttpClient, addr: SocketAddr, span: Duration) -> Vec<Duration> {
+    let mut out = Vec::new();
+    let end = Instant::now() + span;
+    while Instant::now() < end {
+        let started = Instant::now();
+        let answer = get(client, addr, "/").await;
+        out.push(started.elapsed());
+        assert_eq!(answer.status, 200);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_connections_are_cut_at_the_header_timeout_and_others_are_served() {
+    let _alone = TIMING.write().await;
+    let limit = open_file_limit().unwrap_or(1024);
+    let n = SLOWLORIS_CONNECTIONS
+        .min(limit.saturating_sub(200) / 2)
+        .max(10);
+    if n < SLOWLORIS_CONNECTIONS {
+        eprintln!("open-file limit {limit}: slowloris scaled down to {n} connections");
+    }
+    let bs = backends(&["0ms"]).await;
+    let proxy = proxy_to(
+        bs[0].addr,
+        "header_timeout = \"2s\"\nmax_connections_per_ip = 100000",
+    );
+    let addr = proxy.addr("web");
+    // Warm up, then the unloaded baseline, measured the same way as under load.
+    let unloaded = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let client = common::client();
+            timed_gets(&client, addr, Duration::from_millis(300)).await;
+            p99(timed_gets(&client, addr, Duration::from_secs(2)).await)
+        })
+    })
+    .join()
+    .unwrap();
+
+    // The attack: n connections each trickling a request head one byte per
+    // second; a connection the proxy closes is replaced at once.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lifetimes = Arc::new(Mutex::new(Vec::new()));
+    let mut attackers = Vec::new();
+    for _ in 0..n {
+        let stop = Arc::clone(&stop);
+        let lifetimes = Arc::clone(&lifetimes);
+        // Attackers start spread over the header timeout, as independent
+        // clients would, rather than in one synchronised burst.
+        let delay = Duration::from_millis(fastrand::u64(..2_000));
+        attackers.push(tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(mut s) = TcpStream::connect(addr).await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let opened = Instant::now();
+                for b in b"GET / HTTP/1.1\r\nHost: slow\r\nX-Slow: ".iter().cycle() {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    if s.write_all(&[*b]).await.is_err() {
+                        break;
+                    }
+                    // Waiting for the next byte, watch for the proxy closing.
+                    let mut buf = [0u8; 512];
+                    match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+                        Err(_) => continue,
+                        Ok(_) => break,
+                    }
+                }
+                lifetimes.lock().unwrap().push(opened.elapsed());
+            }
+        }));
+    }
+    // Let the attack build up, then measure normal clients through it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The normal client runs on its own thread and runtime, so the attack
+    // tasks of this test do not delay it in the test's own scheduler.
+    let loaded = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let client = common::client();
+            timed_gets(&client, addr, Duration::from_millis(200)).await;
+            p99(timed_gets(&client, addr, Duration::from_secs(6)).await)
+        })
+    })
+    .join()
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for a in attackers {
+        let _ = tokio::time::timeout(Duration::from_secs(3), a).await;
+    }
+    let lifetimes = lifetimes.lock().unwrap().clone();
+    eprintln!(
+        "slowloris: {n} connections, {} cut, unloaded p99 {unloaded:?}, loaded p99 {loaded:?}",
+        lifetimes.len()
+    );
+    // Every connection was cut, at the header timeout (2 s, the 1 s write
+    // cadence and a loaded 2-core machine give the margin).
+    assert!(
+        lifetimes.len() >= n,
+        "only {} of {n} slow connections were cut",
+        lifetimes.len()
+    );
+    let early = lifetimes
+        .iter()
+        .filter(|d| **d < Duration::from_millis(1500))
+        .count();
+    let late = lifetimes
+        .iter()
+        .filter(|d| **d > Duration::from_secs(5))
+        .count();
+    assert_eq!(early, 0, "slow connections cut before the header timeout");
+    assert_eq!(late, 0, "slow connections kept past the header timeout");
+    // Normal clients: p99 under twice the unloaded p99. On a shared 2-core
+    // machine the attack's own client tasks compete for the same cores, so
+    // by default (STYLE: timings are benchmarks, tests keep generous bounds)
+    // 50 ms of slack is allowed; FULCRUM_STRICT_TIMING=1 asserts the bare 2x
+    // on a quiet machine. Starvation (accept blocked, workers busy) shows as
+    // seconds and fails either way.
+    let slack = if std::env::var_os("FULCRUM_STRICT_TIMING").is_some() {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(50)
+    };
+    assert!(
+        loaded <= unloaded * 2 + slack,
+        "p99 {loaded:?} under slowloris vs {unloaded:?} unloaded"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Access control.
+
+#[tokio::test]
+async fn deny_and_allow_lists_answer_403() {
+    let _shared = TIMING.read().await;
+    let backend = RecordingBackend::spawn().await;
+    let denied = proxy_to(backend.addr, "deny = [\"127.0.0.0/8\"]");
+    let (text, _) = exchange(
+        denied.addr("web"),
+        b"GET /denied HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+    let not_allowed = proxy_to(backend.addr, "allow = [\"192.0.2.0/24\", \"::1\"]");
+    let (text, _) = exchange(
+        not_allowed.addr("web"),
+        b"GET /not-allowed HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+    let allowed = proxy_to(backend.addr, "allow = [\"127.0.0.1/32\"]");
+    let (text, _) = exchange(
+        allowed.addr("web"),
+        b"GET /allowed HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let seen = backend.received();
+    assert!(
+        seen.contains("/allowed") && !seen.contains("/denied") && !seen.contains("/not-allowed")
+    );
+}
+
+/// The X-Forwarded-For value the backend received for request `path`.
+fn forwarded_for(seen: &str, path: &str) -> String {
+    let request = seen
+        .split(&format!("GET {path} "))
+        .nth(1)
+        .unwrap_or_default();
+    let head = request.split("\r\n\r\n").next().unwrap_or_default();
+    head.lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-forwarded-for:")
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn x_forwarded_for_is_replaced_unless_the_peer_is_a_trusted_proxy() {
+    let _shared = TIMING.read().await;
+    let backend = RecordingBackend::spawn().await;
+    let untrusted = proxy_to(backend.addr, "trusted_proxies = [\"10.0.0.0/8\"]");
+    let _ = exchange(
+        untrusted.addr("web"),
+        b"GET /spoof HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.7\r\nX-Forwarded-For: 203.0.113.8\r\nConnection: close\r\n\r\n".to_vec(),
+    )
+    .await;
+    let trusted = proxy_to(backend.addr, "trusted_proxies = [\"127.0.0.1\"]");
+    let _ = exchange(
+        trusted.addr("web"),
+        b"GET /relayed HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.7\r\nConnection: close\r\n\r\n".to_vec(),
+    )
+    .await;
+    let seen = backend.received();
+    assert_eq!(forwarded_for(&seen, "/spoof"), "127.0.0.1", "{seen}");
+    assert!(!seen.contains("203.0.113.8"), "{seen}");
+    assert_eq!(
+        forwarded_for(&seen, "/relayed"),
+        "203.0.113.7, 127.0.0.1",
+        "{seen}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Graceful lifecycle.
+
+fn signal(proxy: &Proxy, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &proxy.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits (bounded) for the proxy process to exit; its exit code.
+fn wait_exit(proxy: &mut Proxy, within: Duration) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(status) = proxy.child.try_wait().unwrap() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("fulcrum did not exit within {within:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_request_in_flight_then_exits_0() {
+    let _shared = TIMING.read().await;
+    let bs = backends(&["1500ms"]).await;
+    let mut proxy = proxy_to(bs[0].addr, "");
+    let addr = proxy.addr("web");
+    let in_flight = tokio::spawn(exchange(
+        addr,
+        b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
+    ));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    signal(&proxy, "TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // No longer accepting.
+    let late = TcpStream::connect(addr).await;
+    if let Ok(mut s) = late {
+        let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .map_or(0, |r| r.unwrap_or(0));
+        assert_eq!(n, 0, "a connection after SIGTERM was served");
+    }
+    let (text, closed) = in_flight.await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(closed);
+    let code = tokio::task::block_in_place(|| wait_exit(&mut proxy, Duration::from_secs(10)));
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_signal_exits_at_once() {
+    let _shared = TIMING.read().await;
+    let bs = backends(&["20s"]).await;
+    let mut proxy = proxy_to(bs[0].addr, "");
+    let addr = proxy.addr("web");
+    let _stuck = tokio::spawn(exchange(
+        addr,
+        b"GET /stuck HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+    ));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    signal(&proxy, "TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        proxy.child.try_wait().unwrap().is_none(),
+        "waits for the request in flight"
+    );
+    let started = Instant::now();
+    signal(&proxy, "INT");
+    let code = tokio::task::block_in_place(|| wait_exit(&mut proxy, Duration::from_secs(5)));
+    assert_eq!(code, Some(130));
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn run_refuses_a_port_in_use_with_a_clear_message() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = TempDir::new("port-in-use");
+    let path = dir.write(
+        "fulcrum.toml",
+        &format!(
+            "[admin]\nbind = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:{port}\"\ncluster = \"app\"\n\n[cluster.app]\nbackends = [{{ address = \"127.0.0.1:9\" }}]\n"
+        ),
+    );
+    let out = std::process::Command::new(fulcrum_bin())
+        .args(["run", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("web"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn chunked_body_over_max_body_bytes_is_cut_off() {
+    let _shared = TIMING.read().await;
+    let backend = RecordingBackend::spawn().await;
+    let proxy = proxy_to(backend.addr, "max_body_bytes = 10");
+    let addr = proxy.addr("web");
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // The head and a first chunk within the limit, then a chunk beyond it.
+    s.write_all(
+        b"POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = s.write_all(b"10\r\nSECRETSECRETSECR\r\n0\r\n\r\n").await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(!text.starts_with("HTTP/1.1 2"), "{text}");
+    let seen = backend.received();
+    assert!(!seen.contains("SECRET"), "{seen}");
+    // Within the limit, chunked bodies pass.
+    let (text, _) = exchange(
+        addr,
+        b"POST /ok HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
+
+#[tokio::test]
+async fn h2_rapid_reset_flood_is_cut_off_and_others_are_served() {
+    let _shared = TIMING.read().await;
+    let backend = RecordingBackend::spawn().await;
+    let proxy = proxy_to(backend.addr, "");
+    let addr = proxy.addr("web");
+    let mut block = Vec::new();
+    for (n, v) in [
+        (&b":method"[..], &b"GET"[..]),
+        (b":scheme", b"http"),
+        (b":authority", b"x"),
+        (b":path", b"/reset"),
+    ] {
+        hpack_literal(&mut block, n, v);
+    }
+    let mut flood = H2_PREFACE.to_vec();
+    flood.extend(h2_frame(0x4, 0, 0, &[]));
+    // CVE-2023-44487: open a stream and cancel it at once, thousands of times.
+    for i in 0..5_000u32 {
+        let stream = 2 * i + 1;
+        flood.extend(h2_frame(0x1, 0x5, stream, &block));
+        flood.extend(h2_frame(0x3, 0, stream, &8u32.to_be_bytes()));
+    }
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(&flood).await;
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut received)).await;
+    // A GOAWAY frame (type 7) ends the flood's connection.
+    let mut at = 0;
+    let mut goaway = None;
+    while received.len() >= at + 9 {
+        let len = (received[at] as usize) << 16
+            | (received[at + 1] as usize) << 8
+            | received[at + 2] as usize;
+        if received[at + 3] == 0x7 && received.len() >= at + 17 {
+            goaway = Some(u32::from_be_bytes(
+                received[at + 13..at + 17].try_into().unwrap(),
+            ));
+        }
+        at += 9 + len;
+    }
+    let forwarded = backend.received().matches("GET /reset").count();
+    eprintln!("rapid reset: GOAWAY error code {goaway:?}, {forwarded} of 5000 streams reached the backend");
+    assert!(goaway.is_some(), "the flooding connection gets GOAWAY");
+    assert!(forwarded < 5_000);
+    // Everyone else is still served.
+    let mut ok = vec![
+        (&b":method"[..], &b"GET"[..]),
+        (b":scheme", b"http"),
+        (b":authority", b"x"),
+    ];
+    ok.push((b":path", b"/after"));
+    assert_eq!(h2_request(addr, &ok).await, Some(200));
+}
