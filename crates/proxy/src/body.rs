@@ -19,6 +19,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use crate::upstream::PooledConnection;
+
 #[derive(Debug)]
 struct Slot {
     body: Mutex<Option<Incoming>>,
@@ -27,9 +29,13 @@ struct Slot {
 
 /// The client's request body, shared with the proxy so an unread body can be
 /// handed to the next attempt.
+///
+/// A request without a body (most GETs) shares nothing: it needs no slot,
+/// so it costs no allocation and no lock.
 #[derive(Debug)]
 pub struct RequestBody {
-    slot: Arc<Slot>,
+    /// `None` when the request has no body.
+    slot: Option<Arc<Slot>>,
     size_hint: SizeHint,
     end_stream: bool,
 }
@@ -39,11 +45,14 @@ impl RequestBody {
     pub fn new(body: Incoming) -> Self {
         let size_hint = body.size_hint();
         let end_stream = body.is_end_stream();
-        Self {
-            slot: Arc::new(Slot {
+        let slot = (!end_stream).then(|| {
+            Arc::new(Slot {
                 body: Mutex::new(Some(body)),
                 started: AtomicBool::new(false),
-            }),
+            })
+        });
+        Self {
+            slot,
             size_hint,
             end_stream,
         }
@@ -52,11 +61,11 @@ impl RequestBody {
     /// A handle for the same body, to retry with after a failed attempt.
     /// `None` once any of the body was read (it cannot be replayed).
     pub fn reclaim(&self) -> Option<RequestBody> {
-        if self.slot.started.load(Ordering::Acquire) && !self.end_stream {
+        if self.was_read() && !self.end_stream {
             return None;
         }
         Some(Self {
-            slot: Arc::clone(&self.slot),
+            slot: self.slot.clone(),
             size_hint: self.size_hint,
             end_stream: self.end_stream,
         })
@@ -65,7 +74,9 @@ impl RequestBody {
     /// Whether any attempt has started reading the body (so it may have
     /// reached a backend).
     pub fn was_read(&self) -> bool {
-        self.slot.started.load(Ordering::Acquire)
+        self.slot
+            .as_ref()
+            .is_some_and(|s| s.started.load(Ordering::Acquire))
     }
 
     /// Whether the body carries no data at all.
@@ -82,8 +93,11 @@ impl Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        self.slot.started.store(true, Ordering::Release);
-        let mut guard = self.slot.body.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(slot) = self.slot.as_ref() else {
+            return Poll::Ready(None);
+        };
+        slot.started.store(true, Ordering::Release);
+        let mut guard = slot.body.lock().unwrap_or_else(|e| e.into_inner());
         match guard.as_mut() {
             Some(body) => Pin::new(body).poll_frame(cx),
             None => Poll::Ready(None),
@@ -109,6 +123,9 @@ pin_project_lite::pin_project! {
             #[pin]
             body: Incoming,
             guard: Option<InFlightGuard>,
+            // The pooled connection the body arrives on, released to the
+            // pool when the body has been read to its end.
+            connection: Option<PooledConnection>,
             // The cluster's admission slot, freed with the guard.
             permit: Option<crate::admission::Permit>,
         },
@@ -126,8 +143,27 @@ impl ProxyBody {
         ProxyBody::Upstream {
             body,
             guard: Some(guard),
+            connection: None,
             permit: None,
         }
+    }
+
+    /// Returns `connection` to its pool once the body has been read to its
+    /// end; a body that ends any other way closes it.
+    pub fn with_connection(mut self, connection: PooledConnection) -> Self {
+        if let ProxyBody::Upstream {
+            body,
+            connection: slot,
+            ..
+        } = &mut self
+        {
+            if body.is_end_stream() {
+                connection.release();
+            } else {
+                *slot = Some(connection);
+            }
+        }
+        self
     }
 
     /// Keeps the cluster's admission `permit` until the body ends (a local
@@ -158,14 +194,33 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
             ProxyBodyProj::Upstream {
-                body,
+                mut body,
                 guard,
+                connection,
                 permit,
             } => {
-                let poll = body.poll_frame(cx);
-                if matches!(poll, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-                    guard.take();
-                    permit.take();
+                let poll = body.as_mut().poll_frame(cx);
+                match &poll {
+                    Poll::Ready(None) => {
+                        if let Some(c) = connection.take() {
+                            c.release();
+                        }
+                        guard.take();
+                        permit.take();
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        connection.take();
+                        guard.take();
+                        permit.take();
+                    }
+                    // The last data frame: hyper's server may stop polling
+                    // here, so the connection goes back now.
+                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => {
+                        if let Some(c) = connection.take() {
+                            c.release();
+                        }
+                    }
+                    _ => {}
                 }
                 poll
             }

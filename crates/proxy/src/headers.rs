@@ -12,7 +12,8 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
 
-static HOP_BY_HOP: [HeaderName; 8] = [
+/// Hop-by-hop headers, `Connection` first (its bit is checked apart).
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     header::TE,
     header::TRAILER,
@@ -21,8 +22,8 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
 ];
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// `X-Forwarded-Host`.
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -32,23 +33,64 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Removes hop-by-hop headers, including those named by `Connection`.
+///
+/// One pass over the names finds which are present (usually none, or only
+/// `Connection: keep-alive`); only those are removed. That is cheaper than
+/// nine hashed removals per message, and naming the `Connection` options
+/// by `&str` needs no allocation.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    if present & 1 != 0 {
+        remove_connection_options(headers);
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+}
+
+/// Removes the headers that `Connection` names.
+fn remove_connection_options(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::CONNECTION).iter();
+    let first = values.next().cloned();
+    let more = values.next().is_some();
+    match (first, more) {
+        (Some(only), false) => remove_named(headers, &only),
+        (Some(_), true) => {
+            let all: Vec<HeaderValue> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .cloned()
+                .collect();
+            for v in &all {
+                remove_named(headers, v);
+            }
+        }
+        (None, _) => {}
     }
-    headers.remove(&PROXY_CONNECTION);
+}
+
+/// Removes each header named in a `Connection` value (`keep-alive` is in
+/// the fixed list already).
+fn remove_named(headers: &mut HeaderMap, value: &HeaderValue) {
+    let Ok(value) = value.to_str() else {
+        return;
+    };
+    for token in value.split(',') {
+        let token = token.trim();
+        if !token.is_empty() && !token.eq_ignore_ascii_case("keep-alive") {
+            headers.remove(token);
+        }
+    }
 }
 
 /// The `Via` token for a protocol version.
@@ -76,11 +118,33 @@ pub fn prepare_request(
     host: Option<&HeaderValue>,
     tls: bool,
 ) {
-    remove_hop_by_hop(headers);
+    prepare_request_from(headers, version, &forwarded_for(client), host, tls);
+}
+
+/// The client's `X-Forwarded-For` entry (its address as text).
+///
+/// The client address belongs to the connection, so the listener builds
+/// this once per connection and every request on it reuses the value (a
+/// reference count, not a formatting and an allocation per request).
+pub fn forwarded_for(client: IpAddr) -> HeaderValue {
     let mut buf = [0u8; 64];
     let ip = format_ip(client, &mut buf);
+    HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(ip))
+        .expect("an IP address is a valid header value")
+}
+
+/// [`prepare_request`] with the client's prebuilt [`forwarded_for`] entry.
+pub fn prepare_request_from(
+    headers: &mut HeaderMap,
+    version: Version,
+    forwarded_for: &HeaderValue,
+    host: Option<&HeaderValue>,
+    tls: bool,
+) {
+    remove_hop_by_hop(headers);
     match headers.get(&X_FORWARDED_FOR) {
         Some(existing) => {
+            let ip = forwarded_for.as_bytes();
             let mut v = Vec::with_capacity(existing.len() + 2 + ip.len());
             v.extend_from_slice(existing.as_bytes());
             v.extend_from_slice(b", ");
@@ -90,9 +154,7 @@ pub fn prepare_request(
             }
         }
         None => {
-            if let Ok(v) = HeaderValue::from_bytes(ip) {
-                headers.insert(X_FORWARDED_FOR.clone(), v);
-            }
+            headers.insert(X_FORWARDED_FOR.clone(), forwarded_for.clone());
         }
     }
     headers.insert(
@@ -157,5 +219,38 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "example.com");
         assert_eq!(h["host"], "example.com");
         assert_eq!(h["via"], "1.1 fulcrum");
+    }
+
+    #[test]
+    fn remove_hop_by_hop_follows_every_connection_value() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("X-One"));
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-two"),
+        );
+        h.insert("x-one", HeaderValue::from_static("1"));
+        h.insert("x-two", HeaderValue::from_static("2"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("x-keep", HeaderValue::from_static("yes"));
+        remove_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-keep"]);
+    }
+
+    #[test]
+    fn remove_hop_by_hop_leaves_end_to_end_headers_alone() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        h.insert("x-request-id", HeaderValue::from_static("7"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn forwarded_for_is_the_client_address() {
+        assert_eq!(forwarded_for("192.0.2.1".parse().unwrap()), "192.0.2.1");
+        assert_eq!(forwarded_for("2001:db8::1".parse().unwrap()), "2001:db8::1");
     }
 }

@@ -303,6 +303,7 @@ async fn accept_with(
             listener: Arc::clone(&name),
             peer,
             tls: tls.is_some(),
+            forwarded_for: crate::headers::forwarded_for(peer.ip()),
         };
         let runtime = Arc::clone(runtime);
         let builder = Arc::clone(&builder);

@@ -24,6 +24,7 @@ use crate::health;
 use crate::metrics::ResponseClass;
 use crate::routes::Route;
 use crate::state::{ClusterSnapshot, Runtime};
+use crate::upstream::PooledConnection;
 
 /// Most backends one request can try: the first attempt plus the largest
 /// `retries` a cluster may configure. The cluster's `retries` (default 2)
@@ -39,6 +40,9 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// The client's `X-Forwarded-For` entry, built once per connection
+    /// ([`headers::forwarded_for`]).
+    pub forwarded_for: HeaderValue,
 }
 
 /// Proxies one request. Never fails: errors become responses.
@@ -168,10 +172,10 @@ async fn forward_to(
     client: Option<fulcrum_balance::selector::GeoPoint>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
-    headers::prepare_request(
+    headers::prepare_request_from(
         &mut parts.headers,
         parts.version,
-        conn.peer.ip(),
+        &conn.forwarded_for,
         host.as_ref(),
         conn.tls,
     );
@@ -191,7 +195,12 @@ async fn forward_to(
     let mut rng = fastrand::Rng::new();
     let mut last_error = None;
     // The last retryable answer (502/503/504), returned if no retry does better.
-    let mut held: Option<(Response<Incoming>, InFlightGuard, BackendId)> = None;
+    let mut held: Option<(
+        Response<Incoming>,
+        PooledConnection,
+        InFlightGuard,
+        BackendId,
+    )> = None;
     let mut only_connect_failures = true;
     let idempotent = is_idempotent(&parts.method);
     let deadline = Instant::now() + cluster.config.response_timeout;
@@ -248,20 +257,22 @@ async fn forward_to(
             cluster.metrics.retries.fetch_add(1, Relaxed);
         }
         let retry_body = request_body.reclaim();
-        let mut upstream_req = Request::from_parts(clone_parts(&parts), request_body);
-        *upstream_req.uri_mut() = upstream_uri(cluster, id, &path);
+        // Origin-form URI: the pool connects to the backend's authority.
+        let uri = Uri::from(path.clone());
+        let upstream_req = Request::from_parts(clone_parts(&parts, uri), request_body);
+        let authority = &cluster.authorities[id.index()];
         let guard = backend.state.load.start();
         let started = Instant::now();
         let sent = tokio::time::timeout(
             try_timeout.min(remaining),
-            cluster.upstream.client().request(upstream_req),
+            cluster.upstream.send(authority, upstream_req),
         )
         .await;
         let finished = clock::now();
         let latency = finished.saturating_sub(clock::at(started));
         let decay = cluster.selector_config.decay;
         match sent {
-            Ok(Ok(response)) => {
+            Ok(Ok((response, connection))) => {
                 only_connect_failures = false;
                 let status = response.status();
                 metrics.record(ResponseClass::of(status), latency);
@@ -285,12 +296,14 @@ async fn forward_to(
                 if gateway_error && attempts < max_attempts {
                     if let Some(b) = replayable(retry_body, idempotent, false) {
                         tracing::debug!(cluster = %cluster.name(), backend = %backend.address, %status, "retrying elsewhere");
-                        held = Some((response, guard, id));
+                        held = Some((response, connection, guard, id));
                         body = Some(b);
                         continue;
                     }
                 }
-                let response = forward(cluster, id, response, guard, decisions, finished);
+                let response = forward(
+                    cluster, id, response, connection, guard, decisions, finished,
+                );
                 return Ok(stick(cluster, id, pinned, response));
             }
             Ok(Err(e)) => {
@@ -327,8 +340,16 @@ async fn forward_to(
             }
         }
     }
-    if let Some((response, guard, id)) = held {
-        let response = forward(cluster, id, response, guard, decisions, clock::now());
+    if let Some((response, connection, guard, id)) = held {
+        let response = forward(
+            cluster,
+            id,
+            response,
+            connection,
+            guard,
+            decisions,
+            clock::now(),
+        );
         return Ok(stick(cluster, id, pinned, response));
     }
     if attempts > 0 && only_connect_failures {
@@ -384,6 +405,7 @@ fn forward(
     cluster: &ClusterSnapshot,
     id: BackendId,
     response: Response<Incoming>,
+    connection: PooledConnection,
     guard: InFlightGuard,
     decisions: Option<String>,
     finished: fulcrum_balance::Nanos,
@@ -400,7 +422,8 @@ fn forward(
             rparts.headers.insert(X_FULCRUM_DECISION.clone(), v);
         }
     }
-    Response::from_parts(rparts, ProxyBody::upstream(rbody, guard))
+    let body = ProxyBody::upstream(rbody, guard).with_connection(connection);
+    Response::from_parts(rparts, body)
 }
 
 /// Names backend `id` in the cluster's sticky cookie, unless the request
@@ -559,11 +582,12 @@ pub(super) fn upstream_uri(cluster: &ClusterSnapshot, id: BackendId, path: &Path
     Uri::from_parts(parts).expect("scheme, authority and path are all set")
 }
 
-/// A copy of the request head for one attempt (the original is kept for retries).
-fn clone_parts(parts: &http::request::Parts) -> http::request::Parts {
+/// A copy of the request head for one attempt, with the attempt's `uri`
+/// (the original is kept for retries).
+fn clone_parts(parts: &http::request::Parts, uri: Uri) -> http::request::Parts {
     let mut req = Request::new(());
     *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = parts.uri.clone();
+    *req.uri_mut() = uri;
     *req.version_mut() = parts.version;
     *req.headers_mut() = parts.headers.clone();
     req.into_parts().0

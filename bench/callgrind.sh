@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Instructions and syscalls per request on the HTTP keep-alive path.
+#
+#   bench/callgrind.sh [N] [PATH]     # default: 5000 requests of /small
+#
+# Starts an nginx origin (3 ports) and Fulcrum (release build, one worker,
+# round-robin) under callgrind, sends 500 warm-up requests, zeroes the
+# counters, sends exactly N requests over 10 keep-alive connections, dumps
+# the counters and prints Ir per request. Then runs Fulcrum natively under
+# `strace -f -c` for N more requests and prints syscalls per request.
+# Wall-clock time is not measured: instruction counts are stable on a busy
+# machine, timings are not.
+set -euo pipefail
+N=${1:-5000}
+URLPATH=${2:-/small}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${FULCRUM_BIN:-$ROOT/target/release/fulcrum}
+OUT=${OUT:-$(mktemp -d /tmp/fulcrum-cg.XXXXXX)}
+mkdir -p "$OUT"
+chmod 755 "$OUT"
+command -v nginx >/dev/null && command -v valgrind >/dev/null && command -v strace >/dev/null || {
+    apt-get install -y nginx valgrind strace >/dev/null
+}
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+P1=$(free_port); P2=$(free_port); P3=$(free_port); PX=$(free_port)
+mkdir -p "$OUT/www"; chmod 755 "$OUT/www"
+printf 'hello fulcrum\n' > "$OUT/www/small"
+head -c 16384 /dev/zero | tr '\0' x > "$OUT/www/16k"
+chmod 644 "$OUT/www/"*
+servers=""
+for p in $P1 $P2 $P3; do
+    servers="$servers server { listen 127.0.0.1:$p; access_log off; keepalive_requests 1000000; location / { root $OUT/www; } }"
+done
+cat > "$OUT/origin.conf" <<CONF
+daemon off; worker_processes 1; pid $OUT/origin.pid; error_log $OUT/origin.err;
+events { worker_connections 4096; }
+http { $servers }
+CONF
+cat > "$OUT/fulcrum.toml" <<CONF
+[runtime]
+worker_threads = 1
+[admin]
+bind = "127.0.0.1:0"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:$PX"
+cluster = "app"
+[cluster.app]
+algorithm = "round-robin"
+backends = [{ address = "127.0.0.1:$P1" }, { address = "127.0.0.1:$P2" }, { address = "127.0.0.1:$P3" }]
+CONF
+nginx -c "$OUT/origin.conf" -p "$OUT" & ORIGIN=$!
+cleanup() { kill "$ORIGIN" 2>/dev/null || true; [ -n "${FPID:-}" ] && kill "$FPID" 2>/dev/null || true; }
+trap cleanup EXIT
+wait_port() { for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+wait_port "$P1"
+
+# 1. instructions per request
+FULCRUM_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.out" \
+    "$BIN" run -c "$OUT/fulcrum.toml" 2>"$OUT/valgrind.err" & FPID=$!
+wait_port "$PX"
+python3 "$ROOT/bench/fixed_load.py" "127.0.0.1:$PX" "$URLPATH" 500 >/dev/null
+callgrind_control -z "$FPID" >/dev/null
+DONE=$(python3 "$ROOT/bench/fixed_load.py" "127.0.0.1:$PX" "$URLPATH" "$N")
+callgrind_control -d "$FPID" >/dev/null
+kill -INT "$FPID"; wait "$FPID" || true; FPID=
+DUMP=$(ls -t "$OUT"/cg.out.* | head -1)
+IR=$(callgrind_annotate "$DUMP" | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1; exit}')
+echo "requests: $DONE  Ir: $IR  Ir/request: $((IR / DONE))"
+callgrind_annotate --inclusive=no "$DUMP" 2>/dev/null | sed -n '/^Ir/,$p' | head -40 > "$OUT/top.txt"
+echo "top functions: $OUT/top.txt  dump: $DUMP"
+
+# 2. syscalls per request
+FULCRUM_LOG=warn "$BIN" run -c "$OUT/fulcrum.toml" 2>"$OUT/fulcrum.err" & FPID=$!
+wait_port "$PX"
+python3 "$ROOT/bench/fixed_load.py" "127.0.0.1:$PX" "$URLPATH" 500 >/dev/null
+strace -f -c -o "$OUT/strace.txt" -p "$FPID" & STRACE=$!
+sleep 1
+DONE=$(python3 "$ROOT/bench/fixed_load.py" "127.0.0.1:$PX" "$URLPATH" "$N")
+kill -INT "$STRACE"; wait "$STRACE" || true
+kill -INT "$FPID"; wait "$FPID" || true; FPID=
+CALLS=$(awk '/^------/ {n++} n==2 && /total/ {print $4; exit}' "$OUT/strace.txt")
+CALLS=${CALLS:-$(awk '/total/ {print $4}' "$OUT/strace.txt")}
+echo "syscalls: $CALLS  per request: $(python3 -c "print(round($CALLS/$DONE, 2))")  ($OUT/strace.txt)"
