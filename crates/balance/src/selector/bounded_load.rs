@@ -97,6 +97,33 @@ impl BoundedLoad {
         let limit = (capacity * set.effective_weight(id, now)).ceil();
         f64::from(set.get(id).state.load.in_flight()) + 1.0 <= limit
     }
+
+    /// Walks a hashing selector's order `ids` from `start` (wrapping) for at
+    /// most `max_walk` entries: the first candidate with room under the
+    /// bound, else the first candidate seen (everyone is full), else `None`.
+    #[inline]
+    pub fn walk(
+        &self,
+        set: &BackendSet,
+        ctx: &PickContext<'_>,
+        ids: &[BackendId],
+        start: usize,
+        max_walk: usize,
+    ) -> Option<BackendId> {
+        let capacity = self.capacity(set, ctx);
+        let mut first = None;
+        for step in 0..max_walk {
+            let id = ids[(start + step) % ids.len()];
+            if !ctx.is_candidate(set, id) {
+                continue;
+            }
+            if self.admits(set, id, capacity, ctx.now) {
+                return Some(id);
+            }
+            first = first.or(Some(id));
+        }
+        first
+    }
 }
 
 fn scan(set: &BackendSet, now: Nanos) -> u64 {

@@ -150,19 +150,9 @@ impl Selector for Maglev {
             return None;
         }
         let start = (mix64(key) % len as u64) as usize;
-        let capacity = self.bound.capacity(set, ctx);
-        let mut first = None;
-        for step in 0..self.max_walk {
-            let id = self.table[(start + step) % len];
-            if !ctx.is_candidate(set, id) {
-                continue;
-            }
-            if self.bound.admits(set, id, capacity, ctx.now) {
-                return Some(id);
-            }
-            first = first.or(Some(id));
-        }
-        first.or_else(|| self.weights.draw(set, ctx))
+        self.bound
+            .walk(set, ctx, &self.table, start, self.max_walk)
+            .or_else(|| self.weights.draw(set, ctx))
     }
 }
 

@@ -97,18 +97,8 @@ impl Selector for RingHash {
         }
         let h = mix64(key);
         let start = self.hashes.partition_point(|&p| p < h);
-        let capacity = self.bound.capacity(set, ctx);
-        let mut first = None;
-        for step in 0..self.max_walk {
-            let id = self.ids[(start + step) % len];
-            if !ctx.is_candidate(set, id) {
-                continue;
-            }
-            if self.bound.admits(set, id, capacity, ctx.now) {
-                return Some(id);
-            }
-            first = first.or(Some(id));
-        }
-        first.or_else(|| self.table.draw(set, ctx))
+        self.bound
+            .walk(set, ctx, &self.ids, start, self.max_walk)
+            .or_else(|| self.table.draw(set, ctx))
     }
 }
