@@ -109,6 +109,12 @@ async fn exchange(addr: SocketAddr, request: Vec<u8>) -> (String, bool) {
         .unwrap()
 }
 
+/// One `GET path` with `Connection: close` over a raw socket.
+async fn get_close(addr: SocketAddr, path: &str) -> (String, bool) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    exchange(addr, request.into_bytes()).await
+}
+
 fn proxy_to(backend: SocketAddr, listener_extra: &str) -> Proxy {
     Proxy::run(&format!(
         "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\ncluster = \"app\"\n{listener_extra}\n\n{}",
@@ -452,11 +458,7 @@ async fn max_connections_per_ip_refuses_the_extra_connection() {
     assert!(closed && text.is_empty(), "{text}");
     drop(_a);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (text, _) = exchange(
-        addr,
-        b"GET /again HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
-    )
-    .await;
+    let (text, _) = get_close(addr, "/again").await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
 }
 
@@ -629,25 +631,13 @@ async fn deny_and_allow_lists_answer_403() {
     let _shared = TIMING.read().await;
     let backend = RecordingBackend::spawn().await;
     let denied = proxy_to(backend.addr, "deny = [\"127.0.0.0/8\"]");
-    let (text, _) = exchange(
-        denied.addr("web"),
-        b"GET /denied HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
-    )
-    .await;
+    let (text, _) = get_close(denied.addr("web"), "/denied").await;
     assert!(text.starts_with("HTTP/1.1 403"), "{text}");
     let not_allowed = proxy_to(backend.addr, "allow = [\"192.0.2.0/24\", \"::1\"]");
-    let (text, _) = exchange(
-        not_allowed.addr("web"),
-        b"GET /not-allowed HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
-    )
-    .await;
+    let (text, _) = get_close(not_allowed.addr("web"), "/not-allowed").await;
     assert!(text.starts_with("HTTP/1.1 403"), "{text}");
     let allowed = proxy_to(backend.addr, "allow = [\"127.0.0.1/32\"]");
-    let (text, _) = exchange(
-        allowed.addr("web"),
-        b"GET /allowed HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
-    )
-    .await;
+    let (text, _) = get_close(allowed.addr("web"), "/allowed").await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     let seen = backend.received();
     assert!(
@@ -726,10 +716,7 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_0() {
     let bs = backends(&["1500ms"]).await;
     let mut proxy = proxy_to(bs[0].addr, "");
     let addr = proxy.addr("web");
-    let in_flight = tokio::spawn(exchange(
-        addr,
-        b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
-    ));
+    let in_flight = tokio::spawn(get_close(addr, "/slow"));
     tokio::time::sleep(Duration::from_millis(400)).await;
     signal(&proxy, "TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
