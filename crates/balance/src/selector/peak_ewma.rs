@@ -234,6 +234,15 @@ mod tests {
 
     const TAU: Nanos = 10 * SECOND;
 
+    /// Records one successful answer at `SECOND` for backends 0.. with
+    /// these latencies in milliseconds.
+    fn observe_ms(set: &BackendSet, latencies: &[u64]) {
+        for (i, ms) in latencies.iter().enumerate() {
+            let load = &set.get(BackendId(i as u32)).state.load;
+            load.observe(SECOND, ms * MILLISECOND, Outcome::Success, TAU);
+        }
+    }
+
     fn picks_of(set: &BackendSet, sel: &PeakEwma, now: Nanos, n: usize) -> Vec<usize> {
         let mut rng = fastrand::Rng::with_seed(11);
         let mut counts = vec![0; set.len()];
@@ -247,14 +256,7 @@ mod tests {
     #[test]
     fn peak_ewma_prefers_the_faster_backend() {
         let set = set_with_weights(&[1, 1]);
-        set.get(BackendId(0))
-            .state
-            .load
-            .observe(SECOND, 5 * MILLISECOND, Outcome::Success, TAU);
-        set.get(BackendId(1))
-            .state
-            .load
-            .observe(SECOND, 50 * MILLISECOND, Outcome::Success, TAU);
+        observe_ms(&set, &[5, 50]);
         let sel = PeakEwma::new(&set, &SelectorConfig::default());
         assert_eq!(picks_of(&set, &sel, SECOND, 100), [100, 0]);
     }
@@ -277,14 +279,7 @@ mod tests {
     #[test]
     fn peak_ewma_weighs_the_queue() {
         let set = set_with_weights(&[1, 1]);
-        set.get(BackendId(0))
-            .state
-            .load
-            .observe(SECOND, 5 * MILLISECOND, Outcome::Success, TAU);
-        set.get(BackendId(1))
-            .state
-            .load
-            .observe(SECOND, 20 * MILLISECOND, Outcome::Success, TAU);
+        observe_ms(&set, &[5, 20]);
         let _queue: Vec<_> = (0..9)
             .map(|_| set.get(BackendId(0)).state.load.start())
             .collect();
@@ -314,10 +309,7 @@ mod tests {
     fn peak_ewma_takes_the_cheapest_of_three() {
         // Three backends, one clearly cheapest: every pick draws all three.
         let set = set_with_weights(&[1, 1, 1]);
-        for (i, ms) in [30, 5, 40].into_iter().enumerate() {
-            let load = &set.get(BackendId(i as u32)).state.load;
-            load.observe(SECOND, ms * MILLISECOND, Outcome::Success, TAU);
-        }
+        observe_ms(&set, &[30, 5, 40]);
         let sel = PeakEwma::new(&set, &SelectorConfig::default());
         assert_eq!(picks_of(&set, &sel, SECOND, 100), [0, 100, 0]);
     }
@@ -325,10 +317,7 @@ mod tests {
     #[test]
     fn peak_ewma_costs_a_new_backend_at_the_median() {
         let set = set_with_weights(&[1, 1, 1, 1]);
-        for (i, ms) in [2, 4, 100].into_iter().enumerate() {
-            let load = &set.get(BackendId(i as u32)).state.load;
-            load.observe(SECOND, ms * MILLISECOND, Outcome::Success, TAU);
-        }
+        observe_ms(&set, &[2, 4, 100]);
         let sel = PeakEwma::new(&set, &SelectorConfig::default());
         assert_eq!(
             sel.latency(&set, BackendId(3), SECOND),
@@ -364,14 +353,7 @@ mod tests {
     #[test]
     fn peak_ewma_explains_its_choice() {
         let set = set_with_weights(&[1, 1]);
-        set.get(BackendId(0))
-            .state
-            .load
-            .observe(SECOND, 2 * MILLISECOND, Outcome::Success, TAU);
-        set.get(BackendId(1))
-            .state
-            .load
-            .observe(SECOND, 30 * MILLISECOND, Outcome::Success, TAU);
+        observe_ms(&set, &[2, 30]);
         let sel = PeakEwma::new(&set, &SelectorConfig::default());
         let mut rng = fastrand::Rng::with_seed(1);
         let mut ctx = PickContext::new(SECOND, &mut rng);
