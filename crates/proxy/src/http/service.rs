@@ -186,7 +186,13 @@ async fn forward_to(
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let path = routing::prepare_upstream(route, &mut parts.headers, path);
-    let key = request_key(&cluster.config.hash_key, &parts, conn);
+    // Only the hashing selectors read the key; the others skip the hash.
+    let key = matches!(
+        cluster.config.algorithm,
+        fulcrum_balance::Algorithm::RingHash | fulcrum_balance::Algorithm::Maglev
+    )
+    .then(|| request_key(&cluster.config.hash_key, &parts, conn))
+    .flatten();
     let mut decisions = debug.then(String::new);
     let mut body = Some(RequestBody::new(body));
     let max_attempts = 1 + (cluster.config.retries as usize).min(MAX_ATTEMPTS - 1);
