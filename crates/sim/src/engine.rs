@@ -134,6 +134,7 @@ struct Collector {
     ratio_sum: f64,
     ratio_n: u64,
     ratio_max: f64,
+    ratio_floor_sum: f64,
     rif: Vec<u32>,
     lookups: u64,
     hits: u64,
@@ -830,6 +831,11 @@ impl<'a> Engine<'a> {
         }
         if sum > 0 {
             let ratio = max as f64 * members as f64 / sum as f64;
+            // No assignment of `sum` requests to `members` backends has a
+            // maximum below ceil(sum / members): the floor any selector,
+            // bounded-load or oracle, can reach at this instant.
+            let floor = sum.div_ceil(members) as f64 * members as f64 / sum as f64;
+            self.stats.ratio_floor_sum += floor;
             self.stats.ratio_sum += ratio;
             self.stats.ratio_n += 1;
             self.stats.ratio_max = self.stats.ratio_max.max(ratio);
@@ -908,6 +914,11 @@ impl<'a> Engine<'a> {
                 0.0
             },
             max_avg_inflight_peak: st.ratio_max,
+            max_avg_inflight_floor: if st.ratio_n > 0 {
+                st.ratio_floor_sum / st.ratio_n as f64
+            } else {
+                0.0
+            },
             rif_p99: st
                 .rif
                 .get(((st.rif.len() as f64 * 0.99).ceil() as usize).saturating_sub(1))

@@ -59,6 +59,11 @@ pub struct Metrics {
     pub max_avg_inflight: f64,
     /// Largest max/avg in-flight ratio seen in any sample.
     pub max_avg_inflight_peak: f64,
+    /// Time average of the lowest max/avg any assignment could have had in
+    /// the same samples: with `t` requests in flight over `n` backends some
+    /// backend holds at least `ceil(t / n)`. When backends hold fewer than
+    /// one request on average this floor is well above 1.
+    pub max_avg_inflight_floor: f64,
     /// 99th percentile of requests held by a server (RIF), over samples.
     pub rif_p99: f64,
     /// Cache hit rate, when backends have caches.
@@ -173,6 +178,7 @@ impl Metrics {
             share_cov: f(&|m| m.share_cov),
             max_avg_inflight: f(&|m| m.max_avg_inflight),
             max_avg_inflight_peak: f(&|m| m.max_avg_inflight_peak),
+            max_avg_inflight_floor: f(&|m| m.max_avg_inflight_floor),
             rif_p99: f(&|m| m.rif_p99),
             hit_rate: first.hit_rate.map(|_| f(&|m| m.hit_rate.unwrap_or(0.0))),
             in_zone_share: first

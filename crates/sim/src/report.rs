@@ -14,7 +14,7 @@ pub fn json(c: &Comparison) -> String {
 /// CSV with a header line; per-backend shares as `share:<backend>` columns.
 pub fn csv(c: &Comparison) -> String {
     let mut out = String::from(
-        "scenario,algorithm,seeds,requests,p50_ms,p99_ms,p999_ms,mean_ms,timeout_rate,error_rate,share_cov,max_avg_inflight,max_avg_inflight_peak,rif_p99,hit_rate,unfinished,in_zone_share,farther_while_headroom",
+        "scenario,algorithm,seeds,requests,p50_ms,p99_ms,p999_ms,mean_ms,timeout_rate,error_rate,share_cov,max_avg_inflight,max_avg_inflight_peak,max_avg_inflight_floor,rif_p99,hit_rate,unfinished,in_zone_share,farther_while_headroom",
     );
     let backends: Vec<&str> = c
         .results
@@ -36,7 +36,7 @@ pub fn csv(c: &Comparison) -> String {
         let m = &r.metrics;
         let _ = write!(
             out,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             c.scenario,
             r.algorithm,
             r.seeds,
@@ -50,6 +50,7 @@ pub fn csv(c: &Comparison) -> String {
             m.share_cov,
             m.max_avg_inflight,
             m.max_avg_inflight_peak,
+            m.max_avg_inflight_floor,
             m.rif_p99,
             m.hit_rate.map(|h| h.to_string()).unwrap_or_default(),
             m.unfinished,
@@ -88,6 +89,7 @@ pub fn table(c: &Comparison) -> String {
         "timeouts",
         "errors",
         "max/avg IF",
+        "IF floor",
         "RIF p99",
         "hit rate",
         "in-zone",
@@ -105,6 +107,7 @@ pub fn table(c: &Comparison) -> String {
             percent(m.timeout_rate),
             percent(m.error_rate),
             format!("{:.2}", m.max_avg_inflight),
+            format!("{:.2}", m.max_avg_inflight_floor),
             format!("{:.0}", m.rif_p99),
             m.hit_rate.map(percent).unwrap_or_else(|| "-".to_owned()),
             m.in_zone_share

@@ -246,3 +246,39 @@ fn scenarios_without_clients_have_no_geo_metrics() {
     assert_eq!(m.in_zone_share, None);
     assert_eq!(m.farther_while_headroom, None);
 }
+
+#[test]
+fn in_flight_floor_is_the_pigeonhole_bound_below_every_selector() {
+    // Ten backends at half load hold well under one request each on
+    // average, so the best any assignment can do (one request on the
+    // busiest backend) already reads as max/avg > 1. Every selector's
+    // measured ratio is at or above that floor, and a selector that ignores
+    // load sits clearly above it.
+    let text = TWO_BACKENDS.replace(
+        "[[backends]]\n    name = \"a\"\n    [[backends]]\n    name = \"b\"",
+        "[[backends]]\n    name = \"a\"\n    count = 10",
+    );
+    let s = scenario(&text);
+    for algorithm in [Algorithm::Random, Algorithm::LeastConn] {
+        let m = run(&s, algorithm, 7);
+        assert!(
+            m.max_avg_inflight_floor > 1.5,
+            "{algorithm:?} floor {}",
+            m.max_avg_inflight_floor
+        );
+        assert!(
+            m.max_avg_inflight >= m.max_avg_inflight_floor - 1e-9,
+            "{algorithm:?}: {} below the floor {}",
+            m.max_avg_inflight,
+            m.max_avg_inflight_floor
+        );
+    }
+    let random = run(&s, Algorithm::Random, 7);
+    let least = run(&s, Algorithm::LeastConn, 7);
+    assert!(
+        random.max_avg_inflight > least.max_avg_inflight,
+        "random {} least-conn {}",
+        random.max_avg_inflight,
+        least.max_avg_inflight
+    );
+}
