@@ -6,7 +6,9 @@ Method (see docs/benchmarks.md):
   serving a small body and a 16 KiB body, pinned to CPU 1 with wrk;
 - each proxy in turn with one worker thread, pinned to CPU 0, round-robin
   over the three upstreams with upstream keep-alive;
-- wrk (1 thread, 50 connections) for a fixed time per run;
+- wrk (1 thread, 50 connections) for a fixed time per run; for `h2tls`,
+  h2load (HTTP/2 over TLS, 50 connections, 1 stream each) against a TLS
+  listener of the same process (self-signed certificate made with openssl);
 - CPU time of the proxy process read from /proc/PID/stat (utime + stime)
   before and after each run -> CPU microseconds per request;
 - runs interleaved (A B C A B C ...), repeated, medians reported.
@@ -48,11 +50,13 @@ def children(pid):
     return out
 
 class Proc:
-    def __init__(self, name, argv, port, cpu):
-        self.name, self.port = name, port
+    def __init__(self, name, argv, port, cpu, tls_port=None):
+        self.name, self.port, self.tls_port = name, port, tls_port
         self.p = subprocess.Popen(["taskset", "-c", str(cpu)] + argv, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL, start_new_session=True)
         wait_port(port)
+        if tls_port:
+            wait_port(tls_port)
         time.sleep(0.2)
     def pids(self):
         return children(self.p.pid)
@@ -79,7 +83,17 @@ http {{ {servers} }}
 """)
     return Proc("origin", ["nginx", "-c", conf, "-p", tmp], ports[0], 1)
 
-def fulcrum(binary, tmp, port, ups):
+def certificate(tmp):
+    """A self-signed certificate for 127.0.0.1: (cert, key, combined PEM)."""
+    cert, key, pem = (os.path.join(tmp, n) for n in ("cert.pem", "key.pem", "combined.pem"))
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    with open(pem, "w") as f:
+        f.write(open(cert).read() + open(key).read())
+    return cert, key, pem
+
+def fulcrum(binary, tmp, port, tls_port, ups, tls):
     backends = ", ".join(f'{{ address = "127.0.0.1:{p}" }}' for p in ups)
     conf = os.path.join(tmp, "fulcrum.toml")
     with open(conf, "w") as f:
@@ -91,14 +105,19 @@ bind = "127.0.0.1:0"
 name = "web"
 bind = "127.0.0.1:{port}"
 cluster = "app"
+[[listener]]
+name = "tls"
+bind = "127.0.0.1:{tls_port}"
+cluster = "app"
+tls = {{ cert = "{tls[0]}", key = "{tls[1]}" }}
 [cluster.app]
 algorithm = "round-robin"
 backends = [{backends}]
 """)
     env_argv = [binary, "run", "-c", conf]
-    return Proc("fulcrum", env_argv, port, 0)
+    return Proc("fulcrum", env_argv, port, 0, tls_port)
 
-def haproxy(tmp, port, ups):
+def haproxy(tmp, port, tls_port, ups, tls):
     servers = "\n".join(f"    server s{i} 127.0.0.1:{p}" for i, p in enumerate(ups))
     conf = os.path.join(tmp, "haproxy.cfg")
     with open(conf, "w") as f:
@@ -113,14 +132,15 @@ defaults
     http-reuse always
 frontend web
     bind 127.0.0.1:{port}
+    bind 127.0.0.1:{tls_port} ssl crt {tls[2]} alpn h2,http/1.1
     default_backend app
 backend app
     balance roundrobin
 {servers}
 """)
-    return Proc("haproxy", ["haproxy", "-db", "-f", conf], port, 0)
+    return Proc("haproxy", ["haproxy", "-db", "-f", conf], port, 0, tls_port)
 
-def nginx_proxy(tmp, port, ups):
+def nginx_proxy(tmp, port, tls_port, ups, tls):
     servers = "\n".join(f"server 127.0.0.1:{p};" for p in ups)
     conf = os.path.join(tmp, "nginx-proxy.conf")
     with open(conf, "w") as f:
@@ -129,11 +149,12 @@ events {{ worker_connections 4096; }}
 http {{
   access_log off;
   upstream app {{ {servers} keepalive 64; }}
-  server {{ listen 127.0.0.1:{port}; keepalive_requests 100000;
+  server {{ listen 127.0.0.1:{port}; listen 127.0.0.1:{tls_port} ssl http2; keepalive_requests 100000;
+    ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]};
     location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}
 }}
 """)
-    return Proc("nginx", ["nginx", "-c", conf, "-p", tmp], port, 0)
+    return Proc("nginx", ["nginx", "-c", conf, "-p", tmp], port, 0, tls_port)
 
 def parse_wrk(out):
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -149,15 +170,39 @@ def parse_wrk(out):
     if m: errors += sum(int(x) for x in m.groups())
     return rps, total, lat(50), lat(99), errors
 
+def parse_h2load(out):
+    """h2load prints no percentiles: the mean request time stands in for p50
+    and the p99 column is left empty (NaN)."""
+    m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    rps = float(m.group(1)) if m else 0.0
+    m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    total, failed, errored = (int(x) for x in m.groups()) if m else (0, 0, 0)
+    m = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
+    mean = float("nan")
+    if m:
+        v, unit = float(m.group(1)), m.group(2)
+        mean = v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+    return rps, total, mean, float("nan"), failed + errored
+
 SCENARIOS = {
     "small": ("/small", []),
     "16k": ("/16k", []),
     "close": ("/small", ["-H", "Connection: close"]),
+    "h2tls": ("/small", None),
 }
 
 def run_once(proc, scenario, duration, conns):
     path, extra = SCENARIOS[scenario]
     pids = proc.pids()
+    if extra is None:  # HTTP/2 over TLS with h2load
+        before = cpu_ticks(pids)
+        out = subprocess.run(["taskset", "-c", "1", "h2load", "-c", str(conns), "-m", "1", "-D", str(duration),
+                              f"https://127.0.0.1:{proc.tls_port}{path}"],
+                             capture_output=True, text=True, timeout=duration + 30).stdout
+        after = cpu_ticks(pids)
+        rps, total, p50, p99, errors = parse_h2load(out)
+        cpu_us = (after - before) / TICK * 1e6 / max(total, 1)
+        return dict(rps=rps, p50=p50, p99=p99, cpu_us=cpu_us, errors=errors, total=total)
     before = cpu_ticks(pids)
     out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", *extra,
                           f"http://127.0.0.1:{proc.port}{path}"], capture_output=True, text=True, timeout=duration + 30).stdout
@@ -172,7 +217,7 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--connections", type=int, default=50)
-    ap.add_argument("--scenarios", default="small,16k,close")
+    ap.add_argument("--scenarios", default="small,16k,close,h2tls")
     ap.add_argument("--proxies", default="fulcrum,haproxy,nginx")
     args = ap.parse_args()
     scenarios = args.scenarios.split(",")
@@ -184,12 +229,13 @@ def main():
     results = {(s, n): [] for s in scenarios for n in names}
     try:
         started.append(origin(tmp, ups))
+        tls = certificate(tmp)
         procs = {}
         for n in names:
-            port = free_port()
-            p = {"fulcrum": lambda: fulcrum(args.fulcrum, tmp, port, ups),
-                 "haproxy": lambda: haproxy(tmp, port, ups),
-                 "nginx": lambda: nginx_proxy(tmp, port, ups)}[n]()
+            port, tls_port = free_port(), free_port()
+            p = {"fulcrum": lambda: fulcrum(args.fulcrum, tmp, port, tls_port, ups, tls),
+                 "haproxy": lambda: haproxy(tmp, port, tls_port, ups, tls),
+                 "nginx": lambda: nginx_proxy(tmp, port, tls_port, ups, tls)}[n]()
             started.append(p); procs[n] = p
         for rep in range(args.reps):
             for s in scenarios:
@@ -202,15 +248,17 @@ def main():
         for p in reversed(started):
             p.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"\nMedians of {args.reps} interleaved runs of {args.duration} s, wrk -t1 -c{args.connections}, "
-          f"proxy pinned to CPU 0 with 1 worker, origin and wrk on CPU 1.\n")
+    print(f"\nMedians of {args.reps} interleaved runs of {args.duration} s, wrk -t1 -c{args.connections} "
+          f"(h2tls: h2load -c{args.connections} -m1, mean latency in the p50 column), "
+          f"proxy pinned to CPU 0 with 1 worker, origin and load generator on CPU 1.\n")
     print("| scenario | proxy | req/s | p50 ms | p99 ms | CPU µs/req | errors |")
     print("|---|---|---|---|---|---|---|")
     for s in scenarios:
         for n in names:
             rs = results[(s, n)]
             med = lambda k: statistics.median(r[k] for r in rs)
-            print(f"| {s} | {n} | {med('rps'):.0f} | {med('p50'):.2f} | {med('p99'):.2f} | {med('cpu_us'):.1f} | {sum(r['errors'] for r in rs)} |")
+            p99 = "-" if med('p99') != med('p99') else f"{med('p99'):.2f}"
+            print(f"| {s} | {n} | {med('rps'):.0f} | {med('p50'):.2f} | {p99} | {med('cpu_us'):.1f} | {sum(r['errors'] for r in rs)} |")
 
 if __name__ == "__main__":
     main()

@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
-for tool in haproxy:haproxy nginx:nginx wrk:wrk h2load:nghttp2-client taskset:util-linux; do
+for tool in haproxy:haproxy nginx:nginx wrk:wrk h2load:nghttp2-client openssl:openssl taskset:util-linux; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
 done
 if [ "${#need[@]}" -gt 0 ]; then
