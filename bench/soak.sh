@@ -2,8 +2,10 @@
 # Soak: mixed load through Fulcrum for a bounded time while backends die and
 # come back, the configuration is reloaded and backends are drained and
 # re-enabled through the admin API. Every 10 s it records the proxy's RSS,
-# open file descriptors and the client-side error count, so leaks show as a
-# slope after warm-up.
+# open file descriptors, the client-side error count and the number of
+# reloads and admin calls that failed, so leaks show as a slope after
+# warm-up. The admin API gets a token made for the run (it is read-only
+# without one).
 #
 #   bench/soak.sh [--duration 600] [--clients 8] [--out soak.csv] [--bin PATH]
 #
@@ -88,6 +90,8 @@ fall = 2
 EOF
 }
 write_config 1
+FULCRUM_ADMIN_TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+export FULCRUM_ADMIN_TOKEN
 "$bin" run -c "$config" >"$work/fulcrum.log" 2>&1 &
 proxy=$!
 pids+=("$proxy")
@@ -130,10 +134,17 @@ while True:
 EOF
 pids+=("$!")
 
-echo "seconds,rss_kib,open_fds,requests_ok,errors" >"$out"
+echo "seconds,rss_kib,open_fds,requests_ok,errors,reloads,reload_failures,admin_calls,admin_failures" >"$out"
 start=$(date +%s)
 next_sample=$((start + 10))
 tick=0
+reloads=0 reload_failures=0 admin_calls=0 admin_failures=0
+admin_patch() { # state
+  admin_calls=$((admin_calls + 1))
+  curl -fs -X PATCH -H "Authorization: Bearer $FULCRUM_ADMIN_TOKEN" -d "{\"state\": \"$1\"}" \
+    "http://127.0.0.1:$admin_port/api/v1/clusters/app/backends/127.0.0.1:${backend_ports[1]}" >/dev/null ||
+    { admin_failures=$((admin_failures + 1)); echo "admin PATCH $1 failed at ${elapsed}s" >&2; }
+}
 while :; do
   now=$(date +%s)
   elapsed=$((now - start))
@@ -149,21 +160,21 @@ while :; do
   fi
   if [ $((tick % 30)) -eq 0 ]; then
     write_config $((tick / 30 % 3 + 1))
-    "$bin" reload --admin "127.0.0.1:$admin_port" >/dev/null 2>&1 || echo "reload failed at ${elapsed}s" >&2
+    reloads=$((reloads + 1))
+    "$bin" reload --admin "127.0.0.1:$admin_port" >/dev/null 2>"$work/reload.err" ||
+      { reload_failures=$((reload_failures + 1)); echo "reload failed at ${elapsed}s: $(cat "$work/reload.err")" >&2; }
   fi
   if [ $((tick % 20)) -eq 0 ]; then
-    b="127.0.0.1:${backend_ports[1]}"
-    curl -fs -X PATCH -d '{"state": "draining"}' "http://127.0.0.1:$admin_port/api/v1/clusters/app/backends/$b" >/dev/null || true
+    admin_patch draining
   elif [ $((tick % 20)) -eq 5 ]; then
-    b="127.0.0.1:${backend_ports[1]}"
-    curl -fs -X PATCH -d '{"state": "enabled"}' "http://127.0.0.1:$admin_port/api/v1/clusters/app/backends/$b" >/dev/null || true
+    admin_patch enabled
   fi
   if [ "$now" -ge "$next_sample" ]; then
     next_sample=$((next_sample + 10))
     rss=$(awk '/^VmRSS/ {print $2}' "/proc/$proxy/status" 2>/dev/null || echo 0)
     fds=$(ls "/proc/$proxy/fd" 2>/dev/null | wc -l)
     read -r ok err <"$work/counts" 2>/dev/null || { ok=0; err=0; }
-    echo "$elapsed,$rss,$fds,$ok,$err" | tee -a "$out"
+    echo "$elapsed,$rss,$fds,$ok,$err,$reloads,$reload_failures,$admin_calls,$admin_failures" | tee -a "$out"
   fi
   kill -0 "$proxy" 2>/dev/null || { echo "soak.sh: fulcrum exited" >&2; tail -20 "$work/fulcrum.log" >&2; exit 1; }
   sleep 1
