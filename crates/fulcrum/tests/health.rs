@@ -337,3 +337,47 @@ async fn all_backends_down_gives_503_quickly_and_service_resumes() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// An address on loopback where nothing listens (connections are refused).
+fn refusing_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connections_cost_retries_not_errors_beyond_the_retry_budget() {
+    // Two of three backends refuse connections. Outlier detection may eject
+    // only one of three (max_ejection_percent), so round-robin keeps sending
+    // every other first attempt to the other dead one: far more retries than
+    // the 20% retry budget allows. A refused connect put no load on any
+    // backend, so its retry is free and no client sees an error.
+    let bs = backends(&["1ms"]).await;
+    let config = simple_config(&cluster_with(
+        "round-robin",
+        &[refusing_addr(), bs[0].addr, refusing_addr()],
+        "",
+    ));
+    let proxy = Proxy::run(&config);
+    // 600 requests: about 300 need a retry, while the budget holds about
+    // 10 + 0.2 × 600 + 10 per second.
+    let mut opts = LoadOptions::new(proxy.addr("web"));
+    opts.concurrency = 4;
+    opts.requests = Some(600);
+    let report = run_load(opts).await;
+    assert_eq!(report.total, 600, "{report}");
+    assert_no_errors(&report);
+    // The retries really happened: about every other request needed one.
+    let metrics = get(&client(), proxy.admin, "/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    let retries: f64 = text
+        .lines()
+        .find(|l| l.starts_with("fulcrum_upstream_retries_total{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no retries counter in {text}"));
+    assert!(
+        retries > report.total as f64 * 0.3,
+        "retries {retries}, requests {}",
+        report.total
+    );
+}

@@ -208,6 +208,8 @@ async fn forward_to(
         BackendId,
     )> = None;
     let mut only_connect_failures = true;
+    // Whether the last attempt failed before reaching the backend.
+    let mut connect_failed = false;
     let idempotent = is_idempotent(&parts.method);
     let deadline = Instant::now() + cluster.config.response_timeout;
     let try_timeout = cluster
@@ -250,12 +252,17 @@ async fn forward_to(
         let Some(id) = picked else {
             break;
         };
-        if attempts > 0 && !cluster.retry_budget.try_withdraw(now) {
+        // A retry after a refused or timed-out connect is free: nothing
+        // reached a backend, so it cannot feed a retry storm, and a dead
+        // backend must cost a retry, not a user error, even when a whole
+        // cluster is failing (panic mode spreads over dead backends too).
+        if attempts > 0 && !connect_failed && !cluster.retry_budget.try_withdraw(now) {
             tracing::debug!(cluster = %cluster.name(), "retry refused: the cluster's retry budget is spent");
             break;
         }
         tried[attempts] = id;
         attempts += 1;
+        connect_failed = false;
         let backend = cluster.set.get(id);
         let metrics = &cluster.backend_metrics[id.index()];
         metrics.picked();
@@ -321,6 +328,7 @@ async fn forward_to(
                 health::observe(cluster, id, Outcome::Failure, finished);
                 let connect = e.is_connect();
                 only_connect_failures &= connect;
+                connect_failed = connect;
                 tracing::debug!(cluster = %cluster.name(), backend = %backend.address, error = %e, connect, "upstream attempt failed");
                 last_error = Some(ProxyError::Upstream {
                     cluster: cluster.name().to_owned(),
