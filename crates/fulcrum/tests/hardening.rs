@@ -905,10 +905,9 @@ async fn chunked_in_two(addr: SocketAddr, head: &str, first: &[u8], rest: &[u8])
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = s.write_all(rest).await;
     let mut out = Vec::new();
-    let closed = matches!(
-        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await,
-        Ok(_)
-    );
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .is_ok();
     (String::from_utf8_lossy(&out).into_owned(), closed)
 }
 
@@ -1259,4 +1258,50 @@ async fn sigterm_sends_h2_goaway_finishes_the_stream_in_flight_then_exits_0() {
     assert!(String::from_utf8_lossy(&body).contains("b0"), "{body:?}");
     let code = tokio::task::block_in_place(|| wait_exit(&mut proxy, Duration::from_secs(10)));
     assert_eq!(code, Some(0));
+}
+
+#[tokio::test]
+async fn slow_but_acceptable_upload_outlasting_response_timeout_is_answered_not_504() {
+    let _shared = TIMING.read().await;
+    let backend = RecordingBackend::spawn().await;
+    let hung = backends(&["20s"]).await;
+    let config = format!(
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\ncluster = \"app\"\nbody_timeout = \"1s\"\nmin_body_rate = 10\n\n\
+         [[listener.route]]\npath_prefix = \"/hung\"\ncluster = \"hung\"\n\n\
+         {}response_timeout = \"1s\"\n\n{}response_timeout = \"1s\"\n",
+        cluster_block("app", "round-robin", &[(backend.addr, 1)]),
+        cluster_block("hung", "round-robin", &[(hung[0].addr, 1)]),
+    );
+    let proxy = Proxy::run(&config);
+    let addr = proxy.addr("web");
+    // 60 bytes at 20 B/s: 3 s of upload, three times the response timeout,
+    // and twice the rate asked for. The timeout counts from the last byte.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 60\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    for _ in 0..12 {
+        s.write_all(b"uuuuu").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    // A backend that never answers still times out once the body is in.
+    let started = Instant::now();
+    let (text, _) = exchange(
+        addr,
+        b"POST /hung HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+            .to_vec(),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
 }
