@@ -50,10 +50,11 @@ impl BodyLimits {
     /// Limits from a listener's `max_body_bytes`, `body_timeout` and
     /// `min_body_rate`.
     pub fn new(max_bytes: u64, body_timeout: Duration, min_body_rate: u64) -> Self {
-        let per_window = (min_body_rate as f64 * body_timeout.as_secs_f64()).ceil();
+        let window = body_timeout.min(MAX_BODY_WINDOW);
+        let per_window = (min_body_rate as f64 * window.as_secs_f64()).ceil();
         Self {
             max_bytes,
-            window: body_timeout,
+            window,
             min_per_window: (per_window as u64).max(1),
         }
     }
@@ -67,6 +68,10 @@ impl BodyLimits {
         )
     }
 }
+
+/// Longest rate window: a year is "never" for a request body, and keeps
+/// `now + window` far from the clock's overflow whatever `body_timeout` says.
+const MAX_BODY_WINDOW: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Why the proxy stopped reading a request body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -491,5 +496,9 @@ mod tests {
             BodyLimits::new(10, Duration::from_millis(500), 3).min_per_window,
             2
         );
+        // An absurd body_timeout is clamped, so deadlines never overflow.
+        let far = BodyLimits::new(10, Duration::MAX, 1);
+        assert_eq!(far.window, MAX_BODY_WINDOW);
+        let _ = Instant::now() + far.window;
     }
 }

@@ -94,7 +94,10 @@ async fn proxy(
     if route.is_some_and(|r| !r.admits(ip)) {
         return Err(ProxyError::Forbidden);
     }
-    let body_limits = BodyLimits::of(&config.limits, route.and_then(|r| r.max_body_bytes()));
+    let mut body_limits = listener.body_limits;
+    if let Some(max) = route.and_then(|r| r.max_body_bytes()) {
+        body_limits.max_bytes = max;
+    }
     check_declared_body(&req, body_limits.max_bytes)?;
     let route_priority = route.and_then(|r| r.priority());
     let mut limit = None;
