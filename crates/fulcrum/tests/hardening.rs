@@ -1305,3 +1305,82 @@ async fn slow_but_acceptable_upload_outlasting_response_timeout_is_answered_not_
         started.elapsed()
     );
 }
+
+/// A backend that drains request bodies slowly (64 KiB every 20 ms, about
+/// 3 MB/s) and answers `200` with the body length once it has read it all.
+async fn spawn_slow_reader() -> SocketAddr {
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = socket.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                let (end, len) = loop {
+                    let n = match stream.read(&mut buf).await {
+                        Ok(n) if n > 0 => n,
+                        _ => return,
+                    };
+                    head.extend_from_slice(&buf[..n]);
+                    if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let text = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
+                        let len: usize = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        break (end + 4, len);
+                    }
+                };
+                let mut read = head.len() - end;
+                // Bounded: at most 30 s of reads.
+                for _ in 0..1_500 {
+                    if read >= len {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    match stream.read(&mut buf).await {
+                        Ok(n) if n > 0 => read += n,
+                        _ => return,
+                    }
+                }
+                let body = read.to_string();
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_backend_draining_an_upload_is_not_blamed_on_the_client() {
+    let _shared = TIMING.read().await;
+    let backend = spawn_slow_reader().await;
+    // A rate no upload through this backend could reach (20 MB/s), over 1 s
+    // windows: only time spent waiting on the client counts against it.
+    let proxy = proxy_to(backend, "body_timeout = \"1s\"\nmin_body_rate = 20000000");
+    let addr = proxy.addr("web");
+    const SIZE: usize = 8 * 1024 * 1024;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /drain HTTP/1.1\r\nHost: x\r\nContent-Length: {SIZE}\r\nConnection: close\r\n\r\n"
+    );
+    let upload = async {
+        s.write_all(head.as_bytes()).await?;
+        s.write_all(&vec![b'd'; SIZE]).await?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await?;
+        Ok::<_, std::io::Error>(out)
+    };
+    let out = tokio::time::timeout(Duration::from_secs(30), upload)
+        .await
+        .expect("upload hung")
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with(&SIZE.to_string()), "{text}");
+}
