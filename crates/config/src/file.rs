@@ -86,6 +86,13 @@ pub struct FileListener {
     pub max_body_bytes: Option<u64>,
     /// Requests on one HTTP/1 connection before it is closed.
     pub max_requests_per_connection: Option<u64>,
+    /// Window over which a request body's rate is measured; also the
+    /// grace period before the first measurement.
+    pub body_timeout: Option<String>,
+    /// Slowest request body accepted, in bytes per second over `body_timeout`.
+    pub min_body_rate: Option<u64>,
+    /// Most concurrent HTTP/2 streams one client connection may open.
+    pub max_concurrent_streams: Option<u32>,
     /// Most concurrent connections from one client address.
     pub max_connections_per_ip: Option<usize>,
     /// Clients whose `x-fulcrum-debug: 1` header is honoured (CIDRs or addresses).
@@ -130,6 +137,9 @@ impl FileListener {
         "max_uri_bytes",
         "max_body_bytes",
         "max_requests_per_connection",
+        "body_timeout",
+        "min_body_rate",
+        "max_concurrent_streams",
         "max_connections_per_ip",
         "debug_from",
         "priority_from",
@@ -211,6 +221,12 @@ pub struct FileRoute {
     pub rate_limit: Option<FileRateLimit>,
     /// Priority class of matching requests (a class of the cluster's admission).
     pub priority: Option<String>,
+    /// Largest request body in bytes on this route (overrides the listener's).
+    pub max_body_bytes: Option<u64>,
+    /// Clients allowed on this route (CIDRs or addresses); others get 403.
+    pub allow: Option<Vec<String>>,
+    /// Clients refused with 403 on this route (CIDRs or addresses).
+    pub deny: Option<Vec<String>>,
 }
 
 impl FileRoute {
@@ -232,6 +248,9 @@ impl FileRoute {
         "rewrite_prefix",
         "redirect",
         "rate_limit",
+        "max_body_bytes",
+        "allow",
+        "deny",
     ];
 }
 

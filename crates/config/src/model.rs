@@ -95,6 +95,17 @@ pub struct HttpLimits {
     pub max_requests_per_connection: u64,
     /// Most concurrent connections from one client address; more are closed at once.
     pub max_connections_per_ip: usize,
+    /// Window over which a request body's arrival rate is measured; the
+    /// first window is the grace period. A body that brings less than
+    /// `min_body_rate × body_timeout` bytes (and at least one byte) in a
+    /// window is cut: 408 if no response has started, then close.
+    pub body_timeout: Duration,
+    /// Slowest request body accepted, in bytes per second averaged over
+    /// `body_timeout`; 0 keeps only the "one byte per window" rule.
+    pub min_body_rate: u64,
+    /// Most concurrent HTTP/2 streams per client connection; more are
+    /// refused with `REFUSED_STREAM`.
+    pub max_concurrent_streams: u32,
 }
 
 /// 10 s to send a request head: generous for humans on bad links, short
@@ -122,6 +133,19 @@ pub const DEFAULT_MAX_REQUESTS_PER_CONNECTION: u64 = 1_000;
 /// 1 024 connections from one address: one client (or one NAT) cannot take
 /// the whole `max_connections` of a listener.
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1_024;
+/// 60 s windows for request bodies, as NGINX's `client_body_timeout`: long
+/// enough for a stalled mobile link to recover, short enough that a slow
+/// POST (R.U.D.Y.) cannot hold a connection and a backend request for long.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// 1 KiB/s: far below any working link (a 2G EDGE upload manages ~20 KiB/s),
+/// and it makes a slow-POST attacker pay 60 KiB per connection per minute
+/// (Apache's `mod_reqtimeout` asks for 500 B/s). Long-lived streaming
+/// uploads that legitimately idle must lower it or lengthen `body_timeout`.
+pub const DEFAULT_MIN_BODY_RATE: u64 = 1_024;
+/// 256 concurrent HTTP/2 streams per connection: above what browsers open
+/// (Chrome and Firefox stay around 100), low enough that one connection
+/// cannot fan out into thousands of backend requests.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
 
 impl Default for HttpLimits {
     fn default() -> Self {
@@ -135,6 +159,9 @@ impl Default for HttpLimits {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_requests_per_connection: DEFAULT_MAX_REQUESTS_PER_CONNECTION,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            min_body_rate: DEFAULT_MIN_BODY_RATE,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
         }
     }
 }
@@ -328,6 +355,14 @@ pub struct RouteConfig {
     /// Priority class of matching requests; `None` leaves the request to
     /// the header or the cluster's default class.
     pub priority: Option<String>,
+    /// Largest request body on this route; `None` keeps the listener's
+    /// `max_body_bytes`.
+    pub max_body_bytes: Option<u64>,
+    /// Clients allowed on this route (403 for others); empty allows all
+    /// the listener lets in.
+    pub allow: Vec<IpNet>,
+    /// Clients refused with 403 on this route; checked before `allow`.
+    pub deny: Vec<IpNet>,
 }
 
 /// How a header or query parameter must look.

@@ -166,6 +166,9 @@ fn key_lists_match_the_file_shapes() {
         max_uri_bytes: Some(1),
         max_body_bytes: Some(1),
         max_requests_per_connection: Some(1),
+        body_timeout: s(),
+        min_body_rate: Some(1),
+        max_concurrent_streams: Some(1),
         max_connections_per_ip: Some(1),
         debug_from: Some(vec![]),
         priority_from: Some(vec![]),
@@ -237,6 +240,9 @@ fn key_lists_match_the_file_shapes() {
         redirect: Some(redirect),
         rate_limit: Some(rate_limit),
         priority: s(),
+        max_body_bytes: Some(1),
+        allow: Some(vec![]),
+        deny: Some(vec![]),
     };
     assert_eq!(keys(&route), sorted(file::FileRoute::KEYS));
     let certificate = file::FileCertificate {
@@ -828,4 +834,96 @@ fn parse_refuses_bad_upstream_tls_naming_the_key() {
               [cluster.db]\nbackends = [{ address = \"127.0.0.1:5432\" }]\ntls = { verify = false }\n";
     let keys: Vec<String> = problems(l4).into_iter().map(|p| p.key).collect();
     assert_eq!(keys, ["cluster.db.tls"]);
+}
+
+const BODY_AND_ACCESS: &str = r#"
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+cluster = "app"
+max_body_bytes = 1000
+body_timeout = "5s"
+min_body_rate = 200
+max_concurrent_streams = 32
+
+[[listener.route]]
+path_prefix = "/upload"
+cluster = "app"
+max_body_bytes = 100000
+allow = ["10.0.0.0/8", "::1"]
+deny = ["10.9.0.0/16"]
+
+[cluster.app]
+backends = [{ address = "127.0.0.1:9001" }]
+"#;
+
+#[test]
+fn parse_accepts_body_rate_stream_and_route_access_keys() {
+    let c = parse(BODY_AND_ACCESS, None).expect("valid");
+    let l = &c.listeners[0];
+    assert_eq!(l.limits.body_timeout, std::time::Duration::from_secs(5));
+    assert_eq!(l.limits.min_body_rate, 200);
+    assert_eq!(l.limits.max_concurrent_streams, 32);
+    let r = &l.routes[0];
+    assert_eq!(r.max_body_bytes, Some(100_000));
+    assert_eq!(
+        r.allow,
+        [
+            IpNet::parse("10.0.0.0/8").unwrap(),
+            IpNet::parse("::1").unwrap()
+        ]
+    );
+    assert_eq!(r.deny, [IpNet::parse("10.9.0.0/16").unwrap()]);
+    // Defaults: on, and documented.
+    let d = &parse(GOOD, None).unwrap().listeners[0];
+    assert_eq!(d.limits.body_timeout, DEFAULT_BODY_TIMEOUT);
+    assert_eq!(d.limits.min_body_rate, DEFAULT_MIN_BODY_RATE);
+    assert_eq!(
+        d.limits.max_concurrent_streams,
+        DEFAULT_MAX_CONCURRENT_STREAMS
+    );
+    assert_eq!(d.routes[0].max_body_bytes, None);
+    assert!(d.routes[0].allow.is_empty() && d.routes[0].deny.is_empty());
+}
+
+#[test]
+fn parse_rejects_bad_body_rate_stream_and_route_access_values_naming_the_key() {
+    let text = BODY_AND_ACCESS
+        .replace("body_timeout = \"5s\"", "body_timeout = \"0s\"")
+        .replace("max_concurrent_streams = 32", "max_concurrent_streams = 0")
+        .replace("\"::1\"]", "\"not-a-net\"]")
+        .replace(
+            "deny = [\"10.9.0.0/16\"]",
+            "deny = [\"10.9.0.0/99\"]\nmax_body_byte = 5",
+        );
+    let p = problems(&text);
+    let mut keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "listener[0].body_timeout",
+            "listener[0].max_concurrent_streams",
+            "listener[0].route[0].allow[1]",
+            "listener[0].route[0].deny[0]",
+            "listener[0].route[0].max_body_byte",
+        ],
+        "{p:?}"
+    );
+    let typo = p.iter().find(|p| p.key.ends_with("max_body_byte")).unwrap();
+    assert!(typo.message.contains("`max_body_bytes`"), "{typo:?}");
+    // Body and stream limits belong to http listeners; route limits to http routes.
+    let tcp = "[[listener]]\nname = \"l4\"\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\nmin_body_rate = 1\nmax_concurrent_streams = 4\n\n[[listener.route]]\nsni = \"a.example.com\"\ncluster = \"app\"\nallow = [\"10.0.0.0/8\"]\n\n[cluster.app]\nbackends = [{ address = \"127.0.0.1:9001\" }]\n";
+    let p = problems(tcp);
+    let mut keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "listener[0].max_concurrent_streams",
+            "listener[0].min_body_rate",
+            "listener[0].route[0].allow",
+        ],
+        "{p:?}"
+    );
 }

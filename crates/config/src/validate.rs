@@ -273,6 +273,38 @@ impl Validator {
             }
             limits.max_requests_per_connection = n;
         }
+        if let Some(d) = self.duration(&key("body_timeout"), file.body_timeout.as_deref()) {
+            limits.body_timeout = d;
+        }
+        if let Some(n) = file.min_body_rate {
+            limits.min_body_rate = n;
+        }
+        if let Some(n) = file.max_concurrent_streams {
+            if n == 0 {
+                self.problem(
+                    key("max_concurrent_streams"),
+                    "must be at least 1 (0 would refuse every HTTP/2 request)",
+                );
+            }
+            limits.max_concurrent_streams = n;
+        }
+        if protocol != Protocol::Http {
+            for (name, set) in [
+                ("body_timeout", file.body_timeout.is_some()),
+                ("min_body_rate", file.min_body_rate.is_some()),
+                (
+                    "max_concurrent_streams",
+                    file.max_concurrent_streams.is_some(),
+                ),
+            ] {
+                if set {
+                    self.problem(
+                        key(name),
+                        format!("only http listeners read request bodies and HTTP/2 streams; remove `{name}` from this {} listener", protocol.as_str()),
+                    );
+                }
+            }
+        }
         if let Some(n) = file.max_connections_per_ip {
             if n == 0 {
                 self.problem(key("max_connections_per_ip"), "must be at least 1");
@@ -350,6 +382,18 @@ impl Validator {
                 self.problem(
                     format!("{key}.{name}"),
                     "tcp listeners route by TLS server name only; write sni = \"a.example.com\"",
+                );
+            }
+        }
+        for (name, set) in [
+            ("max_body_bytes", file.max_body_bytes.is_some()),
+            ("allow", file.allow.is_some()),
+            ("deny", file.deny.is_some()),
+        ] {
+            if set {
+                self.problem(
+                    format!("{key}.{name}"),
+                    format!("`{name}` applies to http routes; on a tcp listener set `allow`/`deny` on the listener itself"),
                 );
             }
         }

@@ -26,6 +26,8 @@ static TIMING: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 struct RecordingBackend {
     addr: SocketAddr,
     bytes: Arc<Mutex<Vec<u8>>>,
+    /// Connections the proxy closed (or that timed out).
+    closed: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl RecordingBackend {
@@ -33,17 +35,31 @@ impl RecordingBackend {
         let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         let bytes = Arc::new(Mutex::new(Vec::new()));
+        let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let log = Arc::clone(&bytes);
+        let ended = Arc::clone(&closed);
         tokio::spawn(async move {
             while let Ok((stream, _)) = socket.accept().await {
-                tokio::spawn(serve_recording(stream, Arc::clone(&log)));
+                let (log, ended) = (Arc::clone(&log), Arc::clone(&ended));
+                tokio::spawn(async move {
+                    serve_recording(stream, log).await;
+                    ended.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                });
             }
         });
-        RecordingBackend { addr, bytes }
+        RecordingBackend {
+            addr,
+            bytes,
+            closed,
+        }
     }
 
     fn received(&self) -> String {
         String::from_utf8_lossy(&self.bytes.lock().unwrap()).into_owned()
+    }
+
+    fn closed(&self) -> usize {
+        self.closed.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -868,4 +884,503 @@ async fn h2_rapid_reset_flood_is_cut_off_and_others_are_served() {
     ];
     ok.push((b":path", b"/after"));
     assert_eq!(h2_request(addr, &ok).await, Some(200));
+}
+
+// ---------------------------------------------------------------------------
+// Per-route limits and access lists, slow request bodies, HTTP/2 streams.
+
+/// A listener (with `listener_extra`) whose routes are given in `routes`
+/// (`[[listener.route]]` tables), all sending to one backend.
+fn proxy_with_routes(backend: SocketAddr, listener_extra: &str, routes: &str) -> Proxy {
+    proxy_to(backend, &format!("{listener_extra}\n\n{routes}"))
+}
+
+/// Sends a request head and a first chunk, then the rest after a pause (so
+/// the proxy is streaming the body when the rest arrives); the answer and
+/// whether the connection was closed, bounded by 5 s.
+async fn chunked_in_two(addr: SocketAddr, head: &str, first: &[u8], rest: &[u8]) -> (String, bool) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = s.write_all(rest).await;
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .is_ok();
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+#[tokio::test]
+async fn route_max_body_bytes_overrides_the_listener_limit() {
+    let _shared = TIMING.read().await;
+    let backend = RecordingBackend::spawn().await;
+    let proxy = proxy_with_routes(
+        backend.addr,
+        "max_body_bytes = 100",
+        "[[listener.route]]\npath_prefix = \"/small\"\ncluster = \"app\"\nmax_body_bytes = 10\n\n\
+         [[listener.route]]\npath_prefix = \"/large\"\ncluster = \"app\"\nmax_body_bytes = 1000\n",
+    );
+    let addr = proxy.addr("web");
+    let post = |path: &str, len: usize| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{}",
+            "b".repeat(len)
+        )
+        .into_bytes()
+    };
+    // Declared lengths: the route's limit, lower or higher than the listener's.
+    let (text, closed) = exchange(addr, post("/small-declared", 11)).await;
+    assert!(text.starts_with("HTTP/1.1 413") && closed, "{text}");
+    let (text, _) = exchange(addr, post("/small-ok", 10)).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let (text, _) = exchange(addr, post("/large-declared", 500)).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let (text, closed) = exchange(addr, post("/other-declared", 101)).await;
+    assert!(text.starts_with("HTTP/1.1 413") && closed, "{text}");
+    // A chunked body is cut at the route's limit: the backend gets no byte
+    // beyond it, the client 413 (no response had started) and a close.
+    let (text, closed) = chunked_in_two(
+        addr,
+        "POST /small-chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"5\r\nhello\r\n",
+        b"10\r\nSECRETSECRETSECR\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(closed, "the connection is closed after the 413");
+    // Above the listener's limit but within the route's, chunked passes.
+    let big = format!("1f4\r\n{}\r\n0\r\n\r\n", "c".repeat(500));
+    let (text, _) = chunked_in_two(
+        addr,
+        "POST /large-chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        b"",
+        big.as_bytes(),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    // HTTP/2 bodies carry no framing for the byte-level guard: the route's
+    // limit cuts them as they stream.
+    let mut block = Vec::new();
+    for (n, v) in [
+        (&b":method"[..], &b"POST"[..]),
+        (b":scheme", b"http"),
+        (b":authority", b"x"),
+        (b":path", b"/small-h2"),
+    ] {
+        hpack_literal(&mut block, n, v);
+    }
+    let mut out = H2_PREFACE.to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[]));
+    out.extend(h2_frame(0x1, 0x4, 1, &block));
+    out.extend(h2_frame(0x0, 0, 1, b"hello"));
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&out).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.write_all(&h2_frame(0x0, 0x1, 1, b"H2SECRETH2SECRET"))
+        .await
+        .unwrap();
+    let frames = h2_read_frames(&mut s, Duration::from_secs(5), |f| {
+        f.iter()
+            .any(|f| f.stream == 1 && (f.kind == 0x3 || f.kind == 0x1))
+    })
+    .await;
+    let answer = frames
+        .iter()
+        .find(|f| f.stream == 1 && (f.kind == 0x3 || f.kind == 0x1));
+    assert!(
+        answer.is_some_and(|f| f.payload.first() != Some(&0x88)),
+        "stream over the route's limit was not refused: {frames:?}"
+    );
+    let seen = backend.received();
+    assert!(!seen.contains("SECRET"), "{seen}");
+    assert!(
+        !seen.contains("/small-declared") && !seen.contains("/other-declared"),
+        "{seen}"
+    );
+    assert!(seen.contains("/large-declared") && seen.contains("/large-chunked"));
+}
+
+#[tokio::test]
+async fn route_allow_and_deny_lists_answer_403_after_route_match() {
+    let _shared = TIMING.read().await;
+    let backend = RecordingBackend::spawn().await;
+    let proxy = proxy_with_routes(
+        backend.addr,
+        "",
+        "[[listener.route]]\npath_prefix = \"/private\"\ncluster = \"app\"\ndeny = [\"127.0.0.0/8\"]\n\n\
+         [[listener.route]]\npath_prefix = \"/partners\"\ncluster = \"app\"\nallow = [\"192.0.2.0/24\", \"::1\"]\n\n\
+         [[listener.route]]\npath_prefix = \"/office\"\ncluster = \"app\"\nallow = [\"127.0.0.1/32\"]\ndeny = [\"10.0.0.0/8\"]\n",
+    );
+    let addr = proxy.addr("web");
+    for (path, status) in [
+        ("/private/a", "403"),
+        ("/partners/a", "403"),
+        ("/office/a", "200"),
+        ("/elsewhere", "200"),
+    ] {
+        let (text, _) = get_close(addr, path).await;
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status}")),
+            "{path}: {text}"
+        );
+    }
+    let seen = backend.received();
+    assert!(
+        !seen.contains("/private") && !seen.contains("/partners"),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("/office/a") && seen.contains("/elsewhere"),
+        "{seen}"
+    );
+}
+
+#[tokio::test]
+async fn slow_request_body_is_cut_with_408_and_the_backend_request_aborted() {
+    let _shared = TIMING.read().await;
+    let backend = RecordingBackend::spawn().await;
+    let proxy = proxy_to(backend.addr, "body_timeout = \"1s\"\nmin_body_rate = 100");
+    let addr = proxy.addr("web");
+    // A body sent at once is not affected.
+    let fast = format!(
+        "POST /fast HTTP/1.1\r\nHost: x\r\nContent-Length: 300\r\nConnection: close\r\n\r\n{}",
+        "f".repeat(300)
+    );
+    let (text, _) = exchange(addr, fast.into_bytes()).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let closed_before = backend.closed();
+    // A slow POST: one byte every 100 ms (10 B/s) where 100 B/s is asked.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut sent = 0;
+    let closed = loop {
+        if started.elapsed() > Duration::from_secs(8) {
+            break false;
+        }
+        if s.write_all(b"s").await.is_err() {
+            break true;
+        }
+        sent += 1;
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+            Err(_) => continue,
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+        }
+    };
+    let cut_after = started.elapsed();
+    // Whatever is still in flight after the close.
+    let _ = tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(closed, "the slow client's connection is closed");
+    // Not before the grace window; generous upper bound for a loaded machine.
+    assert!(
+        cut_after >= Duration::from_millis(900) && cut_after < Duration::from_secs(6),
+        "cut after {cut_after:?}"
+    );
+    // The backend's request was aborted: its connection closed with the
+    // body incomplete (it never answered it).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while backend.closed() == closed_before && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        backend.closed() > closed_before,
+        "backend request not aborted"
+    );
+    let seen = backend.received();
+    let body = seen.split("POST /slow").nth(1).unwrap_or_default();
+    let body = body.split("\r\n\r\n").nth(1).unwrap_or_default();
+    assert!(body.len() < 1000 && body.len() <= sent, "{seen}");
+}
+
+/// One HTTP/2 frame as read off the wire.
+#[derive(Debug)]
+struct H2Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+/// Reads frames until the server closes the connection, `within` passes or
+/// `enough` holds for the frames so far, acknowledging SETTINGS and PINGs
+/// as a real client does.
+async fn h2_read_frames(
+    s: &mut TcpStream,
+    within: Duration,
+    enough: impl Fn(&[H2Frame]) -> bool,
+) -> Vec<H2Frame> {
+    let deadline = Instant::now() + within;
+    let mut buf = Vec::new();
+    let mut frames = Vec::new();
+    loop {
+        while buf.len() >= 9 {
+            let len = (buf[0] as usize) << 16 | (buf[1] as usize) << 8 | buf[2] as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let frame = H2Frame {
+                kind: buf[3],
+                flags: buf[4],
+                stream: u32::from_be_bytes(buf[5..9].try_into().unwrap()) & 0x7fff_ffff,
+                payload: buf[9..9 + len].to_vec(),
+            };
+            buf.drain(..9 + len);
+            let reply = match (frame.kind, frame.flags & 1) {
+                (0x4, 0) => Some(h2_frame(0x4, 1, 0, &[])),
+                (0x6, 0) => Some(h2_frame(0x6, 1, 0, &frame.payload)),
+                _ => None,
+            };
+            if let Some(reply) = reply {
+                let _ = s.write_all(&reply).await;
+            }
+            frames.push(frame);
+            if enough(&frames) {
+                return frames;
+            }
+        }
+        let mut chunk = [0u8; 8192];
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return frames,
+        }
+    }
+}
+
+/// A HEADERS block for `method path` on authority `x`.
+fn h2_head(method: &'static [u8], path: &[u8]) -> Vec<u8> {
+    let mut block = Vec::new();
+    hpack_literal(&mut block, b":method", method);
+    hpack_literal(&mut block, b":scheme", b"http");
+    hpack_literal(&mut block, b":authority", b"x");
+    hpack_literal(&mut block, b":path", path);
+    block
+}
+
+#[tokio::test]
+async fn h2_streams_beyond_max_concurrent_streams_are_refused() {
+    let _shared = TIMING.read().await;
+    let backend = RecordingBackend::spawn().await;
+    let proxy = proxy_to(backend.addr, "max_concurrent_streams = 2");
+    let addr = proxy.addr("web");
+    let mut out = H2_PREFACE.to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[]));
+    for i in 0..5u32 {
+        // END_HEADERS without END_STREAM: the body stays open, and so does
+        // the stream.
+        let block = h2_head(b"POST", format!("/held-{i}").as_bytes());
+        out.extend(h2_frame(0x1, 0x4, 2 * i + 1, &block));
+    }
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&out).await.unwrap();
+    let is_refused = |f: &H2Frame| f.kind == 0x3 && f.payload == 7u32.to_be_bytes();
+    let frames = h2_read_frames(&mut s, Duration::from_secs(5), |f| {
+        f.iter().filter(|f| is_refused(f)).count() >= 3
+    })
+    .await;
+    let refused: Vec<u32> = frames
+        .iter()
+        .filter(|f| is_refused(f))
+        .map(|f| f.stream)
+        .collect();
+    assert_eq!(refused, [5, 7, 9], "{frames:?}");
+    // The limit is advertised in SETTINGS (SETTINGS_MAX_CONCURRENT_STREAMS = 0x3).
+    let settings = frames
+        .iter()
+        .find(|f| f.kind == 0x4 && f.flags & 1 == 0)
+        .expect("server SETTINGS");
+    let advertised = settings
+        .payload
+        .chunks(6)
+        .find(|e| e[..2] == [0, 3])
+        .map(|e| u32::from_be_bytes(e[2..6].try_into().unwrap()));
+    assert_eq!(advertised, Some(2));
+    // No GOAWAY: refusing streams leaves the connection up.
+    assert!(!frames.iter().any(|f| f.kind == 0x7), "{frames:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = backend.received();
+    for i in 2..5 {
+        assert!(!seen.contains(&format!("/held-{i} ")), "{seen}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_sends_h2_goaway_finishes_the_stream_in_flight_then_exits_0() {
+    let _shared = TIMING.read().await;
+    let bs = backends(&["1500ms"]).await;
+    let mut proxy = proxy_to(bs[0].addr, "");
+    let addr = proxy.addr("web");
+    let mut out = H2_PREFACE.to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[]));
+    out.extend(h2_frame(0x1, 0x5, 1, &h2_head(b"GET", b"/slow")));
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&out).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    signal(&proxy, "TERM");
+    // Read until the proxy closes the connection.
+    let frames = h2_read_frames(&mut s, Duration::from_secs(10), |_| false).await;
+    let goaway = frames
+        .iter()
+        .position(|f| f.kind == 0x7)
+        .unwrap_or_else(|| panic!("no GOAWAY: {frames:?}"));
+    let response = frames
+        .iter()
+        .position(|f| f.kind == 0x1 && f.stream == 1)
+        .unwrap_or_else(|| panic!("stream 1 not answered: {frames:?}"));
+    assert!(
+        goaway < response,
+        "GOAWAY arrives while the stream is in flight"
+    );
+    assert_eq!(frames[response].payload.first(), Some(&0x88), ":status 200");
+    // Every GOAWAY lets stream 1 finish (last-stream-id >= 1, NO_ERROR).
+    for f in frames.iter().filter(|f| f.kind == 0x7) {
+        let last = u32::from_be_bytes(f.payload[..4].try_into().unwrap()) & 0x7fff_ffff;
+        let code = u32::from_be_bytes(f.payload[4..8].try_into().unwrap());
+        assert!(last >= 1 && code == 0, "{f:?}");
+    }
+    let body: Vec<u8> = frames
+        .iter()
+        .filter(|f| f.kind == 0x0 && f.stream == 1)
+        .flat_map(|f| f.payload.clone())
+        .collect();
+    let ended = frames
+        .iter()
+        .any(|f| f.stream == 1 && f.flags & 0x1 != 0 && (f.kind == 0x0 || f.kind == 0x1));
+    assert!(ended, "stream 1 did not end: {frames:?}");
+    assert!(String::from_utf8_lossy(&body).contains("b0"), "{body:?}");
+    let code = tokio::task::block_in_place(|| wait_exit(&mut proxy, Duration::from_secs(10)));
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test]
+async fn slow_but_acceptable_upload_outlasting_response_timeout_is_answered_not_504() {
+    let _shared = TIMING.read().await;
+    let backend = RecordingBackend::spawn().await;
+    let hung = backends(&["20s"]).await;
+    let config = format!(
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\ncluster = \"app\"\nbody_timeout = \"1s\"\nmin_body_rate = 10\n\n\
+         [[listener.route]]\npath_prefix = \"/hung\"\ncluster = \"hung\"\n\n\
+         {}response_timeout = \"1s\"\n\n{}response_timeout = \"1s\"\n",
+        cluster_block("app", "round-robin", &[(backend.addr, 1)]),
+        cluster_block("hung", "round-robin", &[(hung[0].addr, 1)]),
+    );
+    let proxy = Proxy::run(&config);
+    let addr = proxy.addr("web");
+    // 60 bytes at 20 B/s: 3 s of upload, three times the response timeout,
+    // and twice the rate asked for. The timeout counts from the last byte.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 60\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    for _ in 0..12 {
+        s.write_all(b"uuuuu").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    // A backend that never answers still times out once the body is in.
+    let started = Instant::now();
+    let (text, _) = exchange(
+        addr,
+        b"POST /hung HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+            .to_vec(),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A backend that drains request bodies slowly (64 KiB every 20 ms, about
+/// 3 MB/s) and answers `200` with the body length once it has read it all.
+async fn spawn_slow_reader() -> SocketAddr {
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = socket.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                let (end, len) = loop {
+                    let n = match stream.read(&mut buf).await {
+                        Ok(n) if n > 0 => n,
+                        _ => return,
+                    };
+                    head.extend_from_slice(&buf[..n]);
+                    if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let text = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
+                        let len: usize = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        break (end + 4, len);
+                    }
+                };
+                let mut read = head.len() - end;
+                // Bounded: at most 30 s of reads.
+                for _ in 0..1_500 {
+                    if read >= len {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    match stream.read(&mut buf).await {
+                        Ok(n) if n > 0 => read += n,
+                        _ => return,
+                    }
+                }
+                let body = read.to_string();
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_backend_draining_an_upload_is_not_blamed_on_the_client() {
+    let _shared = TIMING.read().await;
+    let backend = spawn_slow_reader().await;
+    // A rate no upload through this backend could reach (20 MB/s), over 1 s
+    // windows: only time spent waiting on the client counts against it.
+    let proxy = proxy_to(backend, "body_timeout = \"1s\"\nmin_body_rate = 20000000");
+    let addr = proxy.addr("web");
+    const SIZE: usize = 8 * 1024 * 1024;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /drain HTTP/1.1\r\nHost: x\r\nContent-Length: {SIZE}\r\nConnection: close\r\n\r\n"
+    );
+    let upload = async {
+        s.write_all(head.as_bytes()).await?;
+        s.write_all(&vec![b'd'; SIZE]).await?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await?;
+        Ok::<_, std::io::Error>(out)
+    };
+    let out = tokio::time::timeout(Duration::from_secs(30), upload)
+        .await
+        .expect("upload hung")
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with(&SIZE.to_string()), "{text}");
 }

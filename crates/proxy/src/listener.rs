@@ -253,6 +253,14 @@ async fn accept_with(
     let name: Arc<str> = Arc::from(config.name.as_str());
     let connections = runtime.metrics().listener(&config.name);
     let limits = config.limits.clone();
+    // The byte-level guard cuts chunked bodies at the largest limit any
+    // route may allow; each request's own limit is applied as its body
+    // streams (`RequestBody`).
+    let framing_max_body = config
+        .routes
+        .iter()
+        .filter_map(|r| r.max_body_bytes)
+        .fold(limits.max_body_bytes, u64::max);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -267,7 +275,7 @@ async fn accept_with(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256)
+        .max_concurrent_streams(limits.max_concurrent_streams)
         // Rapid reset (CVE-2023-44487): streams the client opens and resets
         // before they are accepted are capped, and a client that makes the
         // server reset too many streams gets GOAWAY. h2 itself bounds
@@ -314,14 +322,33 @@ async fn accept_with(
         let tls = tls.cloned();
         tokio::spawn(async move {
             match tls {
-                None => serve_connection(stream, info, runtime, &builder, shutdown, &limits).await,
+                None => {
+                    serve_connection(
+                        stream,
+                        info,
+                        runtime,
+                        &builder,
+                        shutdown,
+                        &limits,
+                        framing_max_body,
+                    )
+                    .await
+                }
                 Some(tls) => {
                     tls.refresh(&runtime);
                     match tokio::time::timeout(limits.header_timeout, tls.accept(stream)).await {
                         Ok(Ok(stream)) => {
                             runtime.metrics().tls_handshake(true);
-                            serve_connection(stream, info, runtime, &builder, shutdown, &limits)
-                                .await
+                            serve_connection(
+                                stream,
+                                info,
+                                runtime,
+                                &builder,
+                                shutdown,
+                                &limits,
+                                framing_max_body,
+                            )
+                            .await
                         }
                         Ok(Err(e)) => {
                             runtime.metrics().tls_handshake(false);
@@ -349,6 +376,7 @@ async fn serve_connection<S>(
     builder: &auto::Builder<TokioExecutor>,
     mut shutdown: watch::Receiver<bool>,
     limits: &HttpLimits,
+    framing_max_body: u64,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -358,7 +386,7 @@ async fn serve_connection<S>(
         inner: stream,
         activity: Arc::clone(&activity),
         framing: FramingGuard::new(limits.max_header_bytes, limits.max_headers)
-            .with_max_body(limits.max_body_bytes),
+            .with_max_body(framing_max_body),
         rejected: None,
         peer: info.peer,
     });

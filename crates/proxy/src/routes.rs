@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use fulcrum_config::{HostMatch, RouteConfig, ValueMatch};
+use fulcrum_config::{HostMatch, IpNet, RouteConfig, ValueMatch};
 use http::header::HeaderName;
 use http::{HeaderMap, Method};
 use regex::Regex;
@@ -72,6 +72,17 @@ impl Matcher {
             }),
         }
     }
+}
+
+/// The access rule of listeners and routes: a client in `deny` is refused;
+/// otherwise an empty `allow` admits everyone and a non-empty one only its
+/// members. `ip` is the connection's peer address, the one address a client
+/// cannot forge (a trusted proxy's `X-Forwarded-For` is relayed, never used
+/// to grant access).
+#[inline]
+pub fn admits(allow: &[IpNet], deny: &[IpNet], ip: std::net::IpAddr) -> bool {
+    !deny.iter().any(|n| n.contains(ip))
+        && (allow.is_empty() || allow.iter().any(|n| n.contains(ip)))
 }
 
 /// A regex that matches nothing.
@@ -236,6 +247,19 @@ impl Route {
     /// The route's rate limiter, if any.
     pub fn rate_limit(&self) -> Option<&RateLimiter> {
         self.rate_limit.as_deref()
+    }
+
+    /// The route's own body limit, overriding the listener's, if it sets one.
+    pub fn max_body_bytes(&self) -> Option<u64> {
+        self.config.max_body_bytes
+    }
+
+    /// Whether the route's `allow`/`deny` lists admit client `ip` (the same
+    /// rule as the listener's: `deny` first, then `allow` when not empty).
+    /// A route without lists admits everyone at the cost of two length checks.
+    #[inline]
+    pub fn admits(&self, ip: std::net::IpAddr) -> bool {
+        admits(&self.config.allow, &self.config.deny, ip)
     }
 }
 
@@ -609,5 +633,20 @@ mod tests {
         assert!(!decoded_eq("a%2", "a/"));
         assert!(!decoded_eq("ab", "abc"));
         assert_eq!(decode("x%41%zz+"), "xA%zz ");
+    }
+
+    #[test]
+    fn admits_checks_deny_first_then_a_non_empty_allow() {
+        let net = |s: &str| IpNet::parse(s).unwrap();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert!(admits(&[], &[], ip("192.0.2.1")));
+        let allow = [net("10.0.0.0/8")];
+        let deny = [net("10.9.0.0/16")];
+        assert!(admits(&allow, &deny, ip("10.1.2.3")));
+        assert!(!admits(&allow, &deny, ip("10.9.2.3")));
+        assert!(!admits(&allow, &[], ip("192.0.2.1")));
+        assert!(!admits(&[], &deny, ip("10.9.0.1")));
+        // IPv4-mapped IPv6 peers are the same client.
+        assert!(admits(&allow, &deny, ip("::ffff:10.1.2.3")));
     }
 }

@@ -70,6 +70,9 @@ pub struct ListenerSnapshot {
     pub config: ListenerConfig,
     /// Compiled routes.
     pub routes: RouteTable,
+    /// The listener's request body limits, computed once (a route's
+    /// `max_body_bytes` replaces `max_bytes` per request).
+    pub body_limits: crate::body::BodyLimits,
     /// The listener's `geoip_db`, loaded (shared by listeners naming the
     /// same file, kept across reloads while the file is unchanged).
     pub geoip: Option<Arc<crate::geoip::GeoIpDb>>,
@@ -359,6 +362,7 @@ impl Control {
                     Arc::new(ListenerSnapshot {
                         config: l.clone(),
                         routes,
+                        body_limits: crate::body::BodyLimits::of(&l.limits, None),
                         geoip: l.geoip_db.as_ref().and_then(|p| geoip.get(p).cloned()),
                     }),
                 )

@@ -102,6 +102,15 @@ impl Validator {
         if let Some(r) = &file.rate_limit {
             route.rate_limit = Some(self.rate_limit(&k("rate_limit"), r));
         }
+        route.max_body_bytes = file.max_body_bytes;
+        route.allow = self.networks(&k("allow"), file.allow.as_deref());
+        route.deny = self.networks(&k("deny"), file.deny.as_deref());
+        if file.redirect.is_some() && file.max_body_bytes.is_some() {
+            self.problem(
+                k("max_body_bytes"),
+                "a redirecting route reads no body; remove `max_body_bytes` or the redirect",
+            );
+        }
     }
 
     /// `clusters = [{ cluster = "v1", weight = 90 }, ...]`.

@@ -50,6 +50,11 @@ pub fn to_file(config: &Config) -> FileConfig {
                 max_body_bytes: Some(l.limits.max_body_bytes),
                 max_requests_per_connection: Some(l.limits.max_requests_per_connection),
                 max_connections_per_ip: Some(l.limits.max_connections_per_ip),
+                body_timeout: (l.protocol == Protocol::Http)
+                    .then(|| duration(l.limits.body_timeout)),
+                min_body_rate: (l.protocol == Protocol::Http).then_some(l.limits.min_body_rate),
+                max_concurrent_streams: (l.protocol == Protocol::Http)
+                    .then_some(l.limits.max_concurrent_streams),
                 allow: Some(l.allow.iter().map(|n| n.to_string()).collect()),
                 deny: Some(l.deny.iter().map(|n| n.to_string()).collect()),
                 trusted_proxies: Some(l.trusted_proxies.iter().map(|n| n.to_string()).collect()),
@@ -251,6 +256,9 @@ fn route_to_file(r: &RouteConfig) -> FileRoute {
         cluster: (!r.cluster.is_empty()).then(|| r.cluster.clone()),
         sni: None,
         priority: r.priority.clone(),
+        max_body_bytes: r.max_body_bytes,
+        allow: (!r.allow.is_empty()).then(|| r.allow.iter().map(|n| n.to_string()).collect()),
+        deny: (!r.deny.is_empty()).then(|| r.deny.iter().map(|n| n.to_string()).collect()),
         clusters: (!r.split.is_empty()).then(|| {
             r.split
                 .iter()

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::body::ProxyBody;
+use crate::body::{BodyCut, ProxyBody};
 
 /// Why the proxy answered a request itself.
 #[derive(Debug, thiserror::Error)]
@@ -26,8 +26,11 @@ pub enum ProxyError {
         /// The limit.
         limit: u64,
     },
-    /// The client's address is denied (or not allowed) on this listener.
-    #[error("client address refused by the listener's allow/deny lists")]
+    /// The request body arrived slower than the listener's `min_body_rate`.
+    #[error("request body arrived slower than min_body_rate")]
+    BodyTooSlow,
+    /// The client's address is denied (or not allowed) on this listener or route.
+    #[error("client address refused by the listener's or route's allow/deny lists")]
     Forbidden,
     /// No route matched and the listener has no default cluster.
     #[error("no route for this request")]
@@ -58,6 +61,15 @@ pub enum ProxyError {
     },
 }
 
+impl From<BodyCut> for ProxyError {
+    fn from(cut: BodyCut) -> Self {
+        match cut {
+            BodyCut::TooLarge { limit } => ProxyError::BodyTooLarge { limit },
+            BodyCut::TooSlow => ProxyError::BodyTooSlow,
+        }
+    }
+}
+
 impl ProxyError {
     /// The status code this error maps to.
     pub fn status(&self) -> StatusCode {
@@ -65,6 +77,7 @@ impl ProxyError {
             ProxyError::BadFraming { .. } => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTooSlow => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Forbidden => StatusCode::FORBIDDEN,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -84,6 +97,9 @@ impl ProxyError {
             }
             ProxyError::BodyTooLarge { limit } => {
                 format!("413 content too large: the request body exceeds {limit} bytes\n")
+            }
+            ProxyError::BodyTooSlow => {
+                "408 request timeout: the request body arrived too slowly\n".to_owned()
             }
             ProxyError::Forbidden => "403 forbidden\n".to_owned(),
             ProxyError::NoRoute => "404 not found: no route matches this request\n".to_owned(),
@@ -111,6 +127,7 @@ impl ProxyError {
             ProxyError::BadFraming { .. }
                 | ProxyError::UriTooLong { .. }
                 | ProxyError::BodyTooLarge { .. }
+                | ProxyError::BodyTooSlow
         ) {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

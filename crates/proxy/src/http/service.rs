@@ -16,7 +16,7 @@ use super::error::ProxyError;
 use super::routing;
 use super::upgrade;
 use crate::admission;
-use crate::body::{ProxyBody, RequestBody};
+use crate::body::{BodyLimits, ProxyBody, RequestBody, Upload};
 use crate::clock;
 use crate::geoip;
 use crate::headers;
@@ -72,12 +72,10 @@ async fn proxy(
         .get(&*conn.listener)
         .ok_or(ProxyError::NoRoute)?;
     let listener = Arc::clone(listener);
-    check_limits(&req, &listener.config.limits)?;
+    check_uri(&req, &listener.config.limits)?;
     let ip = conn.peer.ip();
     let config = &listener.config;
-    if config.deny.iter().any(|n| n.contains(ip))
-        || !(config.allow.is_empty() || config.allow.iter().any(|n| n.contains(ip)))
-    {
+    if !crate::routes::admits(&config.allow, &config.deny, ip) {
         return Err(ProxyError::Forbidden);
     }
     if !config.trusted_proxies.iter().any(|n| n.contains(ip)) {
@@ -92,6 +90,15 @@ async fn proxy(
         .select(host_str, req.method(), req.uri(), req.headers())
         .ok_or(ProxyError::NoRoute)?;
     let route = matched.route;
+    // The route's own access lists and body limit, after the listener's.
+    if route.is_some_and(|r| !r.admits(ip)) {
+        return Err(ProxyError::Forbidden);
+    }
+    let mut body_limits = listener.body_limits;
+    if let Some(max) = route.and_then(|r| r.max_body_bytes()) {
+        body_limits.max_bytes = max;
+    }
+    check_declared_body(&req, body_limits.max_bytes)?;
     let route_priority = route.and_then(|r| r.priority());
     let mut limit = None;
     if let Some(limiter) = route.and_then(|r| r.rate_limit()) {
@@ -152,13 +159,28 @@ async fn proxy(
         _ => None,
     };
     let result = if upgrade::requested(&req) {
-        upgrade::forward(&cluster, conn, req, host, route).await
+        upgrade::forward(&cluster, conn, req, host, route, body_limits).await
     } else {
-        forward_to(&cluster, conn, req, host, route, debug, client).await
+        let request = Routed {
+            host,
+            route,
+            body_limits,
+        };
+        forward_to(&cluster, conn, req, request, debug, client).await
     };
     // The admission slot is held until the response body is done.
     let result = result.map(|response| response.map(|b| b.with_permit(permit)));
     Ok(routing::finish(route, limit, result))
+}
+
+/// What routing decided about a request, beyond its cluster.
+struct Routed<'r> {
+    /// The request's authority.
+    host: Option<HeaderValue>,
+    /// The matched route (`None`: the listener's default cluster).
+    route: Option<&'r Route>,
+    /// Size and rate limits of the request body.
+    body_limits: BodyLimits,
 }
 
 /// Sends a routed request to `cluster`, retrying elsewhere when allowed.
@@ -166,11 +188,15 @@ async fn forward_to(
     cluster: &ClusterSnapshot,
     conn: &ConnInfo,
     req: Request<Incoming>,
-    host: Option<HeaderValue>,
-    route: Option<&Route>,
+    routed: Routed<'_>,
     debug: bool,
     client: Option<fulcrum_balance::selector::GeoPoint>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let Routed {
+        host,
+        route,
+        body_limits,
+    } = routed;
     let (mut parts, body) = req.into_parts();
     headers::prepare_request_from(
         &mut parts.headers,
@@ -194,7 +220,7 @@ async fn forward_to(
     .then(|| request_key(&cluster.config.hash_key, &parts, conn))
     .flatten();
     let mut decisions = debug.then(String::new);
-    let mut body = Some(RequestBody::new(body));
+    let mut body = Some(RequestBody::new(body, body_limits));
     let max_attempts = 1 + (cluster.config.retries as usize).min(MAX_ATTEMPTS - 1);
     let mut tried = [BackendId(0); MAX_ATTEMPTS];
     let mut attempts = 0;
@@ -276,11 +302,20 @@ async fn forward_to(
         let authority = &cluster.authorities[id.index()];
         let guard = backend.state.load.start();
         let started = Instant::now();
-        let sent = tokio::time::timeout(
-            try_timeout.min(remaining),
+        let sent = response_within(
             cluster.upstream.send(authority, upstream_req),
+            try_timeout.min(remaining),
+            retry_body.as_ref(),
         )
         .await;
+        if !matches!(sent, Ok(Ok(_))) {
+            // A body the proxy cut off (too large, too slow) is the
+            // client's doing: answer 413/408 and blame no backend.
+            if let Some(Upload::Cut(cut)) = retry_body.as_ref().map(RequestBody::upload) {
+                tracing::debug!(cluster = %cluster.name(), client = %conn.peer, %cut, "request body cut off; upstream request aborted");
+                return Err(cut.into());
+            }
+        }
         let finished = clock::now();
         let latency = finished.saturating_sub(clock::at(started));
         let decay = cluster.selector_config.decay;
@@ -384,6 +419,37 @@ async fn forward_to(
             cluster: cluster.name().to_owned(),
         }
     }))
+}
+
+/// Waits up to `limit` for the backend's response head, counted from the
+/// end of the request body's upload (as Envoy's route timeout), or while
+/// it streams from its last progress: while the client is still sending,
+/// the backend cannot be expected to answer, and a slow upload is the body
+/// limits' business (408), not a backend failure. A backend that stops
+/// reading the body stops its progress, so it still times out.
+async fn response_within<F: std::future::Future>(
+    send: F,
+    limit: std::time::Duration,
+    body: Option<&RequestBody>,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    tokio::pin!(send);
+    let mut until = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(until, &mut send).await {
+            Ok(out) => return Ok(out),
+            Err(elapsed) => {
+                let now = tokio::time::Instant::now();
+                let next = match body.map_or(Upload::Idle, RequestBody::upload) {
+                    Upload::Streaming(at) | Upload::Done(at) => at + limit,
+                    Upload::Idle | Upload::Cut(_) => return Err(elapsed),
+                };
+                if next <= now {
+                    return Err(elapsed);
+                }
+                until = next;
+            }
+        }
+    }
 }
 
 /// Methods safe to send twice (RFC 9110 §9.2.2): a retry after the backend
@@ -549,27 +615,28 @@ fn check_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// Refuses request targets and declared bodies beyond the listener's limits
-/// (414, 413). A chunked body is not measured here.
-fn check_limits<B>(
-    req: &Request<B>,
-    limits: &fulcrum_config::HttpLimits,
-) -> Result<(), ProxyError> {
+/// Refuses request targets beyond the listener's `max_uri_bytes` (414).
+fn check_uri<B>(req: &Request<B>, limits: &fulcrum_config::HttpLimits) -> Result<(), ProxyError> {
     let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if target > limits.max_uri_bytes {
         return Err(ProxyError::UriTooLong {
             limit: limits.max_uri_bytes,
         });
     }
+    Ok(())
+}
+
+/// Refuses a declared body (`Content-Length`) beyond `max` bytes (413)
+/// before anything is sent upstream. A body without a declared length is
+/// measured as it streams ([`RequestBody`]).
+fn check_declared_body<B>(req: &Request<B>, max: u64) -> Result<(), ProxyError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limits.max_body_bytes) {
-        return Err(ProxyError::BodyTooLarge {
-            limit: limits.max_body_bytes,
-        });
+    if declared.is_some_and(|n| n > max) {
+        return Err(ProxyError::BodyTooLarge { limit: max });
     }
     Ok(())
 }

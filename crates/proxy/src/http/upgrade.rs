@@ -25,7 +25,7 @@ use hyper_util::rt::TokioIo;
 use super::error::ProxyError;
 use super::routing;
 use super::service::{error_chain, upstream_uri, ConnInfo};
-use crate::body::{ProxyBody, RequestBody};
+use crate::body::{BodyLimits, ProxyBody, RequestBody};
 use crate::clock;
 use crate::headers;
 use crate::health;
@@ -61,6 +61,7 @@ pub(super) async fn forward(
     mut req: Request<Incoming>,
     host: Option<HeaderValue>,
     route: Option<&Route>,
+    body_limits: BodyLimits,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let client_side = hyper::upgrade::on(&mut req);
     let (mut parts, body) = req.into_parts();
@@ -95,7 +96,7 @@ pub(super) async fn forward(
         cluster: cluster.name().to_owned(),
     })?;
     let backend = cluster.set.get(id);
-    let mut upstream_req = Request::from_parts(parts, RequestBody::new(body));
+    let mut upstream_req = Request::from_parts(parts, RequestBody::new(body, body_limits));
     *upstream_req.uri_mut() = upstream_uri(cluster, id, &path);
     let guard = backend.state.load.start();
     let started = clock::now();
