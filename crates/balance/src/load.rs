@@ -70,6 +70,12 @@ pub struct Load {
     /// Backend-reported utilisation (0.0..), f64 bits; NaN when none reported.
     reported: AtomicU64,
     reported_at: AtomicU64,
+    /// Per-completion EWMA of latency (ns, f64 bits) over completions seen
+    /// while a report was on hand; NaN before the first.
+    reported_latency: AtomicU64,
+    /// Per-completion EWMA of `1 + reported utilisation` over the same
+    /// completions, f64 bits; NaN before the first.
+    reported_queue: AtomicU64,
 }
 
 impl Default for Load {
@@ -102,6 +108,8 @@ impl Load {
             mean_in_flight: AtomicU64::new(f64::NAN.to_bits()),
             reported: AtomicU64::new(f64::NAN.to_bits()),
             reported_at: AtomicU64::new(0),
+            reported_latency: AtomicU64::new(f64::NAN.to_bits()),
+            reported_queue: AtomicU64::new(f64::NAN.to_bits()),
         }
     }
 
@@ -164,6 +172,11 @@ impl Load {
         };
         blend_mean(&self.mean_latency, latency_sample);
         blend_mean(&self.mean_in_flight, in_flight);
+        let reported = load_f64(&self.reported);
+        if !reported.is_nan() {
+            blend_mean(&self.reported_latency, latency_sample);
+            blend_mean(&self.reported_queue, 1.0 + reported);
+        }
         // Error rate: a faster-moving average (a tenth of τ per sample step is
         // too slow for fail-fast backends, so blend per request with 1/8 weight).
         let e = load_f64(&self.error_rate);
@@ -255,9 +268,31 @@ impl Load {
 
     /// The last reported utilisation if it is younger than `max_age`.
     pub fn reported(&self, now: Nanos, max_age: Nanos) -> Option<f64> {
+        self.report_reading(now, max_age).map(|(v, _)| v)
+    }
+
+    /// The last reported utilisation and when it arrived, if it is younger
+    /// than `max_age`.
+    pub fn report_reading(&self, now: Nanos, max_age: Nanos) -> Option<(f64, Nanos)> {
         let v = load_f64(&self.reported);
         let at = self.reported_at.load(Ordering::Relaxed);
-        (!v.is_nan() && now.saturating_sub(at) <= max_age).then_some(v)
+        (!v.is_nan() && now.saturating_sub(at) <= max_age).then_some((v, at))
+    }
+
+    /// What one unit of reported utilisation costs in latency (ns): the mean
+    /// latency of requests that completed while a report was on hand over
+    /// the mean of `1 + utilisation` reported meanwhile. For a FCFS server
+    /// reporting its queue per worker this is the service time per worker
+    /// (a request arriving behind `q` others waits `q + 1` services), which
+    /// the proxy's own in-flight count cannot give when it sends only a
+    /// small part of the backend's traffic. A ratio of means, so a report
+    /// that is stale but right on average still gives the right figure.
+    /// `None` before the first such completion.
+    #[inline]
+    pub fn latency_per_reported_unit(&self) -> Option<f64> {
+        let latency = load_f64(&self.reported_latency);
+        let queue = load_f64(&self.reported_queue);
+        (!latency.is_nan() && !queue.is_nan()).then(|| latency / queue.max(1.0))
     }
 }
 

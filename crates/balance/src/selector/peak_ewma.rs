@@ -56,6 +56,7 @@
 
 use std::fmt::Write as _;
 
+use super::report_shares::ReportShares;
 use super::sampling::uniform_candidate_except;
 use super::{write_header, PickContext, Selector, SelectorConfig};
 use crate::backend::{BackendId, BackendSet};
@@ -77,6 +78,11 @@ pub struct PeakEwma {
     error_penalty: f64,
     /// Latency assumed for a backend with no sample yet (nanoseconds).
     unknown_latency: f64,
+    /// Mean configured weight of the enabled backends.
+    mean_weight: f64,
+    /// Where candidates are drawn from while backends report their load.
+    shares: ReportShares,
+    xmode: usize,
 }
 
 impl PeakEwma {
@@ -87,7 +93,21 @@ impl PeakEwma {
             decay: config.decay,
             error_penalty: config.error_penalty,
             unknown_latency: median_latency(set).unwrap_or(DEFAULT_LATENCY as f64),
+            mean_weight: mean_weight(set),
+            shares: ReportShares::new(set.len(), config.report_max_age),
+            xmode: std::env::var("FX_MODE").ok().and_then(|v| v.parse().ok()).unwrap_or(2),
         }
+    }
+
+    /// Latency per unit of reported utilisation of `id` at `now` (ns), over
+    /// the relative weight: what the report shares price a backend's
+    /// reported queue at.
+    fn unit_latency(&self, set: &BackendSet, id: BackendId, now: Nanos) -> f64 {
+        let load = &set.get(id).state.load;
+        let unit = load
+            .latency_per_reported_unit()
+            .unwrap_or(f64::NAN);
+        unit / (set.effective_weight(id, now) / self.mean_weight)
     }
 
     /// Expected latency of `id` at `now` (nanoseconds): the peak EWMA,
@@ -127,6 +147,29 @@ impl PeakEwma {
     fn choose(&self, set: &BackendSet, ctx: &mut PickContext<'_>) -> ([BackendId; CHOICES], usize) {
         let mut drawn = [BackendId(0); CHOICES];
         let mut n = 0;
+        let now = ctx.now;
+        if self
+            .shares
+            .refresh(set, now, |id| {
+                (
+                    self.unit_latency(set, id, now),
+                    set.get(id).state.load.decayed_error_rate(now, self.decay),
+                )
+            })
+        {
+            while n < self.xmode {
+                match self.shares.draw(set, ctx) {
+                    Some(id) => {
+                        drawn[n] = id;
+                        n += 1;
+                    }
+                    None => break,
+                }
+            }
+            if n > 0 {
+                return (drawn, n);
+            }
+        }
         while n < CHOICES {
             match uniform_candidate_except(set, ctx, &drawn[..n]) {
                 Some(id) => {
@@ -151,6 +194,21 @@ impl PeakEwma {
             }
         }
         best
+    }
+}
+
+/// The mean configured weight of the enabled backends (1 when none).
+fn mean_weight(set: &BackendSet) -> f64 {
+    let weights = set
+        .backends()
+        .iter()
+        .filter(|b| b.admin == crate::backend::AdminState::Enabled && b.weight > 0)
+        .map(|b| f64::from(b.weight));
+    let (sum, n) = weights.fold((0.0, 0.0), |(s, n), w| (s + w, n + 1.0));
+    if n > 0.0 {
+        (sum / n).max(1.0)
+    } else {
+        1.0
     }
 }
 

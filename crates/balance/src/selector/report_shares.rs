@@ -1,0 +1,389 @@
+//! Report shares: routing probabilities from backends' own load reports,
+//! filled like water so that many proxies reading the same report do not
+//! herd.
+//!
+//! **The problem.** When backends report their load (ORCA, see
+//! [`Load::report`]), every proxy in front of them sees the same numbers,
+//! and they are old by the time they are read. A proxy that sends each
+//! request to the backend that *looked* least loaded sends it to the same
+//! backend as every other proxy: with 32 proxies and reports 100 ms old,
+//! "least reported load" timed out 69% of the requests in scenario S5.
+//!
+//! **The idea.** Instead of a choice, every proxy turns the report into the
+//! same *probabilities* and draws from them. Independent draws by all proxies
+//! add up to one router drawing with those probabilities (the thinning of a
+//! Poisson stream), so the aggregate sends each backend its share — no herd
+//! — while the shares still lean towards the backends that had short queues.
+//!
+//! **The shares.** For each backend `i` the report gives `u_i`, its
+//! utilisation (for the simulator and a FCFS server: requests held per
+//! worker). A request sent there should expect `s_i × (1 + u_i)`, with
+//! `s_i` the latency per unit of utilisation
+//! ([`Load::latency_per_reported_unit`], learned from the proxy's own
+//! completions), times the error penalty, over the relative weight. Over a
+//! horizon `T` the cluster receives `A = λ × T` requests (λ estimated from
+//! the same report as `Σ min(u_i, 1) / s_i`, the rate at which the busy
+//! backends complete work). Backend `i` gets
+//!
+//! ```text
+//! a_i = max(0, X / s_i − (1 + u_i))        with Σ a_i = A
+//! ```
+//!
+//! of them: the water level `X` is the expected latency every backend that
+//! gets requests reaches once they are spread, so the shares `p_i = a_i / A`
+//! send nothing to a backend whose reported queue is already above the
+//! level, and fill the short queues first, in proportion to their speed. A
+//! long horizon spreads the requests by capacity alone (`a_i → T / s_i`,
+//! trusting the report little); a short one fills the reported gaps
+//! (trusting it much). `T` is the time over which one report is used: the
+//! spacing between reports ([`MIN_HORIZON`] at least) plus the mean age of
+//! the readings when the table is computed.
+//!
+//! **Cost.** The table is recomputed at most every [`REFRESH`] of `now` and
+//! only when a newer report arrived — O(n) per round of the water-filling,
+//! which converges in a few rounds — into preallocated atomics; a draw is
+//! one binary search over cumulative shares. No allocation after
+//! construction. Two tables alternate so that a draw never reads a table
+//! being written (a reader would have to outlive two recomputations, a
+//! millisecond or more, to see a mix; it would still draw a backend).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use super::PickContext;
+use crate::backend::{AdminState, BackendId, BackendSet};
+use crate::load::DEFAULT_LATENCY;
+use crate::Nanos;
+
+/// Least time between two recomputations of the table: 1 ms. Reports arrive
+/// every few to hundreds of milliseconds (ORCA's out-of-band default is
+/// 10 s; per-response reports arrive with every answer), and the table
+/// only needs to follow them; 1 ms bounds the cost under per-response
+/// reports at many thousands of requests per second.
+pub const REFRESH: Nanos = crate::MILLISECOND;
+
+/// Shortest horizon a report is used over: 1 ms. With reports arriving
+/// continuously (one per response) the spacing between them says nothing
+/// about how long one is used; the mean age of the readings then sets the
+/// horizon, and this floor keeps it from collapsing to "fill the shortest
+/// reported queue".
+pub const MIN_HORIZON: Nanos = crate::MILLISECOND;
+
+/// Weight of a new observation in the estimates of the report spacing and
+/// of the cluster's arrival rate: 1/8, about eight reports of memory.
+const SMOOTHING: f64 = 1.0 / 8.0;
+
+/// Water-filling rounds before giving up on convergence (each round drops at
+/// least one backend, so `n` rounds always suffice; this bounds the time at
+/// 10 000 backends).
+const MAX_ROUNDS: usize = 64;
+
+/// Routing shares computed from the backends' load reports.
+#[derive(Debug)]
+pub struct ReportShares {
+    max_age: Nanos,
+    /// Two tables of cumulative shares per set index (f64 bits); the live
+    /// one is named by `live`.
+    tables: [Box<[AtomicU64]>; 2],
+    /// 0: no table (no fresh report); 1 or 2: table 0 or 1 is live.
+    live: AtomicUsize,
+    /// Newest report time the live table reflects.
+    epoch: AtomicU64,
+    /// When the reports were last scanned.
+    checked_at: AtomicU64,
+    /// A recomputation is under way.
+    busy: AtomicBool,
+    /// Smoothed spacing between new reports (ns, f64 bits); NaN before two.
+    spacing: AtomicU64,
+    /// Smoothed arrival rate of the cluster (requests per ns, f64 bits); NaN before one.
+    rate: AtomicU64,
+}
+
+/// What a table is computed from, per backend.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Reading {
+    /// Reported utilisation, or `None` when the backend did not report.
+    pub(crate) utilisation: Option<f64>,
+    /// Latency per unit of utilisation, penalties and weight included (ns).
+    pub(crate) unit_latency: f64,
+    /// Recent error rate, 0..=1: the share is scaled by `1 − error_rate`.
+    pub(crate) error_rate: f64,
+}
+
+impl ReportShares {
+    /// An empty table for a set of `n` backends.
+    pub fn new(n: usize, max_age: Nanos) -> Self {
+        let table = || (0..n).map(|_| AtomicU64::new(0)).collect::<Box<[_]>>();
+        Self {
+            max_age,
+            tables: [table(), table()],
+            live: AtomicUsize::new(0),
+            epoch: AtomicU64::new(0),
+            checked_at: AtomicU64::new(0),
+            busy: AtomicBool::new(false),
+            spacing: AtomicU64::new(f64::NAN.to_bits()),
+            rate: AtomicU64::new(f64::NAN.to_bits()),
+        }
+    }
+
+    /// Brings the table up to date with the reports at `now` (at most every
+    /// [`REFRESH`]) and says whether it is usable. `unit_latency(id)` gives
+    /// a backend's latency per unit of utilisation with its penalties.
+    pub fn refresh(
+        &self,
+        set: &BackendSet,
+        now: Nanos,
+        reading: impl Fn(BackendId) -> (f64, f64),
+    ) -> bool {
+        let checked = self.checked_at.load(Ordering::Relaxed);
+        if now.saturating_sub(checked) < REFRESH && checked != 0 {
+            return self.live.load(Ordering::Acquire) != 0;
+        }
+        if self
+            .busy
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return self.live.load(Ordering::Acquire) != 0;
+        }
+        self.checked_at.store(now.max(1), Ordering::Relaxed);
+        self.recompute(set, now, reading);
+        self.busy.store(false, Ordering::Release);
+        self.live.load(Ordering::Acquire) != 0
+    }
+
+    fn recompute(&self, set: &BackendSet, now: Nanos, reading: impl Fn(BackendId) -> (f64, f64)) {
+        let n = set.len().min(self.tables[0].len());
+        let mut newest = 0;
+        let mut reported = 0usize;
+        let mut age_sum = 0.0;
+        for (i, b) in set.backends()[..n].iter().enumerate() {
+            if let Some((_, at)) = b.state.load.report_reading(now, self.max_age) {
+                if set.is_usable(BackendId(i as u32)) {
+                    newest = newest.max(at);
+                    reported += 1;
+                    age_sum += now.saturating_sub(at) as f64;
+                }
+            }
+        }
+        if reported == 0 {
+            self.live.store(0, Ordering::Release);
+            return;
+        }
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        if newest == epoch && self.live.load(Ordering::Relaxed) != 0 {
+            return;
+        }
+        if epoch != 0 && newest > epoch {
+            blend(&self.spacing, (newest - epoch) as f64);
+        }
+        self.epoch.store(newest, Ordering::Relaxed);
+        let spacing = f64::from_bits(self.spacing.load(Ordering::Relaxed));
+        let spacing = if spacing.is_nan() { 0.0 } else { spacing };
+        let horizon = (spacing + age_sum / reported as f64).max(MIN_HORIZON as f64)
+            * std::env::var("FX_T").ok().and_then(|v| v.parse::<f64>().ok()).unwrap_or(1.0);
+
+        let next = match self.live.load(Ordering::Relaxed) {
+            1 => 1,
+            _ => 0,
+        };
+        let table = &self.tables[next][..n];
+        let readings = set.backends()[..n].iter().enumerate().map(|(i, b)| {
+            let id = BackendId(i as u32);
+            let usable = b.admin == AdminState::Enabled && b.weight > 0 && set.is_usable(id);
+            usable.then(|| {
+                let (unit_latency, error_rate) = reading(id);
+                Reading {
+                    utilisation: b.state.load.reported(now, self.max_age),
+                    unit_latency,
+                    error_rate,
+                }
+            })
+        });
+        if std::env::var("FX_DEBUG").is_ok() && now > 5_000_000_000 && now < 5_100_000_000 {
+            let v: Vec<String> = readings.clone().map(|r| format!("{:?}", r.map(|r| (r.utilisation.unwrap_or(-1.0), (r.unit_latency/1e3) as i64)))).collect();
+            eprintln!("t={} h={} rate={} {}", now/1000, horizon/1e3, f64::from_bits(self.rate.load(Ordering::Relaxed))*1e6, v.join(" "));
+        }
+        if water_fill(readings, horizon, &self.rate, table).is_some() {
+            if std::env::var("FX_DEBUG").is_ok() && now > 5_000_000_000 && now < 5_100_000_000 {
+                let v: Vec<String> = (0..n).map(|i| format!("{:.3}", self.share_in(next, i))).collect();
+                eprintln!("   shares {}", v.join(" "));
+            }
+            self.live.store(next + 1, Ordering::Release);
+        } else {
+            self.live.store(0, Ordering::Release);
+        }
+    }
+
+    /// Draws a candidate by the live table, or `None` when there is no
+    /// table or a few draws found no candidate (the caller then draws
+    /// uniformly).
+    #[inline]
+    pub fn draw(&self, set: &BackendSet, ctx: &mut PickContext<'_>) -> Option<BackendId> {
+        let live = self.live.load(Ordering::Acquire);
+        if live == 0 {
+            return None;
+        }
+        let table = &self.tables[live - 1];
+        let n = set.len().min(table.len());
+        for _ in 0..4 {
+            let x = ctx.rng.f64();
+            let (mut lo, mut hi) = (0, n);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                if f64::from_bits(table[mid].load(Ordering::Relaxed)) <= x {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            if lo < n {
+                let id = BackendId(lo as u32);
+                if ctx.is_candidate(set, id) {
+                    return Some(id);
+                }
+            }
+        }
+        None
+    }
+
+    /// The share of backend `id` in the live table (for explanations and
+    /// tests), `None` without a table.
+    pub fn share(&self, id: BackendId) -> Option<f64> {
+        let live = self.live.load(Ordering::Acquire);
+        if live == 0 || id.index() >= self.tables[0].len() {
+            return None;
+        }
+        let table = &self.tables[live - 1];
+        let at = |k: usize| f64::from_bits(table[k].load(Ordering::Relaxed));
+        let before = if id.index() == 0 {
+            0.0
+        } else {
+            at(id.index() - 1)
+        };
+        Some(at(id.index()) - before)
+    }
+}
+
+impl ReportShares {
+    fn share_in(&self, t: usize, i: usize) -> f64 {
+        let at = |k: usize| f64::from_bits(self.tables[t][k].load(Ordering::Relaxed));
+        at(i) - if i == 0 { 0.0 } else { at(i - 1) }
+    }
+}
+
+fn blend(a: &AtomicU64, sample: f64) {
+    let old = f64::from_bits(a.load(Ordering::Relaxed));
+    let new = if old.is_nan() {
+        sample
+    } else {
+        old + (sample - old) * SMOOTHING
+    };
+    a.store(new.to_bits(), Ordering::Relaxed);
+}
+
+/// Fills `out` with cumulative water-filling shares (f64 bits) for the
+/// backends read by `readings` (`None`: not a candidate, share 0) over
+/// `horizon` ns, updating the smoothed arrival `rate`; returns the rate
+/// used, or `None` when no backend can take a share.
+///
+/// Backends without a report are assumed at the mean reported utilisation;
+/// a non-positive or non-finite latency is replaced by [`DEFAULT_LATENCY`].
+pub(crate) fn water_fill(
+    readings: impl Iterator<Item = Option<Reading>> + Clone,
+    horizon: f64,
+    rate: &AtomicU64,
+    out: &[AtomicU64],
+) -> Option<f64> {
+    // A backend whose latency per unit is not known yet is priced at the
+    // mean of those known (not at a default that may be ten times off,
+    // which would starve it of the very answers that teach it).
+    let known = |r: &Reading| r.unit_latency.is_finite() && r.unit_latency > 0.0;
+    let (mut known_sum, mut known_n) = (0.0, 0.0);
+    for r in readings.clone().flatten().filter(known) {
+        known_sum += r.unit_latency;
+        known_n += 1.0;
+    }
+    let fallback = if known_n > 0.0 {
+        known_sum / known_n
+    } else {
+        DEFAULT_LATENCY as f64
+    };
+    let unit = |r: &Reading| {
+        if known(r) {
+            r.unit_latency
+        } else {
+            fallback
+        }
+    };
+    // Mean reported utilisation, for backends that did not report.
+    let (mut sum, mut count) = (0.0, 0.0);
+    for r in readings.clone().flatten() {
+        if let Some(u) = r.utilisation {
+            sum += u;
+            count += 1.0;
+        }
+    }
+    let mean_u = if count > 0.0 { sum / count } else { 0.0 };
+    let queue = |r: &Reading| 1.0 + r.utilisation.unwrap_or(mean_u).max(0.0);
+
+    // λ from this report: the busy backends complete 1 / s_i per ns each.
+    let mut throughput = 0.0;
+    for r in readings.clone().flatten() {
+        throughput += (queue(&r) - 1.0).min(1.0) / unit(&r);
+    }
+    blend(rate, throughput);
+    let lambda = f64::from_bits(rate.load(Ordering::Relaxed));
+    let arrivals = (lambda * horizon).max(1.0);
+
+    // Active set: start with every candidate, drop those above the level.
+    for (slot, r) in out.iter().zip(readings.clone()) {
+        slot.store(f64::from(u8::from(r.is_some())).to_bits(), Ordering::Relaxed);
+    }
+    let mut level = 0.0;
+    for _ in 0..MAX_ROUNDS {
+        let (mut queued, mut speed) = (0.0, 0.0);
+        for (slot, r) in out.iter().zip(readings.clone()) {
+            if let (Some(r), true) = (r, f64::from_bits(slot.load(Ordering::Relaxed)) > 0.0) {
+                queued += queue(&r);
+                speed += 1.0 / unit(&r);
+            }
+        }
+        if speed == 0.0 {
+            return None;
+        }
+        level = (arrivals + queued) / speed;
+        let mut dropped = false;
+        for (slot, r) in out.iter().zip(readings.clone()) {
+            if let (Some(r), true) = (r, f64::from_bits(slot.load(Ordering::Relaxed)) > 0.0) {
+                if level / unit(&r) < queue(&r) {
+                    slot.store(0f64.to_bits(), Ordering::Relaxed);
+                    dropped = true;
+                }
+            }
+        }
+        if !dropped {
+            break;
+        }
+    }
+    // Shares, then cumulative.
+    let mut total = 0.0;
+    for (slot, r) in out.iter().zip(readings) {
+        let active = f64::from_bits(slot.load(Ordering::Relaxed)) > 0.0;
+        let a = match r {
+            Some(r) if active => {
+                (level / unit(&r) - queue(&r)).max(0.0) * (1.0 - r.error_rate).clamp(0.0, 1.0)
+            }
+            _ => 0.0,
+        };
+        total += a;
+        slot.store(total.to_bits(), Ordering::Relaxed);
+    }
+    if total <= 0.0 || !total.is_finite() {
+        return None;
+    }
+    for slot in out {
+        let c = f64::from_bits(slot.load(Ordering::Relaxed)) / total;
+        slot.store(c.to_bits(), Ordering::Relaxed);
+    }
+    Some(lambda)
+}
