@@ -76,6 +76,11 @@ pub struct Load {
     /// Per-completion EWMA of `1 + reported utilisation` over the same
     /// completions, f64 bits; NaN before the first.
     reported_queue: AtomicU64,
+    /// Per-completion EWMA of `(1 + utilisation) × latency` over the same
+    /// completions, f64 bits; NaN before the first.
+    reported_cross: AtomicU64,
+    /// Per-completion EWMA of `(1 + utilisation)²`, f64 bits; NaN before the first.
+    reported_square: AtomicU64,
 }
 
 impl Default for Load {
@@ -110,6 +115,8 @@ impl Load {
             reported_at: AtomicU64::new(0),
             reported_latency: AtomicU64::new(f64::NAN.to_bits()),
             reported_queue: AtomicU64::new(f64::NAN.to_bits()),
+            reported_cross: AtomicU64::new(f64::NAN.to_bits()),
+            reported_square: AtomicU64::new(f64::NAN.to_bits()),
         }
     }
 
@@ -176,6 +183,8 @@ impl Load {
         if !reported.is_nan() {
             blend_mean(&self.reported_latency, latency_sample);
             blend_mean(&self.reported_queue, 1.0 + reported);
+            blend_mean(&self.reported_cross, (1.0 + reported) * latency_sample);
+            blend_mean(&self.reported_square, (1.0 + reported) * (1.0 + reported));
         }
         // Error rate: a faster-moving average (a tenth of τ per sample step is
         // too slow for fail-fast backends, so blend per request with 1/8 weight).
@@ -236,6 +245,26 @@ impl Load {
     pub fn queue_latency(&self, in_flight: f64) -> Option<f64> {
         self.latency_per_request()
             .map(|unit| unit * (in_flight.max(0.0) + 1.0))
+    }
+
+    /// How well the reports predicted the latency of this proxy's requests:
+    /// `(cov(latency, 1 + u), latency_per_reported_unit × var(1 + u))` over
+    /// the recent completions seen with a report `u`. Their ratio is 1 when
+    /// latency follows the reported queue exactly (`latency = s × (1 + u)`)
+    /// and 0 when the report says nothing about it (it is too old); callers
+    /// pool both parts over backends before dividing. `None` before the
+    /// first such completion.
+    pub fn report_fit(&self) -> Option<(f64, f64)> {
+        let latency = load_f64(&self.reported_latency);
+        let queue = load_f64(&self.reported_queue);
+        let cross = load_f64(&self.reported_cross);
+        let square = load_f64(&self.reported_square);
+        if latency.is_nan() || queue.is_nan() || cross.is_nan() || square.is_nan() {
+            return None;
+        }
+        let covariance = cross - queue * latency;
+        let variance = (square - queue * queue).max(0.0);
+        Some((covariance, latency / queue.max(1.0) * variance))
     }
 
     /// EWMA of the failure rate, 0.0 ..= 1.0.
@@ -422,6 +451,40 @@ mod tests {
             load.observe(i, MILLISECOND / 10, Outcome::Failure, SECOND_TAU);
         }
         assert_eq!(load.latency_per_request(), Some(10.0 * MILLISECOND as f64));
+    }
+
+    #[test]
+    fn reports_that_predict_latency_are_trusted_and_priced() {
+        // Latency = 2 ms × (1 + reported queue): a fresh report.
+        let fresh = Load::new();
+        let mut rng = fastrand::Rng::with_seed(4);
+        for i in 0..500 {
+            let u = rng.u32(0..8) as f64;
+            fresh.report(i, u);
+            let latency = (2.0 * MILLISECOND as f64 * (1.0 + u)) as Nanos;
+            fresh.observe(i, latency, Outcome::Success, SECOND_TAU);
+        }
+        let unit = fresh.latency_per_reported_unit().unwrap();
+        assert!((unit - 2e6).abs() < 1e3, "{unit}");
+        let (covariance, variance) = fresh.report_fit().unwrap();
+        assert!(
+            (covariance / variance - 1.0).abs() < 0.01,
+            "{covariance} / {variance}"
+        );
+
+        // Latency unrelated to the report: a report too old to say anything.
+        let stale = Load::new();
+        for i in 0..2000 {
+            stale.report(i, rng.u32(0..8) as f64);
+            let latency = (2.0 * MILLISECOND as f64 * (1.0 + rng.u32(0..8) as f64)) as Nanos;
+            stale.observe(i, latency, Outcome::Success, SECOND_TAU);
+        }
+        let (covariance, variance) = stale.report_fit().unwrap();
+        assert!(
+            (covariance / variance).abs() < 0.3,
+            "{covariance} / {variance}"
+        );
+        assert_eq!(Load::new().report_fit(), None);
     }
 
     const SECOND_TAU: Nanos = crate::SECOND;

@@ -82,7 +82,6 @@ pub struct PeakEwma {
     mean_weight: f64,
     /// Where candidates are drawn from while backends report their load.
     shares: ReportShares,
-    xmode: usize,
 }
 
 impl PeakEwma {
@@ -95,7 +94,6 @@ impl PeakEwma {
             unknown_latency: median_latency(set).unwrap_or(DEFAULT_LATENCY as f64),
             mean_weight: mean_weight(set),
             shares: ReportShares::new(set.len(), config.report_max_age),
-            xmode: std::env::var("FX_MODE").ok().and_then(|v| v.parse().ok()).unwrap_or(2),
         }
     }
 
@@ -104,9 +102,7 @@ impl PeakEwma {
     /// reported queue at.
     fn unit_latency(&self, set: &BackendSet, id: BackendId, now: Nanos) -> f64 {
         let load = &set.get(id).state.load;
-        let unit = load
-            .latency_per_reported_unit()
-            .unwrap_or(f64::NAN);
+        let unit = load.latency_per_reported_unit().unwrap_or(f64::NAN);
         unit / (set.effective_weight(id, now) / self.mean_weight)
     }
 
@@ -148,16 +144,13 @@ impl PeakEwma {
         let mut drawn = [BackendId(0); CHOICES];
         let mut n = 0;
         let now = ctx.now;
-        if self
-            .shares
-            .refresh(set, now, |id| {
-                (
-                    self.unit_latency(set, id, now),
-                    set.get(id).state.load.decayed_error_rate(now, self.decay),
-                )
-            })
-        {
-            while n < self.xmode {
+        if self.shares.refresh(set, now, |id| {
+            (
+                self.unit_latency(set, id, now),
+                set.get(id).state.load.decayed_error_rate(now, self.decay),
+            )
+        }) {
+            while n < CHOICES {
                 match self.shares.draw(set, ctx) {
                     Some(id) => {
                         drawn[n] = id;

@@ -72,10 +72,9 @@ pub const MIN_HORIZON: Nanos = crate::MILLISECOND;
 /// of the cluster's arrival rate: 1/8, about eight reports of memory.
 const SMOOTHING: f64 = 1.0 / 8.0;
 
-/// Water-filling rounds before giving up on convergence (each round drops at
-/// least one backend, so `n` rounds always suffice; this bounds the time at
-/// 10 000 backends).
-const MAX_ROUNDS: usize = 64;
+/// Bisection steps for the water level: 2⁻⁴⁰ of the bracket, far below a
+/// nanosecond.
+const BISECTIONS: usize = 40;
 
 /// Routing shares computed from the backends' load reports.
 #[derive(Debug)]
@@ -156,15 +155,25 @@ impl ReportShares {
         let mut newest = 0;
         let mut reported = 0usize;
         let mut age_sum = 0.0;
+        let (mut covariance, mut variance) = (0.0, 0.0);
         for (i, b) in set.backends()[..n].iter().enumerate() {
             if let Some((_, at)) = b.state.load.report_reading(now, self.max_age) {
                 if set.is_usable(BackendId(i as u32)) {
                     newest = newest.max(at);
                     reported += 1;
                     age_sum += now.saturating_sub(at) as f64;
+                    if let Some((c, v)) = b.state.load.report_fit() {
+                        covariance += c;
+                        variance += v;
+                    }
                 }
             }
         }
+        let trust = if variance > 0.0 {
+            (covariance / variance).clamp(0.0, 1.0)
+        } else {
+            1.0
+        };
         if reported == 0 {
             self.live.store(0, Ordering::Release);
             return;
@@ -179,8 +188,7 @@ impl ReportShares {
         self.epoch.store(newest, Ordering::Relaxed);
         let spacing = f64::from_bits(self.spacing.load(Ordering::Relaxed));
         let spacing = if spacing.is_nan() { 0.0 } else { spacing };
-        let horizon = (spacing + age_sum / reported as f64).max(MIN_HORIZON as f64)
-            * std::env::var("FX_T").ok().and_then(|v| v.parse::<f64>().ok()).unwrap_or(1.0);
+        let horizon = (spacing + age_sum / reported as f64).max(MIN_HORIZON as f64);
 
         let next = match self.live.load(Ordering::Relaxed) {
             1 => 1,
@@ -199,15 +207,7 @@ impl ReportShares {
                 }
             })
         });
-        if std::env::var("FX_DEBUG").is_ok() && now > 5_000_000_000 && now < 5_100_000_000 {
-            let v: Vec<String> = readings.clone().map(|r| format!("{:?}", r.map(|r| (r.utilisation.unwrap_or(-1.0), (r.unit_latency/1e3) as i64)))).collect();
-            eprintln!("t={} h={} rate={} {}", now/1000, horizon/1e3, f64::from_bits(self.rate.load(Ordering::Relaxed))*1e6, v.join(" "));
-        }
-        if water_fill(readings, horizon, &self.rate, table).is_some() {
-            if std::env::var("FX_DEBUG").is_ok() && now > 5_000_000_000 && now < 5_100_000_000 {
-                let v: Vec<String> = (0..n).map(|i| format!("{:.3}", self.share_in(next, i))).collect();
-                eprintln!("   shares {}", v.join(" "));
-            }
+        if water_fill(readings, horizon, trust, &self.rate, table).is_some() {
             self.live.store(next + 1, Ordering::Release);
         } else {
             self.live.store(0, Ordering::Release);
@@ -264,13 +264,6 @@ impl ReportShares {
     }
 }
 
-impl ReportShares {
-    fn share_in(&self, t: usize, i: usize) -> f64 {
-        let at = |k: usize| f64::from_bits(self.tables[t][k].load(Ordering::Relaxed));
-        at(i) - if i == 0 { 0.0 } else { at(i - 1) }
-    }
-}
-
 fn blend(a: &AtomicU64, sample: f64) {
     let old = f64::from_bits(a.load(Ordering::Relaxed));
     let new = if old.is_nan() {
@@ -291,6 +284,7 @@ fn blend(a: &AtomicU64, sample: f64) {
 pub(crate) fn water_fill(
     readings: impl Iterator<Item = Option<Reading>> + Clone,
     horizon: f64,
+    trust: f64,
     rate: &AtomicU64,
     out: &[AtomicU64],
 ) -> Option<f64> {
@@ -324,7 +318,10 @@ pub(crate) fn water_fill(
         }
     }
     let mean_u = if count > 0.0 { sum / count } else { 0.0 };
-    let queue = |r: &Reading| 1.0 + r.utilisation.unwrap_or(mean_u).max(0.0);
+    let queue = |r: &Reading| {
+        let u = r.utilisation.unwrap_or(mean_u).max(0.0);
+        1.0 + mean_u + trust * (u - mean_u)
+    };
 
     // λ from this report: the busy backends complete 1 / s_i per ns each.
     let mut throughput = 0.0;
@@ -335,45 +332,44 @@ pub(crate) fn water_fill(
     let lambda = f64::from_bits(rate.load(Ordering::Relaxed));
     let arrivals = (lambda * horizon).max(1.0);
 
-    // Active set: start with every candidate, drop those above the level.
-    for (slot, r) in out.iter().zip(readings.clone()) {
-        slot.store(f64::from(u8::from(r.is_some())).to_bits(), Ordering::Relaxed);
-    }
+    // Requests backend `i` takes when the water reaches `level` (ns): what
+    // it completes over the horizon, plus enough that a request joining at
+    // the end waits `level`, less what it already holds. Linear and
+    // increasing in the level, so a bisection finds where the cluster's
+    // arrivals are all placed.
+    let take = |r: &Reading, level: f64| {
+        let s = unit(r);
+        ((level + horizon) / s - queue(r)).max(0.0)
+    };
+    let taken = |level: f64| -> f64 { readings.clone().flatten().map(|r| take(&r, level)).sum() };
     let mut level = 0.0;
-    for _ in 0..MAX_ROUNDS {
-        let (mut queued, mut speed) = (0.0, 0.0);
-        for (slot, r) in out.iter().zip(readings.clone()) {
-            if let (Some(r), true) = (r, f64::from_bits(slot.load(Ordering::Relaxed)) > 0.0) {
-                queued += queue(&r);
-                speed += 1.0 / unit(&r);
+    if taken(0.0) < arrivals {
+        let mut high = DEFAULT_LATENCY as f64;
+        let mut doublings = 0;
+        while taken(high) < arrivals {
+            high *= 2.0;
+            doublings += 1;
+            if doublings > 64 {
+                return None;
             }
         }
-        if speed == 0.0 {
-            return None;
-        }
-        level = (arrivals + queued) / speed;
-        let mut dropped = false;
-        for (slot, r) in out.iter().zip(readings.clone()) {
-            if let (Some(r), true) = (r, f64::from_bits(slot.load(Ordering::Relaxed)) > 0.0) {
-                if level / unit(&r) < queue(&r) {
-                    slot.store(0f64.to_bits(), Ordering::Relaxed);
-                    dropped = true;
-                }
+        let mut low = 0.0;
+        for _ in 0..BISECTIONS {
+            let mid = 0.5 * (low + high);
+            if taken(mid) < arrivals {
+                low = mid;
+            } else {
+                high = mid;
             }
         }
-        if !dropped {
-            break;
-        }
+        level = high;
     }
     // Shares, then cumulative.
     let mut total = 0.0;
     for (slot, r) in out.iter().zip(readings) {
-        let active = f64::from_bits(slot.load(Ordering::Relaxed)) > 0.0;
         let a = match r {
-            Some(r) if active => {
-                (level / unit(&r) - queue(&r)).max(0.0) * (1.0 - r.error_rate).clamp(0.0, 1.0)
-            }
-            _ => 0.0,
+            Some(r) => take(&r, level) * (1.0 - r.error_rate).clamp(0.0, 1.0),
+            None => 0.0,
         };
         total += a;
         slot.store(total.to_bits(), Ordering::Relaxed);
@@ -386,4 +382,166 @@ pub(crate) fn water_fill(
         slot.store(c.to_bits(), Ordering::Relaxed);
     }
     Some(lambda)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::selector::testing::set_with_weights;
+    use crate::{MILLISECOND, SECOND};
+
+    fn reading(utilisation: f64, unit_ms: f64) -> Option<Reading> {
+        Some(Reading {
+            utilisation: Some(utilisation),
+            unit_latency: unit_ms * MILLISECOND as f64,
+            error_rate: 0.0,
+        })
+    }
+
+    /// Shares (not cumulative) from a water-filling over `readings`.
+    fn shares(readings: &[Option<Reading>], horizon: Nanos, trust: f64) -> Vec<f64> {
+        let out: Vec<AtomicU64> = readings.iter().map(|_| AtomicU64::new(0)).collect();
+        let rate = AtomicU64::new(f64::NAN.to_bits());
+        water_fill(readings.iter().copied(), horizon as f64, trust, &rate, &out)
+            .expect("a share for someone");
+        let cumulative: Vec<f64> = out
+            .iter()
+            .map(|a| f64::from_bits(a.load(Ordering::Relaxed)))
+            .collect();
+        (0..cumulative.len())
+            .map(|i| cumulative[i] - if i == 0 { 0.0 } else { cumulative[i - 1] })
+            .collect()
+    }
+
+    #[test]
+    fn report_shares_fill_the_short_queues_first() {
+        // Four equal backends, all busy; over 2 ms the cluster gets about
+        // 8 requests: the queue of 10 is above the level and gets nothing.
+        let s = shares(
+            &[
+                reading(1.0, 1.0),
+                reading(2.0, 1.0),
+                reading(3.0, 1.0),
+                reading(10.0, 1.0),
+            ],
+            2 * MILLISECOND,
+            1.0,
+        );
+        assert!((s.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{s:?}");
+        assert!(s[0] > s[1] && s[1] > s[2], "{s:?}");
+        assert_eq!(s[3], 0.0, "{s:?}");
+        // Equal steps in the queue are equal steps in the share.
+        assert!(((s[0] - s[1]) - (s[1] - s[2])).abs() < 1e-6, "{s:?}");
+    }
+
+    #[test]
+    fn report_shares_follow_capacity_when_the_report_is_not_trusted() {
+        // One backend three times slower; queues as uneven as above. Without
+        // trust in the report the queues are taken as equal and the shares
+        // go by speed: 3 : 3 : 1.
+        let s = shares(
+            &[reading(0.0, 1.0), reading(9.0, 1.0), reading(0.0, 3.0)],
+            100 * MILLISECOND,
+            0.0,
+        );
+        assert!((s[0] - s[1]).abs() < 1e-9, "{s:?}");
+        assert!(s[0] / s[2] > 2.5 && s[0] / s[2] < 3.5, "{s:?}");
+    }
+
+    #[test]
+    fn report_shares_skip_non_candidates_and_fill_unreported_at_the_mean() {
+        let s = shares(
+            &[
+                reading(2.0, 1.0),
+                None,
+                Some(Reading {
+                    utilisation: None,
+                    unit_latency: f64::NAN,
+                    error_rate: 0.0,
+                }),
+                reading(2.0, 1.0),
+            ],
+            5 * MILLISECOND,
+            1.0,
+        );
+        assert_eq!(s[1], 0.0);
+        assert!(
+            (s[0] - s[2]).abs() < 1e-9 && (s[2] - s[3]).abs() < 1e-9,
+            "{s:?}"
+        );
+    }
+
+    #[test]
+    fn report_shares_shrink_with_the_error_rate() {
+        let mut failing = reading(0.0, 1.0).unwrap();
+        failing.error_rate = 0.9;
+        let s = shares(&[Some(failing), reading(0.0, 1.0)], 10 * MILLISECOND, 1.0);
+        assert!(s[0] < 0.15 && s[1] > 0.85, "{s:?}");
+    }
+
+    #[test]
+    fn report_shares_need_a_fresh_report() {
+        let set = set_with_weights(&[1, 1]);
+        let shares = ReportShares::new(set.len(), SECOND);
+        assert!(!shares.refresh(&set, SECOND, |_| (MILLISECOND as f64, 0.0)));
+        set.get(BackendId(0)).state.load.report(SECOND, 1.0);
+        set.get(BackendId(1)).state.load.report(SECOND, 1.0);
+        assert!(shares.refresh(&set, SECOND + REFRESH, |_| (MILLISECOND as f64, 0.0)));
+        // Two seconds on, the report is older than max_age: no table.
+        assert!(!shares.refresh(&set, 3 * SECOND, |_| (MILLISECOND as f64, 0.0)));
+        let mut rng = fastrand::Rng::with_seed(1);
+        let mut ctx = PickContext::new(3 * SECOND, &mut rng);
+        assert_eq!(shares.draw(&set, &mut ctx), None);
+    }
+
+    #[test]
+    fn report_shares_draws_add_up_to_the_shares_without_herding() {
+        // Many proxies reading one report draw independently; together they
+        // send each backend its share, not everything to the least loaded.
+        let set = set_with_weights(&[1, 1, 1, 1]);
+        for (i, u) in [0.0, 1.0, 2.0, 4.0].into_iter().enumerate() {
+            set.get(BackendId(i as u32)).state.load.report(SECOND, u);
+        }
+        let proxies: Vec<ReportShares> = (0..8)
+            .map(|_| ReportShares::new(set.len(), SECOND))
+            .collect();
+        let mut counts = [0usize; 4];
+        let mut rng = fastrand::Rng::with_seed(7);
+        for k in 0..16_000 {
+            let p = &proxies[k % proxies.len()];
+            assert!(p.refresh(&set, SECOND, |_| (MILLISECOND as f64, 0.0)));
+            let mut ctx = PickContext::new(SECOND, &mut rng);
+            counts[p.draw(&set, &mut ctx).unwrap().index()] += 1;
+        }
+        let expected: Vec<f64> = (0..4)
+            .map(|i| proxies[0].share(BackendId(i)).unwrap())
+            .collect();
+        for i in 0..4 {
+            let got = counts[i] as f64 / 16_000.0;
+            assert!(
+                (got - expected[i]).abs() < 0.02,
+                "{counts:?} vs {expected:?}"
+            );
+        }
+        assert!(
+            counts[0] < 12_000,
+            "the least loaded must not take nearly all: {counts:?}"
+        );
+        assert!(counts[0] > counts[1] && counts[1] > counts[2], "{counts:?}");
+    }
+
+    #[test]
+    fn report_shares_draw_only_candidates() {
+        let set = crate::selector::testing::disable(set_with_weights(&[1, 1]), 0);
+        set.get(BackendId(0)).state.load.report(SECOND, 0.0);
+        set.get(BackendId(1)).state.load.report(SECOND, 5.0);
+        let shares = ReportShares::new(set.len(), SECOND);
+        assert!(shares.refresh(&set, SECOND, |_| (MILLISECOND as f64, 0.0)));
+        assert_eq!(shares.share(BackendId(0)), Some(0.0));
+        let mut rng = fastrand::Rng::with_seed(2);
+        for _ in 0..100 {
+            let mut ctx = PickContext::new(SECOND, &mut rng);
+            assert_eq!(shares.draw(&set, &mut ctx), Some(BackendId(1)));
+        }
+    }
 }
