@@ -70,6 +70,17 @@ pub struct Load {
     /// Backend-reported utilisation (0.0..), f64 bits; NaN when none reported.
     reported: AtomicU64,
     reported_at: AtomicU64,
+    /// Per-completion EWMA of latency (ns, f64 bits) over completions seen
+    /// while a report was on hand; NaN before the first.
+    reported_latency: AtomicU64,
+    /// Per-completion EWMA of `1 + reported utilisation` over the same
+    /// completions, f64 bits; NaN before the first.
+    reported_queue: AtomicU64,
+    /// Per-completion EWMA of `(1 + utilisation) × latency` over the same
+    /// completions, f64 bits; NaN before the first.
+    reported_cross: AtomicU64,
+    /// Per-completion EWMA of `(1 + utilisation)²`, f64 bits; NaN before the first.
+    reported_square: AtomicU64,
 }
 
 impl Default for Load {
@@ -102,6 +113,10 @@ impl Load {
             mean_in_flight: AtomicU64::new(f64::NAN.to_bits()),
             reported: AtomicU64::new(f64::NAN.to_bits()),
             reported_at: AtomicU64::new(0),
+            reported_latency: AtomicU64::new(f64::NAN.to_bits()),
+            reported_queue: AtomicU64::new(f64::NAN.to_bits()),
+            reported_cross: AtomicU64::new(f64::NAN.to_bits()),
+            reported_square: AtomicU64::new(f64::NAN.to_bits()),
         }
     }
 
@@ -164,6 +179,13 @@ impl Load {
         };
         blend_mean(&self.mean_latency, latency_sample);
         blend_mean(&self.mean_in_flight, in_flight);
+        let reported = load_f64(&self.reported);
+        if !reported.is_nan() {
+            blend_mean(&self.reported_latency, latency_sample);
+            blend_mean(&self.reported_queue, 1.0 + reported);
+            blend_mean(&self.reported_cross, (1.0 + reported) * latency_sample);
+            blend_mean(&self.reported_square, (1.0 + reported) * (1.0 + reported));
+        }
         // Error rate: a faster-moving average (a tenth of τ per sample step is
         // too slow for fail-fast backends, so blend per request with 1/8 weight).
         let e = load_f64(&self.error_rate);
@@ -225,6 +247,26 @@ impl Load {
             .map(|unit| unit * (in_flight.max(0.0) + 1.0))
     }
 
+    /// How well the reports predicted the latency of this proxy's requests:
+    /// `(cov(latency, 1 + u), latency_per_reported_unit × var(1 + u))` over
+    /// the recent completions seen with a report `u`. Their ratio is 1 when
+    /// latency follows the reported queue exactly (`latency = s × (1 + u)`)
+    /// and 0 when the report says nothing about it (it is too old); callers
+    /// pool both parts over backends before dividing. `None` before the
+    /// first such completion.
+    pub fn report_fit(&self) -> Option<(f64, f64)> {
+        let latency = load_f64(&self.reported_latency);
+        let queue = load_f64(&self.reported_queue);
+        let cross = load_f64(&self.reported_cross);
+        let square = load_f64(&self.reported_square);
+        if latency.is_nan() || queue.is_nan() || cross.is_nan() || square.is_nan() {
+            return None;
+        }
+        let covariance = cross - queue * latency;
+        let variance = (square - queue * queue).max(0.0);
+        Some((covariance, latency / queue.max(1.0) * variance))
+    }
+
     /// EWMA of the failure rate, 0.0 ..= 1.0.
     #[inline]
     pub fn error_rate(&self) -> f64 {
@@ -255,9 +297,31 @@ impl Load {
 
     /// The last reported utilisation if it is younger than `max_age`.
     pub fn reported(&self, now: Nanos, max_age: Nanos) -> Option<f64> {
+        self.report_reading(now, max_age).map(|(v, _)| v)
+    }
+
+    /// The last reported utilisation and when it arrived, if it is younger
+    /// than `max_age`.
+    pub fn report_reading(&self, now: Nanos, max_age: Nanos) -> Option<(f64, Nanos)> {
         let v = load_f64(&self.reported);
         let at = self.reported_at.load(Ordering::Relaxed);
-        (!v.is_nan() && now.saturating_sub(at) <= max_age).then_some(v)
+        (!v.is_nan() && now.saturating_sub(at) <= max_age).then_some((v, at))
+    }
+
+    /// What one unit of reported utilisation costs in latency (ns): the mean
+    /// latency of requests that completed while a report was on hand over
+    /// the mean of `1 + utilisation` reported meanwhile. For a FCFS server
+    /// reporting its queue per worker this is the service time per worker
+    /// (a request arriving behind `q` others waits `q + 1` services), which
+    /// the proxy's own in-flight count cannot give when it sends only a
+    /// small part of the backend's traffic. A ratio of means, so a report
+    /// that is stale but right on average still gives the right figure.
+    /// `None` before the first such completion.
+    #[inline]
+    pub fn latency_per_reported_unit(&self) -> Option<f64> {
+        let latency = load_f64(&self.reported_latency);
+        let queue = load_f64(&self.reported_queue);
+        (!latency.is_nan() && !queue.is_nan()).then(|| latency / queue.max(1.0))
     }
 }
 
@@ -387,6 +451,40 @@ mod tests {
             load.observe(i, MILLISECOND / 10, Outcome::Failure, SECOND_TAU);
         }
         assert_eq!(load.latency_per_request(), Some(10.0 * MILLISECOND as f64));
+    }
+
+    #[test]
+    fn reports_that_predict_latency_are_trusted_and_priced() {
+        // Latency = 2 ms × (1 + reported queue): a fresh report.
+        let fresh = Load::new();
+        let mut rng = fastrand::Rng::with_seed(4);
+        for i in 0..500 {
+            let u = rng.u32(0..8) as f64;
+            fresh.report(i, u);
+            let latency = (2.0 * MILLISECOND as f64 * (1.0 + u)) as Nanos;
+            fresh.observe(i, latency, Outcome::Success, SECOND_TAU);
+        }
+        let unit = fresh.latency_per_reported_unit().unwrap();
+        assert!((unit - 2e6).abs() < 1e3, "{unit}");
+        let (covariance, variance) = fresh.report_fit().unwrap();
+        assert!(
+            (covariance / variance - 1.0).abs() < 0.01,
+            "{covariance} / {variance}"
+        );
+
+        // Latency unrelated to the report: a report too old to say anything.
+        let stale = Load::new();
+        for i in 0..2000 {
+            stale.report(i, rng.u32(0..8) as f64);
+            let latency = (2.0 * MILLISECOND as f64 * (1.0 + rng.u32(0..8) as f64)) as Nanos;
+            stale.observe(i, latency, Outcome::Success, SECOND_TAU);
+        }
+        let (covariance, variance) = stale.report_fit().unwrap();
+        assert!(
+            (covariance / variance).abs() < 0.3,
+            "{covariance} / {variance}"
+        );
+        assert_eq!(Load::new().report_fit(), None);
     }
 
     const SECOND_TAU: Nanos = crate::SECOND;

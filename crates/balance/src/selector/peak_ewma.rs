@@ -49,6 +49,15 @@
 //! independent proxies do not herd onto one backend the way a global
 //! minimum does, and it costs one more random draw and cost evaluation.
 //!
+//! **Backend-reported load.** When backends report their load (ORCA), the
+//! candidates are drawn from [`ReportShares`] — routing probabilities that
+//! fill the reported short queues first — instead of uniformly, and the
+//! cheapest is taken as above. Many proxies reading one report then add up
+//! to one router drawing with those probabilities instead of all herding
+//! onto the backend that looked idle; reports too old to predict latency
+//! are not used (see [`ReportShares`]). In the simulator (S5, 32 proxies,
+//! reports 10–20 ms old) this cut timeouts from 7.3% to 0.7%.
+//!
 //! A backend that has never answered is costed at the median latency of the
 //! backends that have (computed when the selector is built, i.e. whenever
 //! the membership changes), or [`DEFAULT_LATENCY`] when none has: a new
@@ -56,6 +65,7 @@
 
 use std::fmt::Write as _;
 
+use super::report_shares::ReportShares;
 use super::sampling::uniform_candidate_except;
 use super::{write_header, PickContext, Selector, SelectorConfig};
 use crate::backend::{BackendId, BackendSet};
@@ -77,6 +87,10 @@ pub struct PeakEwma {
     error_penalty: f64,
     /// Latency assumed for a backend with no sample yet (nanoseconds).
     unknown_latency: f64,
+    /// Mean configured weight of the enabled backends.
+    mean_weight: f64,
+    /// Where candidates are drawn from while backends report their load.
+    shares: ReportShares,
 }
 
 impl PeakEwma {
@@ -87,7 +101,18 @@ impl PeakEwma {
             decay: config.decay,
             error_penalty: config.error_penalty,
             unknown_latency: median_latency(set).unwrap_or(DEFAULT_LATENCY as f64),
+            mean_weight: mean_weight(set),
+            shares: ReportShares::new(set.len(), config.report_max_age),
         }
+    }
+
+    /// Latency per unit of reported utilisation of `id` at `now` (ns), over
+    /// the relative weight: what the report shares price a backend's
+    /// reported queue at.
+    fn unit_latency(&self, set: &BackendSet, id: BackendId, now: Nanos) -> f64 {
+        let load = &set.get(id).state.load;
+        let unit = load.latency_per_reported_unit().unwrap_or(f64::NAN);
+        unit / (set.effective_weight(id, now) / self.mean_weight)
     }
 
     /// Expected latency of `id` at `now` (nanoseconds): the peak EWMA,
@@ -127,6 +152,26 @@ impl PeakEwma {
     fn choose(&self, set: &BackendSet, ctx: &mut PickContext<'_>) -> ([BackendId; CHOICES], usize) {
         let mut drawn = [BackendId(0); CHOICES];
         let mut n = 0;
+        let now = ctx.now;
+        if self.shares.refresh(set, now, |id| {
+            (
+                self.unit_latency(set, id, now),
+                set.get(id).state.load.decayed_error_rate(now, self.decay),
+            )
+        }) {
+            while n < CHOICES {
+                match self.shares.draw(set, ctx) {
+                    Some(id) => {
+                        drawn[n] = id;
+                        n += 1;
+                    }
+                    None => break,
+                }
+            }
+            if n > 0 {
+                return (drawn, n);
+            }
+        }
         while n < CHOICES {
             match uniform_candidate_except(set, ctx, &drawn[..n]) {
                 Some(id) => {
@@ -151,6 +196,21 @@ impl PeakEwma {
             }
         }
         best
+    }
+}
+
+/// The mean configured weight of the enabled backends (1 when none).
+fn mean_weight(set: &BackendSet) -> f64 {
+    let weights = set
+        .backends()
+        .iter()
+        .filter(|b| b.admin == crate::backend::AdminState::Enabled && b.weight > 0)
+        .map(|b| f64::from(b.weight));
+    let (sum, n) = weights.fold((0.0, 0.0), |(s, n), w| (s + w, n + 1.0));
+    if n > 0.0 {
+        (sum / n).max(1.0)
+    } else {
+        1.0
     }
 }
 
