@@ -111,6 +111,9 @@ def clients(args):
             s.bind((ip, 0))
             try:
                 s.connect(("127.0.0.1", args.port))
+                if args.no_request:
+                    socks.append(s)
+                    continue
                 s.sendall(request)
             except OSError:
                 failed += 1
@@ -295,13 +298,30 @@ class Bench:
         results.append((f"RSS per backend ({n} minus 3)", f"{delta * 1024 / (n - 3):.0f} B"))
         results.append((f"reload, {n} backends (POST /api/v1/reload, under load)",
                         f"median {med(reloads) * 1000:.0f} ms, max {max(reloads) * 1000:.0f} ms ({len(reloads)} reloads)"))
-        for line in wrk_out:
-            results.append(("traffic during reloads (wrk -c8)", line))
+        for when, line in wrk_out:
+            results.append((f"wrk -c8, {n} backends, {when}", line))
+
+    def wrk(self, listen, duration):
+        return self.spawn(["wrk", "-t1", "-c8", f"-d{duration}s", "--latency", f"http://127.0.0.1:{listen}/"],
+                          stdout=subprocess.PIPE, text=True)
+
+    @staticmethod
+    def wrk_summary(out, duration):
+        lines = out.splitlines()
+        reqs = next((l.split()[0] for l in lines if "requests in" in l), "?")
+        errors = next((l.strip() for l in lines if "Socket errors" in l), "socket errors: 0")
+        non2xx = next((l.strip() for l in lines if "Non-2xx" in l), "non-2xx: 0")
+        p99 = next((l.split()[1] for l in lines if l.strip().startswith("99%")), "?")
+        slowest = next((l.split()[3] for l in lines if l.strip().startswith("Latency")), "?")
+        return f"{reqs} requests in {duration}s, {errors}, {non2xx}, p99 {p99}, max {slowest}"
 
     def reload_under_load(self, listen, admin, wrk_out):
         duration = 2 + self.args.reloads
-        wrk = self.spawn(["wrk", "-t1", "-c8", f"-d{duration}s", "--latency", f"http://127.0.0.1:{listen}/"],
-                         stdout=subprocess.PIPE, text=True)
+        # The same load without reloads first, to tell the backends' own
+        # latency from what reloads add.
+        out, _ = self.wrk(listen, duration).communicate(timeout=duration + 30)
+        wrk_out.append(("without reloads", self.wrk_summary(out, duration)))
+        wrk = self.wrk(listen, duration)
         time.sleep(1)
         times = []
         generation = None
@@ -321,12 +341,7 @@ class Bench:
             generation = g
             time.sleep(0.7)
         out, _ = wrk.communicate(timeout=duration + 30)
-        reqs = next((l.split()[0] for l in out.splitlines() if "requests in" in l), "?")
-        errors = next((l.strip() for l in out.splitlines() if "Socket errors" in l), "socket errors: 0")
-        non2xx = next((l.strip() for l in out.splitlines() if "Non-2xx" in l), "non-2xx: 0")
-        p99 = next((l.split()[1] for l in out.splitlines() if l.strip().startswith("99%")), "?")
-        slowest = next((l.split()[3] for l in out.splitlines() if l.strip().startswith("Latency")), "?")
-        wrk_out.append(f"{reqs} requests in {duration}s, {errors}, {non2xx}, p99 {p99}, max {slowest}")
+        wrk_out.append((f"during {self.args.reloads} reloads", self.wrk_summary(out, duration)))
         return times
 
     # -- 2: many idle client connections
@@ -340,7 +355,10 @@ class Bench:
         helper, ports = self.start_backends(3)
         listen, admin = free_port(), free_port()
         per_ip = 1000
-        extra = (f'idle_timeout = "10m"\nmax_connections = {n + 1000}\n'
+        # hyper's header read timeout also runs while a keep-alive
+        # connection waits for its next request, so header_timeout (10 s by
+        # default) and not idle_timeout bounds how long they stay open.
+        extra = (f'idle_timeout = "10m"\nheader_timeout = "10m"\nmax_connections = {n + 1000}\n'
                  f"max_connections_per_ip = {per_ip + 10}\n")
         _, proc = self.start_fulcrum(config(ports, listen, admin, extra), "conns")
         wait_ready(listen, proc)
@@ -424,6 +442,7 @@ def main():
     c.add_argument("--ip-from", type=int, default=2)
     c.add_argument("--per-ip", type=int, default=1000)
     c.add_argument("--timeout", type=float, default=120)
+    c.add_argument("--no-request", action="store_true", help="connect only (to split task from buffer memory)")
     args = p.parse_args()
     {"run": run, "backend": backend, "clients": clients}[args.cmd](args)
 

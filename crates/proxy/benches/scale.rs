@@ -73,6 +73,23 @@ fn control_path(c: &mut Criterion) {
             )
         });
 
+        // What dropping stale metric handles cost before it used a set: one
+        // linear `BackendSet::find` per configured backend.
+        let snapshot = runtime.snapshot_owned();
+        let set = &snapshot.clusters["app"].set;
+        group.bench_with_input(
+            BenchmarkId::new("find_each_backend_linear", n),
+            &n,
+            |b, _| {
+                b.iter(|| {
+                    set.backends()
+                        .iter()
+                        .filter(|x| set.find(black_box(&x.address)).is_some())
+                        .count()
+                })
+            },
+        );
+
         group.bench_with_input(BenchmarkId::new("reload_diff", n), &n, |b, _| {
             b.iter(|| black_box(backend_changes(&first, &second).len()))
         });
@@ -80,9 +97,11 @@ fn control_path(c: &mut Criterion) {
         // A file with an error at every backend: each problem is given its
         // line in the file.
         let bad = text.replace(":8080\"", "\"");
-        group.bench_with_input(BenchmarkId::new("parse_every_backend_invalid", n), &n, |b, _| {
-            b.iter(|| black_box(fulcrum_config::parse(black_box(&bad), None).is_err()))
-        });
+        group.bench_with_input(
+            BenchmarkId::new("parse_every_backend_invalid", n),
+            &n,
+            |b, _| b.iter(|| black_box(fulcrum_config::parse(black_box(&bad), None).is_err())),
+        );
     }
     group.finish();
 }

@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use fulcrum_balance::AdminState;
 use fulcrum_config::{Command, Config};
 use serde::Serialize;
 
@@ -155,6 +156,19 @@ fn report(
     }
 }
 
+type BackendIndex<'a> = BTreeMap<(&'a str, &'a str), (u32, AdminState)>;
+
+/// Every backend of `config` by (cluster, address), borrowing the names.
+fn index(config: &Config) -> BackendIndex<'_> {
+    let mut m = BTreeMap::new();
+    for (cluster, cc) in &config.clusters {
+        for b in &cc.backends {
+            m.insert((cluster.as_str(), b.address.as_str()), (b.weight, b.state));
+        }
+    }
+    m
+}
+
 /// Backends added, removed or changed from `before` to `after`, ordered
 /// by cluster and address (removed and changed first, then added).
 ///
@@ -162,15 +176,6 @@ fn report(
 /// backends diffs twice (against the running model and the baseline), and
 /// copying every key into them was most of the diff's cost.
 pub fn backend_changes(before: &Config, after: &Config) -> Vec<BackendChange> {
-    let index = |c: &'_ Config| {
-        let mut m = BTreeMap::new();
-        for (cluster, cc) in &c.clusters {
-            for b in &cc.backends {
-                m.insert((cluster.as_str(), b.address.as_str()), (b.weight, b.state));
-            }
-        }
-        m
-    };
     let (old, new) = (index(before), index(after));
     let change = |(cluster, address): (&str, &str), change, weight, state| BackendChange {
         cluster: cluster.to_owned(),
