@@ -1,4 +1,6 @@
-//! Nanoseconds per pick for every algorithm at 3, 100 and 10 000 backends.
+//! Nanoseconds per pick for every algorithm at 3, 100 and 10 000 backends,
+//! and the cost of building each selector (once per snapshot: every reload
+//! and admin change) at 100 and 10 000 backends.
 //!
 //! Backends carry uneven weights (1–4), a few in-flight requests each and a
 //! latency history, one in ten is unhealthy, and every request has a key, so
@@ -60,5 +62,21 @@ fn selectors(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, selectors);
+/// Building a selector for a new snapshot: the lookup tables of ring-hash
+/// and maglev, the weight tables of the weighted algorithms.
+fn builds(c: &mut Criterion) {
+    let mut group = c.benchmark_group("build");
+    group.sample_size(10);
+    for n in [100, 10_000] {
+        let (set, _guards) = cluster(n);
+        for &alg in Algorithm::ALL {
+            group.bench_with_input(BenchmarkId::new(alg.name(), n), &n, |b, _| {
+                b.iter(|| black_box(alg.build(black_box(&set), &SelectorConfig::default())))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, selectors, builds);
 criterion_main!(benches);

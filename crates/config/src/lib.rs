@@ -52,9 +52,10 @@ pub fn parse(text: &str, file: Option<&str>) -> Result<Config, ConfigError> {
             }]
         }
     };
+    let locator = error::Locator::new(text);
     for p in &mut problems {
         if p.line.is_none() && !p.key.is_empty() {
-            p.line = error::locate(text, &p.key);
+            p.line = locator.line(&p.key);
         }
     }
     problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
@@ -78,8 +79,9 @@ pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
     if problems.is_empty() {
         return Ok(config);
     }
+    let locator = error::Locator::new(&text);
     for p in &mut problems {
-        p.line = error::locate(&text, &p.key);
+        p.line = locator.line(&p.key);
     }
     Err(ConfigError {
         file: Some(name),

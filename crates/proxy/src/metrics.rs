@@ -322,12 +322,22 @@ impl ProxyMetrics {
     }
 
     /// Drops the handles of backends and clusters no longer configured.
+    ///
+    /// Live addresses are collected into a set first: looking each handle
+    /// up in its cluster's backend list would be quadratic in the cluster
+    /// size, and it runs on every configuration change.
     pub(crate) fn retain(&self, live: &Snapshot) {
-        lock(&self.backends).retain(|(c, a), _| {
-            live.clusters
-                .get(c)
-                .is_some_and(|cl| cl.set.find(a).is_some())
-        });
+        let configured: std::collections::HashSet<(&str, &str)> = live
+            .clusters
+            .iter()
+            .flat_map(|(name, cl)| {
+                cl.set
+                    .backends()
+                    .iter()
+                    .map(move |b| (name.as_str(), b.address.as_str()))
+            })
+            .collect();
+        lock(&self.backends).retain(|(c, a), _| configured.contains(&(c.as_str(), a.as_str())));
         lock(&self.clusters).retain(|c, _| live.clusters.contains_key(c));
     }
 
@@ -731,6 +741,44 @@ impl prometheus_client::collector::Collector for Scrape {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retain_keeps_the_handles_of_configured_backends_only() {
+        let config = |backends: &str| {
+            fulcrum_config::parse(
+                &format!(
+                    "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\ncluster = \"app\"\n\
+                     [cluster.app]\nbackends = [{backends}]\n"
+                ),
+                None,
+            )
+            .unwrap()
+        };
+        let runtime = Runtime::new(config(
+            "{ address = \"10.0.0.1:80\" }, { address = \"10.0.0.2:80\" }",
+        ));
+        let kept = runtime.metrics().backend("app", "10.0.0.2:80");
+        runtime
+            .apply([fulcrum_config::Command::Replace(Box::new(config(
+                "{ address = \"10.0.0.2:80\" }, { address = \"10.0.0.3:80\" }",
+            )))])
+            .unwrap();
+        let mut left: Vec<(String, String)> =
+            lock(&runtime.metrics().backends).keys().cloned().collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ("app".to_owned(), "10.0.0.2:80".to_owned()),
+                ("app".to_owned(), "10.0.0.3:80".to_owned()),
+            ]
+        );
+        // The surviving backend keeps its handle (its counters stay monotonic).
+        assert!(Arc::ptr_eq(
+            &kept,
+            &runtime.metrics().backend("app", "10.0.0.2:80")
+        ));
+    }
 
     #[test]
     fn histogram_quantiles_interpolate_inside_buckets() {

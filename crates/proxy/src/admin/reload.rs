@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use fulcrum_balance::AdminState;
 use fulcrum_config::{Command, Config};
 use serde::Serialize;
 
@@ -112,14 +113,14 @@ fn report(
     new: &Config,
 ) -> ReloadReport {
     let changes = backend_changes(running, new);
-    let by_api = backend_changes(baseline, running);
+    // A set, not a scan per change: both lists can hold every backend.
+    let by_api: std::collections::HashSet<(String, String)> = backend_changes(baseline, running)
+        .into_iter()
+        .map(|a| (a.cluster, a.address))
+        .collect();
     let overridden = changes
         .iter()
-        .filter(|c| {
-            by_api
-                .iter()
-                .any(|a| a.cluster == c.cluster && a.address == c.address)
-        })
+        .filter(|c| by_api.contains(&(c.cluster.clone(), c.address.clone())))
         .cloned()
         .collect();
     let names =
@@ -155,49 +156,97 @@ fn report(
     }
 }
 
-/// Backends added, removed or changed from `before` to `after`.
-pub fn backend_changes(before: &Config, after: &Config) -> Vec<BackendChange> {
-    let index = |c: &Config| {
-        let mut m = BTreeMap::new();
-        for (cluster, cc) in &c.clusters {
-            for b in &cc.backends {
-                m.insert((cluster.clone(), b.address.clone()), (b.weight, b.state));
-            }
+type BackendIndex<'a> = BTreeMap<(&'a str, &'a str), (u32, AdminState)>;
+
+/// Every backend of `config` by (cluster, address), borrowing the names.
+fn index(config: &Config) -> BackendIndex<'_> {
+    let mut m = BTreeMap::new();
+    for (cluster, cc) in &config.clusters {
+        for b in &cc.backends {
+            m.insert((cluster.as_str(), b.address.as_str()), (b.weight, b.state));
         }
-        m
-    };
+    }
+    m
+}
+
+/// Backends added, removed or changed from `before` to `after`, ordered
+/// by cluster and address (removed and changed first, then added).
+///
+/// The indexes borrow the names from the models: a reload of 10 000
+/// backends diffs twice (against the running model and the baseline), and
+/// copying every key into them was most of the diff's cost.
+pub fn backend_changes(before: &Config, after: &Config) -> Vec<BackendChange> {
     let (old, new) = (index(before), index(after));
+    let change = |(cluster, address): (&str, &str), change, weight, state| BackendChange {
+        cluster: cluster.to_owned(),
+        address: address.to_owned(),
+        change,
+        weight,
+        state,
+    };
     let mut out = Vec::new();
-    for ((cluster, address), (w, s)) in &old {
-        let key = (cluster.clone(), address.clone());
+    for (&key, &(w, s)) in &old {
         match new.get(&key) {
-            None => out.push(BackendChange {
-                cluster: cluster.clone(),
-                address: address.clone(),
-                change: "removed",
-                weight: None,
-                state: None,
-            }),
-            Some((w2, s2)) if (w, s) != (w2, s2) => out.push(BackendChange {
-                cluster: cluster.clone(),
-                address: address.clone(),
-                change: "changed",
-                weight: (w != w2).then_some([*w, *w2]),
-                state: (s != s2).then_some([s.as_str(), s2.as_str()]),
-            }),
+            None => out.push(change(key, "removed", None, None)),
+            Some(&(w2, s2)) if (w, s) != (w2, s2) => out.push(change(
+                key,
+                "changed",
+                (w != w2).then_some([w, w2]),
+                (s != s2).then_some([s.as_str(), s2.as_str()]),
+            )),
             Some(_) => {}
         }
     }
-    for (cluster, address) in new.keys() {
-        if !old.contains_key(&(cluster.clone(), address.clone())) {
-            out.push(BackendChange {
-                cluster: cluster.clone(),
-                address: address.clone(),
-                change: "added",
-                weight: None,
-                state: None,
-            });
+    for &key in new.keys() {
+        if !old.contains_key(&key) {
+            out.push(change(key, "added", None, None));
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(backends: &str) -> Config {
+        fulcrum_config::parse(
+            &format!(
+                "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\ncluster = \"app\"\n\
+                 [cluster.app]\nbackends = [{backends}]\n"
+            ),
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn backend_changes_lists_removed_and_changed_then_added_by_address() {
+        let before = config(
+            "{ address = \"10.0.0.3:80\" }, { address = \"10.0.0.1:80\" }, \
+             { address = \"10.0.0.2:80\", weight = 2 }",
+        );
+        let after = config(
+            "{ address = \"10.0.0.5:80\" }, { address = \"10.0.0.2:80\", weight = 3, state = \"draining\" }, \
+             { address = \"10.0.0.4:80\" }, { address = \"10.0.0.3:80\" }",
+        );
+        let changes = backend_changes(&before, &after);
+        let seen: Vec<(&str, &str)> = changes
+            .iter()
+            .map(|c| (c.address.as_str(), c.change))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("10.0.0.1:80", "removed"),
+                ("10.0.0.2:80", "changed"),
+                ("10.0.0.4:80", "added"),
+                ("10.0.0.5:80", "added"),
+            ]
+        );
+        assert_eq!(changes[1].weight, Some([2, 3]));
+        assert_eq!(changes[1].state, Some(["enabled", "draining"]));
+        assert!(changes.iter().all(|c| c.cluster == "app"));
+        assert!(backend_changes(&after, &after).is_empty());
+    }
 }

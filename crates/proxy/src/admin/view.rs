@@ -3,9 +3,10 @@
 //!
 //! Counters only ever grow, so "requests per second" and "p99 now" are
 //! differences between samples. The [`Sampler`] takes one sample a second
-//! (off the request path), keeps the last [`WINDOW`] histogram readings per
-//! backend to compute windowed percentiles, and publishes the rendered view
-//! for the SSE stream, so a hundred open dashboards cost one rendering.
+//! (off the request path, on a blocking thread), keeps the last [`WINDOW`]
+//! histogram readings per backend to compute windowed percentiles, and,
+//! while an SSE stream is open, publishes the rendered view, so a hundred
+//! open dashboards cost one rendering and none cost none.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -109,8 +110,14 @@ impl Sampler {
         s
     }
 
-    /// The last rendered view, refreshed every [`SAMPLE_INTERVAL`].
+    /// The last rendered view, refreshed every [`SAMPLE_INTERVAL`] while
+    /// someone is subscribed.
     pub fn subscribe(&self) -> watch::Receiver<Arc<String>> {
+        if self.latest.receiver_count() == 0 {
+            // Nobody was watching, so the last samples were not rendered.
+            let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+            self.publish(&history);
+        }
         self.latest.subscribe()
     }
 
@@ -123,7 +130,10 @@ impl Sampler {
                 _ = tick.tick() => {}
                 _ = stop.changed() => break,
             }
-            self.sample();
+            // With thousands of backends a sample takes milliseconds of
+            // CPU: a blocking thread takes it, not a worker serving requests.
+            let this = Arc::clone(&self);
+            let _ = tokio::task::spawn_blocking(move || this.sample()).await;
         }
     }
 
@@ -154,9 +164,15 @@ impl Sampler {
             }
         }
         *history = live;
-        let view = self.render(&history);
-        drop(history);
-        let json = serde_json::to_string(&view).expect("views serialize");
+        // Rendered only for open event streams: the JSON of 10 000 backends
+        // is megabytes, and `GET /api/v1/clusters` renders its own.
+        if self.latest.receiver_count() > 0 {
+            self.publish(&history);
+        }
+    }
+
+    fn publish(&self, history: &HashMap<(String, String), History>) {
+        let json = serde_json::to_string(&self.render(history)).expect("views serialize");
         self.latest.send_replace(Arc::new(json));
     }
 
@@ -225,5 +241,40 @@ impl Sampler {
                 .map_or(0, |d| d.as_millis() as u64),
             clusters,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> Arc<Runtime> {
+        let config = fulcrum_config::parse(
+            "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\ncluster = \"app\"\n\
+             [cluster.app]\nbackends = [{ address = \"127.0.0.1:9001\" }, { address = \"127.0.0.1:9002\" }]\n",
+            None,
+        )
+        .unwrap();
+        Runtime::new(config)
+    }
+
+    #[test]
+    fn samples_without_subscribers_render_nothing() {
+        let sampler = Sampler::new(runtime());
+        sampler.sample();
+        assert!(sampler.latest.borrow().is_empty());
+    }
+
+    #[test]
+    fn subscribe_publishes_the_current_view_when_nobody_was_watching() {
+        let sampler = Sampler::new(runtime());
+        sampler.sample();
+        let rx = sampler.subscribe();
+        let json: serde_json::Value = serde_json::from_str(&rx.borrow()).unwrap();
+        assert_eq!(json["clusters"][0]["name"], "app");
+        assert_eq!(json["clusters"][0]["backends"].as_array().unwrap().len(), 2);
+        // With a subscriber, every sample publishes.
+        sampler.sample();
+        assert!(rx.has_changed().unwrap());
     }
 }
