@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Instructions and syscalls per request on the HTTP keep-alive path.
 #
-#   bench/callgrind.sh [N] [PATH]     # default: 5000 requests of /small
+#   bench/callgrind.sh [N] [PATH] [close]   # default: 5000 keep-alive requests of /small
+#
+# With `close`, every request opens a new client connection and sends
+# `Connection: close` (the per-connection cost is then in every request).
 #
 # Starts an nginx origin (3 ports) and Fulcrum (release build, one worker,
 # round-robin) under callgrind, sends 500 warm-up requests, zeroes the
@@ -13,6 +16,7 @@
 set -euo pipefail
 N=${1:-5000}
 URLPATH=${2:-/small}
+MODE=${3:-keepalive}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${FULCRUM_BIN:-$ROOT/target/release/fulcrum}
 OUT=${OUT:-$(mktemp -d /tmp/fulcrum-cg.XXXXXX)}
@@ -59,9 +63,9 @@ wait_port "$P1"
 FULCRUM_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.out" \
     "$BIN" run -c "$OUT/fulcrum.toml" 2>"$OUT/valgrind.err" & FPID=$!
 wait_port "$PX"
-python3 "$ROOT/bench/fixed_load.py" "127.0.0.1:$PX" "$URLPATH" 500 >/dev/null
+python3 "$ROOT/bench/fixed_load.py" "127.0.0.1:$PX" "$URLPATH" 500 10 "$MODE" >/dev/null
 callgrind_control -z "$FPID" >/dev/null
-DONE=$(python3 "$ROOT/bench/fixed_load.py" "127.0.0.1:$PX" "$URLPATH" "$N")
+DONE=$(python3 "$ROOT/bench/fixed_load.py" "127.0.0.1:$PX" "$URLPATH" "$N" 10 "$MODE")
 callgrind_control -d "$FPID" >/dev/null
 kill -INT "$FPID"; wait "$FPID" || true; FPID=
 DUMP=$(ls -t "$OUT"/cg.out.* | head -1)
@@ -73,10 +77,10 @@ echo "top functions: $OUT/top.txt  dump: $DUMP"
 # 2. syscalls per request
 FULCRUM_LOG=warn "$BIN" run -c "$OUT/fulcrum.toml" 2>"$OUT/fulcrum.err" & FPID=$!
 wait_port "$PX"
-python3 "$ROOT/bench/fixed_load.py" "127.0.0.1:$PX" "$URLPATH" 500 >/dev/null
+python3 "$ROOT/bench/fixed_load.py" "127.0.0.1:$PX" "$URLPATH" 500 10 "$MODE" >/dev/null
 strace -f -c -o "$OUT/strace.txt" -p "$FPID" & STRACE=$!
 sleep 1
-DONE=$(python3 "$ROOT/bench/fixed_load.py" "127.0.0.1:$PX" "$URLPATH" "$N")
+DONE=$(python3 "$ROOT/bench/fixed_load.py" "127.0.0.1:$PX" "$URLPATH" "$N" 10 "$MODE")
 kill -INT "$STRACE"; wait "$STRACE" || true
 kill -INT "$FPID"; wait "$FPID" || true; FPID=
 CALLS=$(awk '/^------/ {n++} n==2 && /total/ {print $4; exit}' "$OUT/strace.txt")

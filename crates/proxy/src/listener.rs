@@ -20,14 +20,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use fulcrum_config::{HttpLimits, ListenerConfig, Protocol};
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use crate::framing::{FramingGuard, REJECT_RESPONSE};
+use crate::framing::{FramingGuard, H2_PREFACE, REJECT_RESPONSE};
 use crate::http::{handle, ConnInfo};
 use crate::listener_set::ListenerSet;
 use crate::state::Runtime;
@@ -261,9 +261,12 @@ async fn accept_with(
         .iter()
         .filter_map(|r| r.max_body_bytes)
         .fold(limits.max_body_bytes, u64::max);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = Protocols {
+        http1: http1::Builder::new(),
+        http2: http2::Builder::new(TokioExecutor::new()),
+    };
     builder
-        .http1()
+        .http1
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         // A refused head ends the read side; requests before it still get
@@ -272,7 +275,7 @@ async fn accept_with(
         .max_buf_size(limits.max_header_bytes.max(8192))
         .max_headers(limits.max_headers);
     builder
-        .http2()
+        .http2
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(limits.max_concurrent_streams)
@@ -287,6 +290,7 @@ async fn accept_with(
     let builder = Arc::new(builder);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let per_ip = Arc::new(PerIp::default());
+    let mut nodelay = NoDelay::new(socket);
     loop {
         let permit = Arc::clone(&permits)
             .acquire_owned()
@@ -306,7 +310,7 @@ async fn accept_with(
             drop(stream);
             continue;
         };
-        let _ = stream.set_nodelay(true);
+        nodelay.apply(&stream);
         let info = ConnInfo {
             listener: Arc::clone(&name),
             peer,
@@ -334,31 +338,38 @@ async fn accept_with(
                     )
                     .await
                 }
+                // Boxed: a TLS connection's state is large, and every plain
+                // connection's task would otherwise be as large (the task's
+                // future is moved and copied whole when it is spawned).
                 Some(tls) => {
-                    tls.refresh(&runtime);
-                    match tokio::time::timeout(limits.header_timeout, tls.accept(stream)).await {
-                        Ok(Ok(stream)) => {
-                            runtime.metrics().tls_handshake(true);
-                            serve_connection(
-                                stream,
-                                info,
-                                runtime,
-                                &builder,
-                                shutdown,
-                                &limits,
-                                framing_max_body,
-                            )
-                            .await
+                    Box::pin(async move {
+                        tls.refresh(&runtime);
+                        match tokio::time::timeout(limits.header_timeout, tls.accept(stream)).await
+                        {
+                            Ok(Ok(stream)) => {
+                                runtime.metrics().tls_handshake(true);
+                                serve_connection(
+                                    stream,
+                                    info,
+                                    runtime,
+                                    &builder,
+                                    shutdown,
+                                    &limits,
+                                    framing_max_body,
+                                )
+                                .await
+                            }
+                            Ok(Err(e)) => {
+                                runtime.metrics().tls_handshake(false);
+                                tracing::debug!(client = %peer, error = %e, "tls handshake failed")
+                            }
+                            Err(_) => {
+                                runtime.metrics().tls_handshake(false);
+                                tracing::debug!(client = %peer, "tls handshake timed out")
+                            }
                         }
-                        Ok(Err(e)) => {
-                            runtime.metrics().tls_handshake(false);
-                            tracing::debug!(client = %peer, error = %e, "tls handshake failed")
-                        }
-                        Err(_) => {
-                            runtime.metrics().tls_handshake(false);
-                            tracing::debug!(client = %peer, "tls handshake timed out")
-                        }
-                    }
+                    })
+                    .await
                 }
             }
             drop(open);
@@ -369,11 +380,54 @@ async fn accept_with(
     }
 }
 
+/// `TCP_NODELAY` for accepted connections, at the lowest cost.
+///
+/// Client connections get `TCP_NODELAY` (a response written in pieces is
+/// not held back waiting for the client's delayed ACK). Linux copies it
+/// from the listening socket to every accepted socket, so it is set once
+/// on the listener, and the first accepted socket shows whether it was
+/// inherited; only if not does every connection pay a `setsockopt`.
+struct NoDelay {
+    inherited: Option<bool>,
+}
+
+impl NoDelay {
+    #[cfg(target_os = "linux")]
+    fn new(listener: &TcpListener) -> Self {
+        let set = rustix::net::sockopt::set_tcp_nodelay(listener, true).is_ok();
+        NoDelay {
+            inherited: (!set).then_some(false),
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn new(_listener: &TcpListener) -> Self {
+        NoDelay {
+            inherited: Some(false),
+        }
+    }
+
+    fn apply(&mut self, stream: &tokio::net::TcpStream) {
+        let inherited = *self
+            .inherited
+            .get_or_insert_with(|| stream.nodelay().unwrap_or(false));
+        if !inherited {
+            let _ = stream.set_nodelay(true);
+        }
+    }
+}
+
+/// The HTTP/1 and HTTP/2 settings of a listener's connections.
+struct Protocols {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
 async fn serve_connection<S>(
     stream: S,
     info: ConnInfo,
     runtime: Arc<Runtime>,
-    builder: &auto::Builder<TokioExecutor>,
+    builder: &Protocols,
     mut shutdown: watch::Receiver<bool>,
     limits: &HttpLimits,
     framing_max_body: u64,
@@ -382,16 +436,47 @@ async fn serve_connection<S>(
 {
     let idle = limits.idle_timeout;
     let activity = Arc::new(AtomicU64::new(0));
-    let io = TokioIo::new(ClientIo {
+    let mut io = ClientIo {
         inner: stream,
         activity: Arc::clone(&activity),
         framing: FramingGuard::new(limits.max_header_bytes, limits.max_headers)
             .with_max_body(framing_max_body),
         rejected: None,
         peer: info.peer,
-    });
+        read_ahead: Vec::new(),
+        read_ahead_at: 0,
+    };
+    // The first check is one idle period from now (an `interval` would
+    // tick at once, registering a timer per connection for nothing).
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + idle, idle);
+    let mut seen = 0;
+    // HTTP/2 with prior knowledge or HTTP/1, from the first bytes. A
+    // client that sends nothing is closed by the idle check, as later.
+    let h2 = {
+        let sniff = io.sniff();
+        tokio::pin!(sniff);
+        loop {
+            tokio::select! {
+                result = sniff.as_mut() => match result {
+                    Ok(h2) => break h2,
+                    Err(e) => {
+                        tracing::trace!(error = %e, "client connection ended before a request");
+                        return;
+                    }
+                },
+                _ = shutdown.changed() => return,
+                _ = ticker.tick() => {
+                    let now = activity.load(Ordering::Relaxed);
+                    if now == seen {
+                        return;
+                    }
+                    seen = now;
+                }
+            }
+        }
+    };
     let max_requests = limits.max_requests_per_connection;
-    let served = Arc::new(AtomicU64::new(0));
+    let served = AtomicU64::new(0);
     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let runtime = Arc::clone(&runtime);
         let info = info.clone();
@@ -410,35 +495,80 @@ async fn serve_connection<S>(
             Ok::<_, Infallible>(response)
         }
     });
-    let conn = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(conn);
-    let mut ticker = tokio::time::interval(idle);
-    ticker.tick().await;
-    let mut seen = 0;
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::trace!(error = %e, "client connection ended with an error");
+    let watch = CloseWatch {
+        ticker,
+        seen,
+        activity: &activity,
+        shutdown: &mut shutdown,
+    };
+    if h2 {
+        // Boxed: HTTP/2's connection state is large and rare on a plain
+        // listener; inline it would enlarge every connection's task.
+        let mut conn = Box::pin(builder.http2.serve_connection(TokioIo::new(io), service));
+        watch.drive(conn.as_mut(), |c| c.graceful_shutdown()).await;
+    } else {
+        let conn = builder
+            .http1
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        watch.drive(conn, |c| c.graceful_shutdown()).await;
+    }
+}
+
+/// What closes a served connection early: shutdown, or no bytes moving
+/// in either direction for a whole idle period.
+struct CloseWatch<'a> {
+    ticker: tokio::time::Interval,
+    /// The activity count at the last tick.
+    seen: u64,
+    activity: &'a AtomicU64,
+    shutdown: &'a mut watch::Receiver<bool>,
+}
+
+impl CloseWatch<'_> {
+    /// Runs `conn` to its end; on shutdown or idleness asks it to finish
+    /// the requests in flight and close (`graceful`).
+    async fn drive<F>(mut self, mut conn: Pin<&mut F>, graceful: fn(Pin<&mut F>))
+    where
+        F: std::future::Future<Output = Result<(), hyper::Error>>,
+    {
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::trace!(error = %e, "client connection ended with an error");
+                    }
+                    break;
                 }
-                break;
-            }
-            _ = shutdown.changed(), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            _ = ticker.tick(), if !closing => {
-                let now = activity.load(Ordering::Relaxed);
-                if now == seen {
-                    conn.as_mut().graceful_shutdown();
+                _ = self.shutdown.changed(), if !closing => {
+                    graceful(conn.as_mut());
                     closing = true;
                 }
-                seen = now;
+                _ = self.ticker.tick(), if !closing => {
+                    let now = self.activity.load(Ordering::Relaxed);
+                    if now == self.seen {
+                        graceful(conn.as_mut());
+                        closing = true;
+                    }
+                    self.seen = now;
+                }
             }
         }
     }
 }
+
+/// Size of the connection's first read, which decides between HTTP/1 and
+/// HTTP/2 (prior knowledge).
+///
+/// 4 KiB holds a typical browser request head, so the first request
+/// usually arrives in one `recvfrom`, the [`FramingGuard`] checks its head
+/// in place (not copied piece by piece), and hyper's first read gets the
+/// whole head. (hyper-util's automatic detection read the 24 bytes of the
+/// HTTP/2 preface first: one more `recvfrom` per connection, and hyper's
+/// 8 KiB read buffer then grew to 16 KiB by a copying `realloc`.)
+const FIRST_READ: usize = 4096;
 
 /// The client socket as the HTTP server sees it.
 ///
@@ -446,7 +576,9 @@ async fn serve_connection<S>(
 ///   no clock reads on the data path;
 /// * runs the [`FramingGuard`] over every byte read: an ambiguous request
 ///   is cut off before the HTTP parser sees it, and the connection answers
-///   `400` and closes once the parser is done with earlier requests.
+///   `400` and closes once the parser is done with earlier requests;
+/// * reads the first bytes itself ([`ClientIo::sniff`]) to choose the
+///   protocol, and hands them out on the first reads.
 struct ClientIo<S: AsyncWrite + Unpin> {
     inner: S,
     activity: Arc<AtomicU64>,
@@ -454,6 +586,10 @@ struct ClientIo<S: AsyncWrite + Unpin> {
     /// Bytes of [`REJECT_RESPONSE`] written so far, once a request was refused.
     rejected: Option<usize>,
     peer: SocketAddr,
+    /// Bytes read by [`ClientIo::sniff`] the parser has not taken yet
+    /// (already checked by the guard), from `read_ahead_at`.
+    read_ahead: Vec<u8>,
+    read_ahead_at: usize,
 }
 
 impl<S: AsyncWrite + Unpin> ClientIo<S> {
@@ -482,6 +618,54 @@ impl<S: AsyncWrite + Unpin> ClientIo<S> {
     }
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
+    /// Reads until the first bytes tell whether the client speaks HTTP/2
+    /// with prior knowledge (`true`: they are the HTTP/2 preface) or
+    /// HTTP/1 (`false`; also at end of stream). The bytes read stay for
+    /// the HTTP parser.
+    async fn sniff(&mut self) -> io::Result<bool> {
+        loop {
+            let have = &self.read_ahead[self.read_ahead_at..];
+            let n = have.len().min(H2_PREFACE.len());
+            if have[..n] != H2_PREFACE[..n] {
+                return Ok(false);
+            }
+            if n == H2_PREFACE.len() {
+                return Ok(true);
+            }
+            if self.rejected.is_some() {
+                return Ok(false);
+            }
+            let got = std::future::poll_fn(|cx| self.poll_read_ahead(cx)).await?;
+            if got == 0 {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Reads up to [`FIRST_READ`] bytes into a stack buffer, runs the
+    /// guard over them as one piece and keeps what it lets through in
+    /// `read_ahead`. Returns how many bytes were read (0 at end of stream).
+    fn poll_read_ahead(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut first = [0u8; FIRST_READ];
+        let mut buf = ReadBuf::new(&mut first);
+        std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, &mut buf))?;
+        let read = buf.filled().len();
+        if read == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        self.activity.fetch_add(1, Ordering::Relaxed);
+        let mut keep = read;
+        if let Err((before, reason)) = self.framing.feed(&first[..read]) {
+            tracing::info!(client = %self.peer, reason, "refused request with ambiguous framing");
+            self.rejected = Some(0);
+            keep = before;
+        }
+        self.read_ahead.extend_from_slice(&first[..keep]);
+        Poll::Ready(Ok(read))
+    }
+}
+
 impl<S: AsyncWrite + Unpin> Drop for ClientIo<S> {
     fn drop(&mut self) {
         let _ = self.flush_rejection(None);
@@ -494,12 +678,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.rejected.is_some() {
+        let this = &mut *self;
+        if this.read_ahead_at < this.read_ahead.len() {
+            let rest = &this.read_ahead[this.read_ahead_at..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.read_ahead_at += n;
+            if this.read_ahead_at == this.read_ahead.len() {
+                this.read_ahead = Vec::new();
+                this.read_ahead_at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if this.rejected.is_some() {
             // End of stream for the parser: nothing after a refused head is read.
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        let this = &mut *self;
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         let filled = buf.filled().len();
         if filled != before {

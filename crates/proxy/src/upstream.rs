@@ -281,6 +281,19 @@ impl Upstream {
                 },
             }
         }
+        // Boxed: opening a connection (TCP, maybe TLS, the HTTP handshake)
+        // is a large future that a pooled exchange never needs, and
+        // callers move this future around (it sits inside a timeout and
+        // the request's future).
+        Box::pin(self.send_on_new(authority, req)).await
+    }
+
+    /// Sends `req` on a new connection to `authority`.
+    async fn send_on_new(
+        &self,
+        authority: &Authority,
+        req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, PooledConnection), UpstreamError> {
         let mut sender = self.connect(authority).await?;
         let response = sender
             .send_request(req)

@@ -102,7 +102,11 @@ async fn proxy(
     let route_priority = route.and_then(|r| r.priority());
     let mut limit = None;
     if let Some(limiter) = route.and_then(|r| r.rate_limit()) {
-        let verdict = limiter.check(conn.peer.ip(), req.headers()).await;
+        // Boxed here and below: a future is as large as its largest state,
+        // and the hot path moves this one several times per request; the
+        // rarely taken branches (rate limiting, which may wait on Redis,
+        // admission, upgrades) must not make every request's future larger.
+        let verdict = Box::pin(limiter.check(conn.peer.ip(), req.headers())).await;
         if !verdict.allowed {
             return Ok(routing::finish(
                 route,
@@ -149,7 +153,7 @@ async fn proxy(
         .flatten();
     drop(snapshot);
     let permit = match (&cluster.admission, rank) {
-        (Some(admission), Some(rank)) => match admission.acquire(rank).await {
+        (Some(admission), Some(rank)) => match Box::pin(admission.acquire(rank)).await {
             Ok(permit) => Some(permit),
             Err(why) => {
                 let shed = admission.shed_response(cluster.name(), rank, why);
@@ -159,7 +163,15 @@ async fn proxy(
         _ => None,
     };
     let result = if upgrade::requested(&req) {
-        upgrade::forward(&cluster, conn, req, host, route, body_limits).await
+        Box::pin(upgrade::forward(
+            &cluster,
+            conn,
+            req,
+            host,
+            route,
+            body_limits,
+        ))
+        .await
     } else {
         let request = Routed {
             host,
@@ -248,6 +260,8 @@ async fn forward_to(
         .as_ref()
         .and_then(|t| t.lookup(&parts.headers, &cluster.set));
     let mut pin = pinned;
+    // The request head, kept for attempts after the first.
+    let mut parts = Some(parts);
     cluster.retry_budget.deposit();
     while attempts < max_attempts {
         let Some(request_body) = body.take() else {
@@ -298,7 +312,10 @@ async fn forward_to(
         let retry_body = request_body.reclaim();
         // Origin-form URI: the pool connects to the backend's authority.
         let uri = Uri::from(path.clone());
-        let upstream_req = Request::from_parts(clone_parts(&parts, uri), request_body);
+        let upstream_req = Request::from_parts(
+            attempt_head(&mut parts, uri, attempts == max_attempts),
+            request_body,
+        );
         let authority = &cluster.authorities[id.index()];
         let guard = backend.state.load.start();
         let started = Instant::now();
@@ -663,8 +680,32 @@ pub(super) fn upstream_uri(cluster: &ClusterSnapshot, id: BackendId, path: &Path
     Uri::from_parts(parts).expect("scheme, authority and path are all set")
 }
 
-/// A copy of the request head for one attempt, with the attempt's `uri`
-/// (the original is kept for retries).
+/// The request head for one attempt, with the attempt's `uri`.
+///
+/// While another attempt may follow, this is a copy (the original is kept
+/// for the retry); the last attempt a cluster allows takes the original,
+/// so a cluster without retries never copies a head.
+fn attempt_head(
+    parts: &mut Option<http::request::Parts>,
+    uri: Uri,
+    last: bool,
+) -> http::request::Parts {
+    let kept = if last { parts.take() } else { None };
+    match kept {
+        Some(mut head) => {
+            head.uri = uri;
+            head
+        }
+        None => clone_parts(
+            parts
+                .as_ref()
+                .expect("the head is kept until the last attempt"),
+            uri,
+        ),
+    }
+}
+
+/// A copy of the request head with another `uri`.
 fn clone_parts(parts: &http::request::Parts, uri: Uri) -> http::request::Parts {
     let mut req = Request::new(());
     *req.method_mut() = parts.method.clone();
