@@ -673,6 +673,59 @@ mod tests {
     }
 
     #[test]
+    fn a_request_out_of_healthy_backends_falls_back_to_enabled_ones() {
+        // The soak's burst: b0 healthy (dead, not yet noticed), b1 draining,
+        // b2 ejected but alive. One healthy of two enabled is exactly 50%:
+        // no panic. A retry after b0 refused must still find b2.
+        use crate::selector::{pick_or_fall_back, SelectorConfig};
+        use crate::{AdminState, Algorithm};
+        let p = policy();
+        for threshold in [50, 0] {
+            let mut backends: Vec<Backend> =
+                (0..3).map(|i| Backend::new(format!("b{i}"), 1)).collect();
+            backends[1].admin = AdminState::Draining;
+            for _ in 0..p.consecutive_failures {
+                let set = BackendSet::new(backends.clone());
+                backends[2]
+                    .state
+                    .record_outcome(Outcome::Failure, 0, &p, &set);
+            }
+            assert!(backends[2].state.health.is_ejected());
+            let set = BackendSet::new(backends).with_panic_threshold(threshold);
+            assert!(!set.in_panic());
+            for algorithm in Algorithm::ALL {
+                let selector = algorithm.build(&set, &SelectorConfig::default());
+                let mut rng = fastrand::Rng::with_seed(7);
+                for _ in 0..20 {
+                    let mut ctx = PickContext::new(MILLISECOND, &mut rng);
+                    assert_eq!(
+                        pick_or_fall_back(selector.as_ref(), &set, &mut ctx, None),
+                        Some(BackendId(0)),
+                        "{algorithm}: a healthy backend is left, no fallback"
+                    );
+                    let tried = [BackendId(0)];
+                    ctx.exclude = &tried;
+                    assert_eq!(selector.pick(&set, &mut ctx), None, "{algorithm}");
+                    let mut trail = String::new();
+                    let picked =
+                        pick_or_fall_back(selector.as_ref(), &set, &mut ctx, Some(&mut trail));
+                    assert!(!ctx.ignore_health, "the fallback is for one pick");
+                    if threshold == 0 {
+                        assert_eq!(picked, None, "{algorithm}: never panic means never");
+                    } else {
+                        assert_eq!(
+                            picked,
+                            Some(BackendId(2)),
+                            "{algorithm}: the ejected backend, never the draining one"
+                        );
+                        assert!(trail.contains("health ignored"), "{trail}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn panic_threshold_zero_never_panics() {
         let p = policy();
         let set = set(2).with_panic_threshold(0);

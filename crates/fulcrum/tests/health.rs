@@ -381,3 +381,75 @@ async fn refused_connections_cost_retries_not_errors_beyond_the_retry_budget() {
         report.total
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_backend_costs_a_retry_when_the_only_live_one_is_ejected() {
+    // The soak's error bursts: b2 was ejected by outlier detection and has
+    // come back (its probes pass, its ejection runs on), b1 is drained
+    // through the admin API, then b0 dies. Until probes mark b0 down, b0 is
+    // the one healthy enabled backend of two: exactly the 50% panic
+    // threshold, so no panic mode. Every request tried b0, was refused, and
+    // its retry found no healthy backend left: a 503 although b2 was alive.
+    // A request that runs out of healthy backends must fall back to the
+    // enabled ones (health ignored, as in panic mode) instead.
+    let mut bs = backends(&["1ms", "1ms", "1ms"]).await;
+    let addrs: Vec<_> = bs.iter().map(|b| b.addr).collect();
+    let config = simple_config(&cluster_with(
+        "round-robin",
+        &addrs,
+        "[cluster.app.health]\npath = \"/healthz\"\ninterval = \"1s\"\ntimeout = \"200ms\"\n\
+         jitter = \"0s\"\nrise = 2\nfall = 2\n\
+         [cluster.app.outlier]\nconsecutive_failures = 1\nbase_ejection = \"30s\"\n",
+    ));
+    const TOKEN: &str = "panic-test-token";
+    let proxy = Proxy::run_with_env(&config, &[("FULCRUM_ADMIN_TOKEN", TOKEN)]);
+    let addr = proxy.addr("web");
+    let client = client();
+
+    // b2 fails a request and is ejected for 30 s, then recovers.
+    bs[2].set_mode(Mode::Fail { status: 500 });
+    for _ in 0..3 {
+        get(&client, addr, "/").await;
+    }
+    let b2 = addrs[2].to_string();
+    let ejected = tokio::task::block_in_place(|| {
+        wait_for_log(&proxy, &["backend ejected", &b2], Duration::from_secs(2))
+    });
+    assert!(ejected.is_some(), "b2 ejected");
+    bs[2].set_mode(Mode::Normal);
+
+    // b1 drained through the admin API.
+    let patch = http::Request::builder()
+        .method("PATCH")
+        .uri(format!(
+            "http://{}/api/v1/clusters/app/backends/{}",
+            proxy.admin, addrs[1]
+        ))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Full::new(Bytes::from_static(br#"{"state": "draining"}"#)))
+        .unwrap();
+    let answer = send(&client, patch).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    // Only b0 is left taking requests.
+    for _ in 0..5 {
+        assert_eq!(get(&client, addr, "/").await.backend(), Some("b0"));
+    }
+
+    // b0 dies. Probes need two failures 1 s apart to notice, so the next
+    // half second is all before b0 is marked down.
+    bs.remove(0).shutdown().await;
+    let report = run_load(load_options(addr, 4, Duration::from_millis(500))).await;
+    assert!(report.total > 20, "too little traffic: {report}");
+    assert_no_errors(&report);
+    assert_eq!(report.backend_count("b2"), report.total, "{report}");
+
+    // Once probes notice, panic mode spreads over b0 and b2: still no error.
+    let panic = tokio::task::block_in_place(|| {
+        wait_for_log(&proxy, &["panic mode:"], Duration::from_secs(5))
+    });
+    assert!(panic.is_some(), "panic mode once b0 is down");
+    let report = run_load(load_options(addr, 4, Duration::from_millis(500))).await;
+    assert_no_errors(&report);
+    assert_eq!(report.backend_count("b2"), report.total, "{report}");
+}

@@ -286,8 +286,16 @@ async fn connect(
             key,
             rng: &mut rng,
             exclude: &tried[..attempts],
+            ignore_health: false,
         };
-        let Some(id) = cluster.selector.pick(&cluster.set, &mut ctx) else {
+        // Out of healthy backends, fall back to the enabled ones (health
+        // ignored): a dead backend not yet marked down costs a retry.
+        let Some(id) = fulcrum_balance::selector::pick_or_fall_back(
+            cluster.selector.as_ref(),
+            &cluster.set,
+            &mut ctx,
+            None,
+        ) else {
             break;
         };
         tried[attempts] = id;

@@ -140,11 +140,15 @@ async fn open_flow(
             key: Some(crate::tcp::client_key(client)),
             rng: &mut rng,
             exclude: &[],
+            ignore_health: false,
         };
-        let id = cluster
-            .selector
-            .pick(&cluster.set, &mut ctx)
-            .ok_or_else(|| not_found("no usable backend"))?;
+        let id = fulcrum_balance::selector::pick_or_fall_back(
+            cluster.selector.as_ref(),
+            &cluster.set,
+            &mut ctx,
+            None,
+        )
+        .ok_or_else(|| not_found("no usable backend"))?;
         let backend = cluster.set.get(id);
         (backend.address.clone(), backend.state.load.start())
     };

@@ -576,6 +576,7 @@ impl<'a> Engine<'a> {
             rng: &mut view.rng,
             exclude: &[],
             client: source.map(|c| self.geo.clients[c].point),
+            ignore_health: false,
         };
         let Some(id) = view.selector.pick(&view.set, &mut ctx) else {
             if measured {

@@ -84,6 +84,10 @@ pub struct PickContext<'a> {
     /// Where the client is, when known (GeoIP or a trusted header), for
     /// the `geo` selector.
     pub client: Option<GeoPoint>,
+    /// Ignore health for this pick, as panic mode does for the whole
+    /// cluster: every enabled backend not yet tried is a candidate. Set by
+    /// [`pick_or_fall_back`] once no healthy candidate is left.
+    pub ignore_health: bool,
 }
 
 impl<'a> PickContext<'a> {
@@ -95,16 +99,69 @@ impl<'a> PickContext<'a> {
             rng,
             exclude: &[],
             client: None,
+            ignore_health: false,
         }
     }
 
     /// Whether `id` may take this request: usable (or merely enabled while
-    /// the set is in panic mode, see [`BackendSet::is_usable`]) and not
-    /// already tried.
+    /// the set is in panic mode, see [`BackendSet::is_usable`], or while
+    /// [`ignore_health`](Self::ignore_health) is set) and not already tried.
     #[inline]
     pub fn is_candidate(&self, set: &BackendSet, id: BackendId) -> bool {
-        set.is_usable(id) && !self.exclude.contains(&id)
+        let usable = if self.ignore_health {
+            set.get(id).is_enabled()
+        } else {
+            set.is_usable(id)
+        };
+        usable && !self.exclude.contains(&id)
     }
+}
+
+/// Picks with `selector` like [`Selector::pick`] (or
+/// [`Selector::explain`] when `explain` is given); when no healthy
+/// candidate is left, picks again with health ignored
+/// ([`PickContext::ignore_health`]): panic mode for this one request.
+///
+/// Panic mode is a cluster-wide verdict on the health bits, and the health
+/// bits lag: a backend that just died is still "healthy" until probes or
+/// outlier detection notice, and an ejected backend that came back stays
+/// ejected for its whole ejection. With one healthy backend of two enabled
+/// (exactly a 50% threshold, no panic) and that one dead, a request that was
+/// refused by it had no candidate left for its retry, although the ejected
+/// backend was alive. Falling back makes a dead backend cost a retry, not an
+/// error; it only ever widens an empty choice, so it changes nothing while a
+/// healthy untried backend remains.
+///
+/// A cluster whose panic threshold is 0 (never panic) never falls back:
+/// its operator asked for health to be respected whatever happens.
+pub fn pick_or_fall_back(
+    selector: &dyn Selector,
+    set: &BackendSet,
+    ctx: &mut PickContext<'_>,
+    mut explain: Option<&mut String>,
+) -> Option<BackendId> {
+    let mut pick = |ctx: &mut PickContext<'_>| match explain.as_deref_mut() {
+        None => selector.pick(set, ctx),
+        Some(out) => {
+            if !out.is_empty() {
+                out.push_str(" | ");
+            }
+            if ctx.ignore_health {
+                out.push_str("health ignored: ");
+            }
+            selector.explain(set, ctx, out)
+        }
+    };
+    if let Some(id) = pick(ctx) {
+        return Some(id);
+    }
+    if ctx.ignore_health || set.panic_threshold() == 0 {
+        return None;
+    }
+    ctx.ignore_health = true;
+    let picked = pick(ctx);
+    ctx.ignore_health = false;
+    picked
 }
 
 /// An algorithm that picks a backend for one request.

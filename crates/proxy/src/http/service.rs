@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
+use fulcrum_balance::selector::pick_or_fall_back;
 use fulcrum_balance::{BackendId, InFlightGuard, Outcome, PickContext};
 use fulcrum_config::HashKey;
 use http::header::HeaderName;
@@ -278,16 +279,19 @@ async fn forward_to(
             rng: &mut rng,
             exclude: &tried[..attempts],
             client,
+            ignore_health: false,
         };
-        let picked = match decisions.as_mut() {
-            _ if pin.is_some() => pin.take(),
-            None => cluster.selector.pick(&cluster.set, &mut ctx),
-            Some(out) => {
-                if !out.is_empty() {
-                    out.push_str(" | ");
-                }
-                cluster.selector.explain(&cluster.set, &mut ctx, out)
-            }
+        // Out of healthy backends (say the one left was just refused, dead
+        // but not yet marked down), the request falls back to the enabled
+        // ones, health ignored, rather than fail while one may be alive.
+        let picked = match pin.take() {
+            Some(id) => Some(id),
+            None => pick_or_fall_back(
+                cluster.selector.as_ref(),
+                &cluster.set,
+                &mut ctx,
+                decisions.as_mut(),
+            ),
         };
         let Some(id) = picked else {
             break;

@@ -88,9 +88,12 @@ pub(super) async fn forward(
     let now = clock::now();
     let id = match pinned {
         Some(id) => Some(id),
-        None => cluster
-            .selector
-            .pick(&cluster.set, &mut PickContext::new(now, &mut rng)),
+        None => fulcrum_balance::selector::pick_or_fall_back(
+            cluster.selector.as_ref(),
+            &cluster.set,
+            &mut PickContext::new(now, &mut rng),
+            None,
+        ),
     }
     .ok_or_else(|| ProxyError::NoBackend {
         cluster: cluster.name().to_owned(),
