@@ -266,51 +266,24 @@ async fn h2_request(addr: SocketAddr, headers: &[(&[u8], &[u8])]) -> Option<u16>
     out.extend(h2_frame(0x1, 0x5, 1, &block));
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(&out).await.unwrap();
-    let mut buf = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut at = 0;
-    loop {
-        // Walk the frames received since the last read.
-        while buf.len() >= at + 9 {
-            let len = (buf[at] as usize) << 16 | (buf[at + 1] as usize) << 8 | buf[at + 2] as usize;
-            if buf.len() < at + 9 + len {
-                break;
-            }
-            let (kind, flags) = (buf[at + 3], buf[at + 4]);
-            let stream = u32::from_be_bytes(buf[at + 5..at + 9].try_into().unwrap()) & 0x7fff_ffff;
-            let payload = &buf[at + 9..at + 9 + len];
-            match kind {
-                0x4 if flags & 1 == 0 => {
-                    let ack = h2_frame(0x4, 1, 0, &[]);
-                    let _ = s.write_all(&ack).await;
-                }
-                0x1 if stream == 1 => {
-                    // :status from the static table (index 8..=14) or a literal.
-                    let first = payload.first().copied().unwrap_or(0);
-                    return Some(match first {
-                        0x88 => 200,
-                        0x89 => 204,
-                        0x8a => 206,
-                        0x8b => 304,
-                        0x8c => 400,
-                        0x8d => 404,
-                        0x8e => 500,
-                        _ => 0,
-                    });
-                }
-                0x3 if stream == 1 => return None,
-                0x7 => return None,
-                _ => {}
-            }
-            at += 9 + len;
-        }
-        let mut chunk = [0u8; 4096];
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, s.read(&mut chunk)).await {
-            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-            _ => return None,
-        }
+    // Stream 1's answer, its reset, or the connection's end.
+    let ends = |f: &H2Frame| (matches!(f.kind, 0x1 | 0x3) && f.stream == 1) || f.kind == 0x7;
+    let frames = h2_read_frames(&mut s, Duration::from_secs(5), |fs| fs.iter().any(ends)).await;
+    let last = frames.iter().find(|f| ends(f))?;
+    if last.kind != 0x1 {
+        return None;
     }
+    // :status from the static table (index 8..=14) or a literal.
+    Some(match last.payload.first().copied().unwrap_or(0) {
+        0x88 => 200,
+        0x89 => 204,
+        0x8a => 206,
+        0x8b => 304,
+        0x8c => 400,
+        0x8d => 404,
+        0x8e => 500,
+        _ => 0,
+    })
 }
 
 #[tokio::test]
@@ -511,6 +484,24 @@ async fn timed_gets(client: &HttpClient, addr: SocketAddr, span: Duration) -> Ve
     out
 }
 
+/// The p99 of GETs sent for `span` after `warm` of warm-up, from a thread
+/// and runtime of their own, so the test's other tasks cannot delay them.
+fn p99_on_own_runtime(addr: SocketAddr, warm: Duration, span: Duration) -> Duration {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let client = common::client();
+            timed_gets(&client, addr, warm).await;
+            p99(timed_gets(&client, addr, span).await)
+        })
+    })
+    .join()
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_connections_are_cut_at_the_header_timeout_and_others_are_served() {
     let _alone = TIMING.write().await;
@@ -528,19 +519,7 @@ async fn slowloris_connections_are_cut_at_the_header_timeout_and_others_are_serv
     );
     let addr = proxy.addr("web");
     // Warm up, then the unloaded baseline, measured the same way as under load.
-    let unloaded = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let client = common::client();
-            timed_gets(&client, addr, Duration::from_millis(300)).await;
-            p99(timed_gets(&client, addr, Duration::from_secs(2)).await)
-        })
-    })
-    .join()
-    .unwrap();
+    let unloaded = p99_on_own_runtime(addr, Duration::from_millis(300), Duration::from_secs(2));
 
     // The attack: n connections each trickling a request head one byte per
     // second; a connection the proxy closes is replaced at once.
@@ -583,19 +562,7 @@ async fn slowloris_connections_are_cut_at_the_header_timeout_and_others_are_serv
     tokio::time::sleep(Duration::from_secs(2)).await;
     // The normal client runs on its own thread and runtime, so the attack
     // tasks of this test do not delay it in the test's own scheduler.
-    let loaded = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let client = common::client();
-            timed_gets(&client, addr, Duration::from_millis(200)).await;
-            p99(timed_gets(&client, addr, Duration::from_secs(6)).await)
-        })
-    })
-    .join()
-    .unwrap();
+    let loaded = p99_on_own_runtime(addr, Duration::from_millis(200), Duration::from_secs(6));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for a in attackers {
         let _ = tokio::time::timeout(Duration::from_secs(3), a).await;
