@@ -6,7 +6,7 @@
 //!
 //! * One **supervisor** task per [`Runtime`] ([`supervise`]) wakes every
 //!   [`TICK`], reads the current snapshot and
-//!   - starts a prober for every `(cluster, address)` of a cluster with
+//!   - when the snapshot changed since the last tick, starts a prober for every `(cluster, address)` of a cluster with
 //!     `[cluster.NAME.health]`, restarts it when its settings change and
 //!     stops it when the backend or the health section goes away (the
 //!     backend's `Arc<BackendState>` survives reloads, so a reload does not
@@ -48,7 +48,7 @@ use tokio::task::JoinHandle;
 
 use crate::backend_tls::BackendTls;
 use crate::clock;
-use crate::state::{ClusterSnapshot, Runtime};
+use crate::state::{ClusterSnapshot, Runtime, Snapshot};
 
 /// How often the supervisor reconciles probers, ends ejections and checks
 /// panic mode: 100 ms keeps an ejection's end and a new backend's first
@@ -135,8 +135,14 @@ struct Prober {
 }
 
 /// Runs health checking for `runtime` until `shutdown` turns true.
+///
+/// Every [`TICK`] it advances each backend's health state machine and the
+/// clusters' panic state. Probers are reconciled with the configuration
+/// only when the snapshot changed (a reload or an API change publishes a new
+/// one), so a steady tick allocates nothing per backend.
 pub async fn supervise(runtime: Arc<Runtime>, mut shutdown: watch::Receiver<bool>) {
     let mut probers: HashMap<(String, String), Prober> = HashMap::new();
+    let mut reconciled: Option<Arc<Snapshot>> = None;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -147,61 +153,82 @@ pub async fn supervise(runtime: Arc<Runtime>, mut shutdown: watch::Receiver<bool
         if *shutdown.borrow() {
             break;
         }
-        let snapshot = runtime.snapshot();
+        let snapshot = runtime.snapshot_owned();
         let now = clock::now();
-        let mut live = HashSet::new();
         for cluster in snapshot.clusters.values() {
             for b in cluster.set.backends() {
                 if let Some(t) = b.state.tick_health(now, &cluster.health) {
                     report(cluster, &b.address, &t, None);
                 }
-                let Some(config) = &cluster.config.health else {
+                if cluster.config.health.is_none() {
                     // Health checking off: no stale probe verdict may keep it down.
                     if let Some(t) = b.state.clear_probe_verdict(now) {
                         report(cluster, &b.address, &t, Some("health checking turned off"));
                     }
-                    continue;
-                };
-                let key = (cluster.name().to_owned(), b.address.clone());
-                let current = probers.get(&key).is_some_and(|p| {
-                    p.config == *config
-                        && p.policy == cluster.health
-                        && Arc::ptr_eq(&p.state, &b.state)
-                });
-                if !current {
-                    let task = tokio::spawn(probe_loop(
-                        Arc::clone(&runtime),
-                        key.0.clone(),
-                        key.1.clone(),
-                        Arc::clone(&b.state),
-                        config.clone(),
-                        cluster.health.clone(),
-                    ));
-                    let prober = Prober {
-                        config: config.clone(),
-                        policy: cluster.health.clone(),
-                        state: Arc::clone(&b.state),
-                        task,
-                    };
-                    if let Some(old) = probers.insert(key.clone(), prober) {
-                        old.task.abort();
-                    }
                 }
-                live.insert(key);
             }
             refresh_panic(cluster);
         }
-        probers.retain(|key, p| {
-            let keep = live.contains(key);
-            if !keep {
-                p.task.abort();
-            }
-            keep
-        });
+        if !reconciled
+            .as_ref()
+            .is_some_and(|r| Arc::ptr_eq(r, &snapshot))
+        {
+            reconcile(&runtime, &snapshot, &mut probers);
+            reconciled = Some(snapshot);
+        }
     }
     for (_, p) in probers {
         p.task.abort();
     }
+}
+
+/// Starts a prober for each health-checked backend of `snapshot` that has
+/// none (or whose check, policy or state changed) and stops the probers of
+/// backends that are gone.
+fn reconcile(
+    runtime: &Arc<Runtime>,
+    snapshot: &Snapshot,
+    probers: &mut HashMap<(String, String), Prober>,
+) {
+    let mut live = HashSet::new();
+    for cluster in snapshot.clusters.values() {
+        let Some(config) = &cluster.config.health else {
+            continue;
+        };
+        for b in cluster.set.backends() {
+            let key = (cluster.name().to_owned(), b.address.clone());
+            let current = probers.get(&key).is_some_and(|p| {
+                p.config == *config && p.policy == cluster.health && Arc::ptr_eq(&p.state, &b.state)
+            });
+            if !current {
+                let task = tokio::spawn(probe_loop(
+                    Arc::clone(runtime),
+                    key.0.clone(),
+                    key.1.clone(),
+                    Arc::clone(&b.state),
+                    config.clone(),
+                    cluster.health.clone(),
+                ));
+                let prober = Prober {
+                    config: config.clone(),
+                    policy: cluster.health.clone(),
+                    state: Arc::clone(&b.state),
+                    task,
+                };
+                if let Some(old) = probers.insert(key.clone(), prober) {
+                    old.task.abort();
+                }
+            }
+            live.insert(key);
+        }
+    }
+    probers.retain(|key, p| {
+        let keep = live.contains(key);
+        if !keep {
+            p.task.abort();
+        }
+        keep
+    });
 }
 
 /// Probes one backend forever (until aborted by the supervisor).
