@@ -60,7 +60,7 @@ wait_port() { for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/nul
 wait_port "$P1"
 
 # 1. instructions per request
-FULCRUM_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.out" \
+FULCRUM_LOG=warn valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$OUT/cg.out" \
     "$BIN" run -c "$OUT/fulcrum.toml" 2>"$OUT/valgrind.err" & FPID=$!
 wait_port "$PX"
 python3 "$ROOT/bench/fixed_load.py" "127.0.0.1:$PX" "$URLPATH" 500 10 "$MODE" >/dev/null
