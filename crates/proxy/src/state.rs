@@ -40,7 +40,7 @@ pub struct ClusterSnapshot {
     /// The upstream connection pool.
     pub upstream: Upstream,
     /// Each backend's address as a URI authority, by [`fulcrum_balance::BackendId`].
-    pub authorities: Vec<http::uri::Authority>,
+    pub authorities: Vec<crate::upstream::BackendAddr>,
     /// Health thresholds (probes and outlier detection).
     pub health: HealthPolicy,
     /// The cluster's retry budget (survives reloads while its settings do).
@@ -291,9 +291,11 @@ impl Control {
                 .backends()
                 .iter()
                 .map(|b| {
-                    b.address
-                        .parse()
-                        .expect("backend addresses are validated as host:port")
+                    crate::upstream::BackendAddr::new(
+                        b.address
+                            .parse()
+                            .expect("backend addresses are validated as host:port"),
+                    )
                 })
                 .collect();
             let upstream = match self.upstreams.get(name) {

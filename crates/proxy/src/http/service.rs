@@ -320,11 +320,11 @@ async fn forward_to(
             attempt_head(&mut parts, uri, attempts == max_attempts),
             request_body,
         );
-        let authority = &cluster.authorities[id.index()];
+        let addr = &cluster.authorities[id.index()];
         let guard = backend.state.load.start();
         let started = Instant::now();
         let sent = response_within(
-            cluster.upstream.send(authority, upstream_req),
+            cluster.upstream.send(addr, upstream_req),
             try_timeout.min(remaining),
             retry_body.as_ref(),
         )
@@ -679,7 +679,7 @@ pub(super) fn upstream_uri(cluster: &ClusterSnapshot, id: BackendId, path: &Path
     } else {
         Scheme::HTTP
     });
-    parts.authority = Some(cluster.authorities[id.index()].clone());
+    parts.authority = Some(cluster.authorities[id.index()].authority().clone());
     parts.path_and_query = Some(path.clone());
     Uri::from_parts(parts).expect("scheme, authority and path are all set")
 }
