@@ -77,9 +77,13 @@ impl Protocol {
 /// Limits and timeouts on the client side of an HTTP listener.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HttpLimits {
-    /// Time to receive the request head; closes slowloris connections.
+    /// Time to receive one HTTP/1 request head, counted from its first
+    /// byte (and the TLS handshake, counted from accept); closes slowloris
+    /// connections. A kept-alive connection waiting for its next request is
+    /// not timed by it.
     pub header_timeout: Duration,
-    /// Idle keep-alive connections are closed after this long.
+    /// Connections with no bytes moving either way for this long are
+    /// closed; this alone bounds an idle keep-alive connection.
     pub idle_timeout: Duration,
     /// Largest request head in bytes (431 beyond it).
     pub max_header_bytes: usize,

@@ -607,6 +607,156 @@ async fn slowloris_connections_are_cut_at_the_header_timeout_and_others_are_serv
 }
 
 // ---------------------------------------------------------------------------
+// Keep-alive idle time and the header timeout.
+
+/// Listener timers for the keep-alive tests: [`PAUSE`] is longer than the
+/// header timeout and shorter than the idle timeout.
+const KEEP_ALIVE_TIMERS: &str = "header_timeout = \"300ms\"\nidle_timeout = \"2s\"";
+
+/// A client's silence between two requests on a kept-alive connection.
+const PAUSE: Duration = Duration::from_secs(1);
+
+/// Reads one whole answer (head and Content-Length body) off `s`; returns
+/// what was read when the answer is complete, the connection closes or 5 s
+/// pass.
+async fn read_answer(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while complete_request(&out).is_none() {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Sends `head`, then one more byte of a header every 50 ms, never
+/// finishing the head, until the proxy closes the connection or `within`
+/// passes. Returns what the proxy sent and how long after `head` it closed.
+async fn trickle_head(
+    s: &mut TcpStream,
+    head: &[u8],
+    within: Duration,
+) -> (String, Option<Duration>) {
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let mut filler = b"X-Slow: ".iter().cycle();
+    let mut next: &[u8] = head;
+    let closed = loop {
+        if s.write_all(next).await.is_err() {
+            break Some(started.elapsed());
+        }
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await {
+            Err(_) => {}
+            Ok(Ok(0)) | Ok(Err(_)) => break Some(started.elapsed()),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+        if started.elapsed() > within {
+            break None;
+        }
+        next = std::slice::from_ref(filler.next().unwrap());
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+#[tokio::test]
+async fn keep_alive_connection_idle_past_the_header_timeout_is_still_served() {
+    let _shared = TIMING.read().await;
+    let backend = RecordingBackend::spawn().await;
+    let proxy = proxy_to(backend.addr, KEEP_ALIVE_TIMERS);
+    let mut s = TcpStream::connect(proxy.addr("web")).await.unwrap();
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let text = read_answer(&mut s).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    tokio::time::sleep(PAUSE).await;
+    // A write to a connection the proxy closed may still succeed; the
+    // answer tells.
+    let _ = s
+        .write_all(b"GET /second HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let text = read_answer(&mut s).await;
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "second request after {PAUSE:?} idle ({KEEP_ALIVE_TIMERS:?}): {text:?}"
+    );
+}
+
+#[tokio::test]
+async fn keep_alive_connection_idle_for_the_idle_timeout_is_closed() {
+    let _shared = TIMING.read().await;
+    let backend = RecordingBackend::spawn().await;
+    let proxy = proxy_to(backend.addr, KEEP_ALIVE_TIMERS);
+    let mut s = TcpStream::connect(proxy.addr("web")).await.unwrap();
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let text = read_answer(&mut s).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let idle = Instant::now();
+    let mut buf = [0u8; 512];
+    // Closed between one and two idle periods after the last byte (the idle
+    // check runs once a period); 10 s catches a connection kept for ever.
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+    let closed_after = idle.elapsed();
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "idle connection not closed: {read:?}"
+    );
+    // Not at the header timeout (300 ms); some slack below idle_timeout
+    // (2 s) for a loaded machine.
+    assert!(
+        closed_after >= Duration::from_millis(1500),
+        "closed after {closed_after:?} idle ({KEEP_ALIVE_TIMERS:?})"
+    );
+}
+
+#[tokio::test]
+async fn partial_request_head_is_cut_at_the_header_timeout_from_its_first_byte() {
+    let _shared = TIMING.read().await;
+    let backend = RecordingBackend::spawn().await;
+    // The idle timeout is far off: only the header timeout can close these.
+    let proxy = proxy_to(
+        backend.addr,
+        "header_timeout = \"300ms\"\nidle_timeout = \"10s\"",
+    );
+    let addr = proxy.addr("web");
+    let head = b"GET /slow HTTP/1.1\r\nHost: x\r\n";
+    // On a new connection, and on a kept-alive one after a pause longer
+    // than the header timeout (the clock starts with the head, not with
+    // the wait for it).
+    for kept_alive in [false, true] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        if kept_alive {
+            s.write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let text = read_answer(&mut s).await;
+            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+            tokio::time::sleep(PAUSE).await;
+        }
+        let (text, closed) = trickle_head(&mut s, head, Duration::from_secs(5)).await;
+        let closed = closed.unwrap_or_else(|| {
+            panic!("kept alive {kept_alive}: a head trickled for 5 s was not cut")
+        });
+        eprintln!("kept alive {kept_alive}: cut {closed:?} after the head's first byte");
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "kept alive {kept_alive}: {text}"
+        );
+        assert!(
+            closed >= Duration::from_millis(250),
+            "kept alive {kept_alive}: cut {closed:?} after the head's first byte"
+        );
+    }
+    assert!(!backend.received().contains("/slow"));
+}
+
+// ---------------------------------------------------------------------------
 // Access control.
 
 #[tokio::test]

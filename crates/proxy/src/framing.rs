@@ -71,6 +71,8 @@ pub struct FramingGuard {
     max_body: u64,
     /// Chunk data declared so far in the current message.
     body_so_far: u64,
+    /// Request heads completed so far (see [`FramingGuard::head_in_progress`]).
+    heads: u64,
 }
 
 impl FramingGuard {
@@ -86,6 +88,7 @@ impl FramingGuard {
             pass_after_body: false,
             max_body: u64::MAX,
             body_so_far: 0,
+            heads: 0,
         }
     }
 
@@ -94,6 +97,16 @@ impl FramingGuard {
     pub fn with_max_body(mut self, max: u64) -> Self {
         self.max_body = max;
         self
+    }
+
+    /// The request head the bytes fed so far end inside of, by its number
+    /// (the count of complete heads before it); `None` between messages
+    /// (blank lines included), inside a body, and once the guard steps
+    /// aside. The connection times a head from the read that brings its
+    /// first byte (`header_timeout`): a head that arrives whole in one read,
+    /// the common case, is never timed.
+    pub fn head_in_progress(&self) -> Option<u64> {
+        (self.state == State::Head && !self.head.is_empty()).then_some(self.heads)
     }
 
     /// Feeds bytes just read. On `Err`, the first value is how many of
@@ -280,6 +293,7 @@ impl FramingGuard {
 
     /// Sets the state for the message whose head was classified.
     fn apply(&mut self, verdict: Result<HeadKind, Rejection>) -> Result<(), Rejection> {
+        self.heads += 1;
         match verdict? {
             // Malformed or too many headers: the HTTP parser refuses it itself.
             HeadKind::Unparsed => self.state = State::Pass,
@@ -546,6 +560,42 @@ mod tests {
                 String::from_utf8_lossy(data)
             );
         }
+    }
+
+    #[test]
+    fn framing_guard_reports_a_head_in_progress_from_its_first_byte_to_its_end() {
+        let mut g = guard();
+        assert_eq!(g.head_in_progress(), None, "a new connection");
+        g.feed(b"\r\n").unwrap();
+        assert_eq!(g.head_in_progress(), None, "blank lines are not a head");
+        g.feed(b"G").unwrap();
+        assert_eq!(g.head_in_progress(), Some(0));
+        g.feed(b"ET / HTTP/1.1\r\nHost: a\r\n").unwrap();
+        assert_eq!(g.head_in_progress(), Some(0), "the same head");
+        g.feed(b"\r\n").unwrap();
+        assert_eq!(g.head_in_progress(), None, "idle between requests");
+        // A whole head in one read is never in progress; a read that ends
+        // inside the next one starts a new head.
+        g.feed(b"GET /b HTTP/1.1\r\nHost: a\r\n\r\nGET /c HTTP/1.1\r\n")
+            .unwrap();
+        assert_eq!(g.head_in_progress(), Some(2));
+        g.feed(b"Host: a\r\nContent-Length: 3\r\n\r\nab").unwrap();
+        assert_eq!(g.head_in_progress(), None, "inside a body");
+        g.feed(b"cGET /d HTTP/1.1\r\n").unwrap();
+        assert_eq!(g.head_in_progress(), Some(3));
+    }
+
+    #[test]
+    fn framing_guard_reports_no_head_in_progress_once_it_steps_aside() {
+        let mut g = guard();
+        g.feed(b"PRI * HTTP/2.0\r\n").unwrap();
+        assert_eq!(g.head_in_progress(), Some(0), "maybe the HTTP/2 preface");
+        g.feed(&H2_PREFACE[16..]).unwrap();
+        assert_eq!(g.head_in_progress(), None, "HTTP/2");
+        let mut g = guard();
+        g.feed(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\nGET / HTTP/1.1\r\n")
+            .unwrap();
+        assert_eq!(g.head_in_progress(), None, "after an upgrade");
     }
 
     #[test]

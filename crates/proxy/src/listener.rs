@@ -3,14 +3,25 @@
 //! Each HTTP listener accepts connections up to its `max_connections`
 //! (further clients wait in the kernel's accept queue), serves HTTP/1.1 and
 //! HTTP/2 with prior knowledge on the same port, and enforces the header
-//! read timeout, header size and count limits. A connection with no bytes
+//! timeout, header size and count limits. A connection with no bytes
 //! moving in either direction for `idle_timeout` is closed gracefully
 //! (requests in flight still finish).
+//!
+//! The two timers count different things, as HAProxy's `timeout
+//! http-request` and `timeout http-keep-alive` do. `header_timeout` bounds
+//! one HTTP/1 request head from the read that brings its first byte to the
+//! read that completes it (a slowloris trickling a head is closed), and
+//! `idle_timeout` alone bounds a kept-alive connection waiting for its next
+//! request. hyper's own header read timeout is off: it starts as soon as
+//! hyper waits for the next head, so it would close every idle keep-alive
+//! connection after `header_timeout`. HTTP/2 has no request heads of this
+//! kind (its frames are bounded by h2's own limits).
 //!
 //! Shutdown stops accepting, asks every connection to finish its current
 //! requests and close, and waits up to a grace period.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -267,8 +278,9 @@ async fn accept_with(
     };
     builder
         .http1
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
+        // `header_timeout` is enforced by `ClientIo` from a head's first
+        // byte (see the module docs); hyper would default to 30 s.
+        .header_read_timeout(None)
         // A refused head ends the read side; requests before it still get
         // their answers (then the 400 follows and the connection closes).
         .half_close(true)
@@ -441,6 +453,9 @@ async fn serve_connection<S>(
         activity: Arc::clone(&activity),
         framing: FramingGuard::new(limits.max_header_bytes, limits.max_headers)
             .with_max_body(framing_max_body),
+        header_timeout: limits.header_timeout,
+        timed_head: None,
+        head_deadline: None,
         rejected: None,
         peer: info.peer,
         read_ahead: Vec::new(),
@@ -531,7 +546,7 @@ impl CloseWatch<'_> {
     /// the requests in flight and close (`graceful`).
     async fn drive<F>(mut self, mut conn: Pin<&mut F>, graceful: fn(Pin<&mut F>))
     where
-        F: std::future::Future<Output = Result<(), hyper::Error>>,
+        F: Future<Output = Result<(), hyper::Error>>,
     {
         let mut closing = false;
         loop {
@@ -577,12 +592,24 @@ const FIRST_READ: usize = 4096;
 /// * runs the [`FramingGuard`] over every byte read: an ambiguous request
 ///   is cut off before the HTTP parser sees it, and the connection answers
 ///   `400` and closes once the parser is done with earlier requests;
+/// * times each HTTP/1 request head that does not arrive in one read, from
+///   the read that brings its first byte: when the parser waits for more of
+///   it past `header_timeout`, the read fails (`TimedOut`) and the
+///   connection closes. Between requests nothing is timed here (the idle
+///   check is the caller's), and a head read whole costs no clock read;
 /// * reads the first bytes itself ([`ClientIo::sniff`]) to choose the
 ///   protocol, and hands them out on the first reads.
 struct ClientIo<S: AsyncWrite + Unpin> {
     inner: S,
     activity: Arc<AtomicU64>,
     framing: FramingGuard,
+    /// Time allowed for one request head from its first byte.
+    header_timeout: Duration,
+    /// The head being timed, numbered as by [`FramingGuard::head_in_progress`].
+    timed_head: Option<u64>,
+    /// The timed head's deadline. Allocated for the first head that needs
+    /// one and reused: most connections never need one.
+    head_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Bytes of [`REJECT_RESPONSE`] written so far, once a request was refused.
     rejected: Option<usize>,
     peer: SocketAddr,
@@ -615,6 +642,36 @@ impl<S: AsyncWrite + Unpin> ClientIo<S> {
             }
         }
         Poll::Ready(())
+    }
+
+    /// Starts the head clock when the bytes just read end inside a request
+    /// head that is not timed yet (its first byte came with them), and
+    /// stops it when no head is in progress.
+    fn time_head(&mut self) {
+        let head = self.framing.head_in_progress();
+        if head == self.timed_head {
+            return;
+        }
+        self.timed_head = head;
+        if head.is_none() {
+            // A stale deadline may still wake the task once; the next read
+            // sees no head timed.
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + self.header_timeout;
+        match self.head_deadline.as_mut() {
+            Some(sleep) => sleep.as_mut().reset(deadline),
+            None => self.head_deadline = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+    }
+
+    /// Whether the timed head is past its deadline; if not, the task is
+    /// woken at the deadline.
+    fn head_overdue(&mut self, cx: &mut Context<'_>) -> bool {
+        match (self.timed_head, self.head_deadline.as_mut()) {
+            (Some(_), Some(sleep)) => sleep.as_mut().poll(cx).is_ready(),
+            _ => false,
+        }
     }
 }
 
@@ -665,6 +722,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
             self.rejected = Some(0);
             keep = before;
         }
+        self.time_head();
         self.read_ahead.extend_from_slice(&filled[..keep]);
         Poll::Ready(Ok(read))
     }
@@ -708,6 +766,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
                 this.rejected = Some(0);
                 buf.set_filled(before + keep);
             }
+            this.time_head();
+        } else if r.is_pending() && this.head_overdue(cx) {
+            // Checked only when the parser waits for bytes that are not
+            // there: a head pipelined behind a slow response, already in
+            // the socket buffer, is read rather than timed out.
+            tracing::debug!(client = %this.peer, "request head not complete within header_timeout");
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request head not complete within header_timeout",
+            )));
         }
         r
     }
