@@ -22,3 +22,15 @@ pub fn now() -> Nanos {
 pub fn at(instant: Instant) -> Nanos {
     instant.saturating_duration_since(epoch()).as_nanos() as Nanos + 1
 }
+
+/// The ticker of an idle check: its first tick is one `period` from now
+/// (an `interval` would tick at once, registering an expired timer for
+/// nothing), and after a stall (a paused process, an overloaded machine)
+/// the next tick is a full period after the late one. Catching up with two
+/// ticks back to back would see no activity between them and close a
+/// connection or flow that was not idle.
+pub fn idle_ticker(period: std::time::Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker
+}

@@ -461,9 +461,7 @@ async fn serve_connection<S>(
         read_ahead: Vec::new(),
         read_ahead_at: 0,
     };
-    // The first check is one idle period from now (an `interval` would
-    // tick at once, registering a timer per connection for nothing).
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + idle, idle);
+    let mut ticker = crate::clock::idle_ticker(idle);
     let mut seen = 0;
     // HTTP/2 with prior knowledge or HTTP/1, from the first bytes. A
     // client that sends nothing is closed by the idle check, as later.

@@ -382,8 +382,7 @@ async fn until_idle<T>(
     idle: Duration,
 ) -> io::Result<()> {
     tokio::pin!(copy);
-    let mut ticker = tokio::time::interval(idle);
-    ticker.tick().await;
+    let mut ticker = crate::clock::idle_ticker(idle);
     let mut seen = activity.load(Ordering::Relaxed);
     loop {
         tokio::select! {

@@ -188,8 +188,7 @@ async fn relay_replies(
     guard: fulcrum_balance::InFlightGuard,
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut ticker = tokio::time::interval(idle);
-    ticker.tick().await;
+    let mut ticker = crate::clock::idle_ticker(idle);
     let mut seen = activity.load(Ordering::Relaxed);
     loop {
         tokio::select! {
