@@ -34,3 +34,28 @@ pub fn idle_ticker(period: std::time::Duration) -> tokio::time::Interval {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::idle_ticker;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_ticker_waits_a_period_and_does_not_catch_up_after_a_stall() {
+        let period = Duration::from_secs(10);
+        let start = Instant::now();
+        let mut ticker = idle_ticker(period);
+        ticker.tick().await;
+        assert_eq!(start.elapsed(), period, "the first tick is a period away");
+        // A stall of three and a half periods: the missed tick fires late,
+        // once, and the next one is a whole period after it.
+        tokio::time::advance(Duration::from_secs(35)).await;
+        ticker.tick().await;
+        let late = Instant::now();
+        ticker.tick().await;
+        assert_eq!(late.elapsed(), period, "no back-to-back catch-up tick");
+    }
+}
