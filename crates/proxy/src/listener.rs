@@ -853,10 +853,11 @@ struct PerIpSlot {
 impl Drop for PerIpSlot {
     fn drop(&mut self) {
         let mut open = self.table.open.lock().expect("per-ip table lock");
-        if let Some(n) = open.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.ip);
+        // One lookup (the address is hashed with SipHash: it is the client's).
+        if let std::collections::hash_map::Entry::Occupied(mut n) = open.entry(self.ip) {
+            *n.get_mut() -= 1;
+            if *n.get() == 0 {
+                n.remove();
             }
         }
     }
