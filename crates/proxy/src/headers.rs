@@ -163,20 +163,23 @@ pub fn prepare_request_from(
     host: Option<&HeaderValue>,
     tls: bool,
 ) {
+    use http::header::Entry;
     remove_hop_by_hop(headers);
-    match headers.get(&X_FORWARDED_FOR) {
-        Some(existing) => {
+    // Each name is looked up once (`entry`), not read and then inserted.
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Occupied(mut existing) => {
             let ip = forwarded_for.as_bytes();
-            let mut v = Vec::with_capacity(existing.len() + 2 + ip.len());
-            v.extend_from_slice(existing.as_bytes());
+            let first = existing.get().as_bytes();
+            let mut v = Vec::with_capacity(first.len() + 2 + ip.len());
+            v.extend_from_slice(first);
             v.extend_from_slice(b", ");
             v.extend_from_slice(ip);
             if let Ok(v) = HeaderValue::from_bytes(&v) {
-                headers.insert(X_FORWARDED_FOR.clone(), v);
+                existing.insert(v);
             }
         }
-        None => {
-            headers.insert(X_FORWARDED_FOR.clone(), forwarded_for.clone());
+        Entry::Vacant(slot) => {
+            slot.insert(forwarded_for.clone());
         }
     }
     headers.insert(
@@ -185,8 +188,8 @@ pub fn prepare_request_from(
     );
     if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST.clone(), host.clone());
-        if !headers.contains_key(header::HOST) {
-            headers.insert(header::HOST, host.clone());
+        if let Entry::Vacant(slot) = headers.entry(header::HOST) {
+            slot.insert(host.clone());
         }
     }
     append_via(headers, version);
