@@ -5,6 +5,9 @@
 #
 # With `close`, every request opens a new client connection and sends
 # `Connection: close` (the per-connection cost is then in every request).
+# With `h2tls`, h2load sends the requests as HTTP/2 streams over TLS (10
+# connections, one stream at a time each, as `bench/compare.sh`'s h2tls
+# scenario) to a TLS listener with a self-signed certificate.
 #
 # Starts an nginx origin (3 ports) and Fulcrum (release build, one worker,
 # round-robin) under callgrind, sends 500 warm-up requests, zeroes the
@@ -25,8 +28,11 @@ chmod 755 "$OUT"
 command -v nginx >/dev/null && command -v valgrind >/dev/null && command -v strace >/dev/null || {
     apt-get install -y nginx valgrind strace >/dev/null
 }
+if [ "$MODE" = h2tls ]; then
+    command -v h2load >/dev/null && command -v openssl >/dev/null || apt-get install -y nghttp2-client openssl >/dev/null
+fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-P1=$(free_port); P2=$(free_port); P3=$(free_port); PX=$(free_port)
+P1=$(free_port); P2=$(free_port); P3=$(free_port); PX=$(free_port); PT=$(free_port)
 mkdir -p "$OUT/www"; chmod 755 "$OUT/www"
 printf 'hello fulcrum\n' > "$OUT/www/small"
 head -c 16384 /dev/zero | tr '\0' x > "$OUT/www/16k"
@@ -53,6 +59,27 @@ cluster = "app"
 algorithm = "round-robin"
 backends = [{ address = "127.0.0.1:$P1" }, { address = "127.0.0.1:$P2" }, { address = "127.0.0.1:$P3" }]
 CONF
+if [ "$MODE" = h2tls ]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+        -keyout "$OUT/key.pem" -out "$OUT/cert.pem" 2>/dev/null
+    cat >> "$OUT/fulcrum.toml" <<CONF
+[[listener]]
+name = "tls"
+bind = "127.0.0.1:$PT"
+cluster = "app"
+tls = { cert = "$OUT/cert.pem", key = "$OUT/key.pem" }
+CONF
+fi
+# Sends exactly $2 requests of $URLPATH over 10 connections; prints how many were answered.
+load() {
+    if [ "$MODE" = h2tls ]; then
+        h2load -n "$2" -c 10 -m 1 "https://127.0.0.1:$PT$URLPATH" |
+            awk '/^requests:/ { print $8; exit }'
+    else
+        python3 "$ROOT/bench/fixed_load.py" "127.0.0.1:$1" "$URLPATH" "$2" 10 "$MODE"
+    fi
+}
 nginx -c "$OUT/origin.conf" -p "$OUT" & ORIGIN=$!
 cleanup() { kill "$ORIGIN" 2>/dev/null || true; [ -n "${FPID:-}" ] && kill "$FPID" 2>/dev/null || true; }
 trap cleanup EXIT
@@ -63,9 +90,9 @@ wait_port "$P1"
 FULCRUM_LOG=warn valgrind --tool=callgrind --compress-strings=no --callgrind-out-file="$OUT/cg.out" \
     "$BIN" run -c "$OUT/fulcrum.toml" 2>"$OUT/valgrind.err" & FPID=$!
 wait_port "$PX"
-python3 "$ROOT/bench/fixed_load.py" "127.0.0.1:$PX" "$URLPATH" 500 10 "$MODE" >/dev/null
+load "$PX" 500 >/dev/null
 callgrind_control -z "$FPID" >/dev/null
-DONE=$(python3 "$ROOT/bench/fixed_load.py" "127.0.0.1:$PX" "$URLPATH" "$N" 10 "$MODE")
+DONE=$(load "$PX" "$N")
 callgrind_control -d "$FPID" >/dev/null
 kill -INT "$FPID"; wait "$FPID" || true; FPID=
 DUMP=$(ls -t "$OUT"/cg.out.* | head -1)
@@ -84,10 +111,10 @@ echo "top functions (self Ir per request): $OUT/top.txt  dump: $DUMP"
 # 2. syscalls per request
 FULCRUM_LOG=warn "$BIN" run -c "$OUT/fulcrum.toml" 2>"$OUT/fulcrum.err" & FPID=$!
 wait_port "$PX"
-python3 "$ROOT/bench/fixed_load.py" "127.0.0.1:$PX" "$URLPATH" 500 10 "$MODE" >/dev/null
+load "$PX" 500 >/dev/null
 strace -f -c -o "$OUT/strace.txt" -p "$FPID" & STRACE=$!
 sleep 1
-DONE=$(python3 "$ROOT/bench/fixed_load.py" "127.0.0.1:$PX" "$URLPATH" "$N" 10 "$MODE")
+DONE=$(load "$PX" "$N")
 kill -INT "$STRACE"; wait "$STRACE" || true
 kill -INT "$FPID"; wait "$FPID" || true; FPID=
 CALLS=$(awk '/^------/ {n++} n==2 && /total/ {print $4; exit}' "$OUT/strace.txt")

@@ -517,6 +517,11 @@ async fn serve_connection<S>(
     if h2 {
         // Boxed: HTTP/2's connection state is large and rare on a plain
         // listener; inline it would enlarge every connection's task.
+        // Each stream's request future is boxed too: hyper spawns a task
+        // per stream, and a task's future is copied whole when it is
+        // spawned, stored and finished (four copies of the request future
+        // per request, 2.5 KiB each, against one copy into the box).
+        let service = service_fn(move |req| Box::pin(hyper::service::Service::call(&service, req)));
         let mut conn = Box::pin(builder.http2.serve_connection(TokioIo::new(io), service));
         watch.drive(conn.as_mut(), |c| c.graceful_shutdown()).await;
     } else {
