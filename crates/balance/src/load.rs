@@ -60,6 +60,9 @@ pub struct Load {
     ewma_at: AtomicU64,
     /// EWMA of the failure indicator (0.0..=1.0), f64 bits.
     error_rate: AtomicU64,
+    /// EWMA of the fast-failure indicator (0.0..=1.0), f64 bits: failures
+    /// that came back sooner than the mean latency.
+    fast_error_rate: AtomicU64,
     requests: AtomicU64,
     failures: AtomicU64,
     /// Per-completion EWMA of latency (ns, f64 bits); NaN before the first sample.
@@ -107,6 +110,7 @@ impl Load {
             ewma: AtomicU64::new(f64::NAN.to_bits()),
             ewma_at: AtomicU64::new(0),
             error_rate: AtomicU64::new(0f64.to_bits()),
+            fast_error_rate: AtomicU64::new(0f64.to_bits()),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             mean_latency: AtomicU64::new(f64::NAN.to_bits()),
@@ -172,6 +176,12 @@ impl Load {
         // raises it.
         let in_flight = f64::from(self.in_flight().max(1));
         let mean = load_f64(&self.mean_latency);
+        // A failure sooner than the mean answer (or before any) is a fast
+        // one: a sinkhole's signature, unlike a timeout.
+        let fast_failure = failed && (mean.is_nan() || sample < mean);
+        let f = load_f64(&self.fast_error_rate);
+        let x = if fast_failure { 1.0 } else { 0.0 };
+        store_f64(&self.fast_error_rate, f + (x - f) / 8.0);
         let latency_sample = if failed && !mean.is_nan() {
             sample.max(mean)
         } else {
@@ -280,6 +290,23 @@ impl Load {
     #[inline]
     pub fn decayed_error_rate(&self, now: Nanos, decay: Nanos) -> f64 {
         let e = load_f64(&self.error_rate);
+        if e == 0.0 {
+            return 0.0;
+        }
+        let at = self.ewma_at.load(Ordering::Relaxed);
+        e * blend_weight(now.saturating_sub(at), decay)
+    }
+
+    /// Like [`decayed_error_rate`](Self::decayed_error_rate), counting only
+    /// the failures that came back sooner than the mean latency (fail-fast
+    /// errors, not timeouts). A backend that fails fast looks idle in its
+    /// load reports; one whose requests time out has a long reported queue,
+    /// which already prices it, and must not also be starved of traffic
+    /// for the ten seconds its error rate takes to be forgiven once its
+    /// queue has drained.
+    #[inline]
+    pub fn decayed_fast_error_rate(&self, now: Nanos, decay: Nanos) -> f64 {
+        let e = load_f64(&self.fast_error_rate);
         if e == 0.0 {
             return 0.0;
         }
@@ -451,6 +478,23 @@ mod tests {
             load.observe(i, MILLISECOND / 10, Outcome::Failure, SECOND_TAU);
         }
         assert_eq!(load.latency_per_request(), Some(10.0 * MILLISECOND as f64));
+    }
+
+    #[test]
+    fn fast_error_rate_counts_fail_fast_errors_not_timeouts() {
+        let timing_out = Load::new();
+        let failing_fast = Load::new();
+        for i in 0..20 {
+            timing_out.observe(i, 2 * MILLISECOND, Outcome::Success, SECOND_TAU);
+            failing_fast.observe(i, 2 * MILLISECOND, Outcome::Success, SECOND_TAU);
+        }
+        for i in 20..40 {
+            timing_out.observe(i, 20 * MILLISECOND, Outcome::Failure, SECOND_TAU);
+            failing_fast.observe(i, MILLISECOND / 10, Outcome::Failure, SECOND_TAU);
+        }
+        assert!(timing_out.decayed_error_rate(40, SECOND_TAU) > 0.9);
+        assert_eq!(timing_out.decayed_fast_error_rate(40, SECOND_TAU), 0.0);
+        assert!(failing_fast.decayed_fast_error_rate(40, SECOND_TAU) > 0.9);
     }
 
     #[test]

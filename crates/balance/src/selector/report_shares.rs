@@ -31,7 +31,8 @@
 //!
 //! of them (what it completes over `T`, plus a queue worth `X`, less what
 //! it holds), scaled by `1 − error rate` so a backend failing fast does not
-//! collect traffic by looking idle. The water level `X` is the wait every
+//! collect traffic by looking idle (the caller passes the rate of fast
+//! failures only: a timed-out backend's queue is in its report already). The water level `X` is the wait every
 //! backend that gets requests reaches once they are spread, so the shares `p_i = a_i / A`
 //! send nothing to a backend whose reported queue is already above the
 //! level, and fill the short queues first, in proportion to their speed. A
