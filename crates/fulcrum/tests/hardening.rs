@@ -756,6 +756,30 @@ async fn partial_request_head_is_cut_at_the_header_timeout_from_its_first_byte()
     assert!(!backend.received().contains("/slow"));
 }
 
+#[tokio::test]
+async fn new_connection_that_sends_nothing_is_closed_at_the_header_timeout() {
+    let _shared = TIMING.read().await;
+    let backend = RecordingBackend::spawn().await;
+    // The idle timeout is far off: only the header timeout can close it.
+    let proxy = proxy_to(
+        backend.addr,
+        "header_timeout = \"300ms\"\nidle_timeout = \"10s\"",
+    );
+    let mut s = TcpStream::connect(proxy.addr("web")).await.unwrap();
+    let connected = Instant::now();
+    let mut buf = [0u8; 512];
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    let closed_after = connected.elapsed();
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "silent connection not closed within 5 s: {read:?}"
+    );
+    assert!(
+        closed_after >= Duration::from_millis(250),
+        "closed after {closed_after:?}, before the header timeout"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Access control.
 

@@ -9,7 +9,8 @@
 //!
 //! The two timers count different things, as HAProxy's `timeout
 //! http-request` and `timeout http-keep-alive` do. `header_timeout` bounds
-//! one HTTP/1 request head from the read that brings its first byte to the
+//! the wait for a new connection's first bytes (from accept) and one
+//! HTTP/1 request head from the read that brings its first byte to the
 //! read that completes it (a slowloris trickling a head is closed), and
 //! `idle_timeout` alone bounds a kept-alive connection waiting for its next
 //! request. hyper's own header read timeout is off: it starts as soon as
@@ -466,13 +467,21 @@ async fn serve_connection<S>(
     };
     let mut ticker = crate::clock::idle_ticker(idle);
     let mut seen = 0;
-    // HTTP/2 with prior knowledge or HTTP/1, from the first bytes. A
-    // client that sends nothing is closed by the idle check, as later.
+    // HTTP/2 with prior knowledge or HTTP/1, from the first bytes. A new
+    // connection must bring them within `header_timeout` from accept (as
+    // HAProxy's `timeout http-request` counts from accept); the heads after
+    // them are timed by `ClientIo` from their first byte.
     let h2 = {
         let sniff = io.sniff();
         tokio::pin!(sniff);
+        // Registered with the timer only if the first read has to wait:
+        // `biased` polls the read first, and a request usually arrives
+        // with the connection.
+        let first_bytes = tokio::time::sleep(limits.header_timeout);
+        tokio::pin!(first_bytes);
         loop {
             tokio::select! {
+                biased;
                 result = sniff.as_mut() => match result {
                     Ok(h2) => break h2,
                     Err(e) => {
@@ -481,6 +490,10 @@ async fn serve_connection<S>(
                     }
                 },
                 _ = shutdown.changed() => return,
+                _ = first_bytes.as_mut() => {
+                    tracing::debug!(client = %info.peer, "no request within header_timeout of accept");
+                    return;
+                }
                 _ = ticker.tick() => {
                     let now = activity.load(Ordering::Relaxed);
                     if now == seen {
