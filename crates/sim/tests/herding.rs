@@ -2,7 +2,8 @@
 //!
 //! The S2(b) cluster (8 fast and 2 three-times-slower FCFS backends, 80%
 //! load, 20 ms timeout) behind 32 proxies, as `scenarios/s5-*.toml`, cut to
-//! 6–15 s and four seeds so it runs in seconds.
+//! 6–15 s and four seeds so it runs in seconds. Peak-ewma and prequal read
+//! the reports.
 
 use std::path::Path;
 
@@ -36,15 +37,18 @@ const FRESH_REPORTS: &str = "[reports]\ninterval = \"10ms\"\nlag = \"10ms\"";
 /// `proxies` proxies, this `[reports]` table and `duration` seconds (a
 /// fifth of them warm-up, at least one).
 fn measure(proxies: u32, reports: &str, duration: u32) -> (f64, f64) {
+    measure_with(Algorithm::PeakEwma, proxies, reports, duration)
+}
+
+/// As [`measure`], for `algorithm`.
+fn measure_with(algorithm: Algorithm, proxies: u32, reports: &str, duration: u32) -> (f64, f64) {
     let text = S5_SMALL
         .replace("REPORTS", reports)
         .replace("PROXIES", &proxies.to_string())
         .replace("DURATION", &format!("{duration}s"))
         .replace("WARMUP", &format!("{}s", (duration / 5).max(1)));
     let s = Scenario::from_toml(&text, Path::new("s5-small.toml")).expect("valid scenario");
-    let runs: Vec<_> = (0..4)
-        .map(|seed| run(&s, Algorithm::PeakEwma, seed))
-        .collect();
+    let runs: Vec<_> = (0..4).map(|seed| run(&s, algorithm, seed)).collect();
     let mean = |f: &dyn Fn(&fulcrum_sim::Metrics) -> f64| runs.iter().map(f).sum::<f64>() / 4.0;
     (mean(&|m| m.timeout_rate), mean(&|m| m.p99_ms))
 }
@@ -110,5 +114,23 @@ fn peak_ewma_with_reports_does_not_collapse_behind_one_proxy() {
         timeouts < 0.005 && p99 < 12.0,
         "one proxy, 10 ms-old reports: p99 {p99:.2} ms, timeouts {:.3}%",
         timeouts * 100.0
+    );
+}
+
+#[test]
+fn prequal_is_not_made_worse_by_reports() {
+    // Prequal used to scale each probe's requests in flight by the
+    // reported utilisation, and every proxy's coldest probe was the
+    // backend that had looked idle: 14% timeouts with 10 ms-old reports,
+    // 89% with 100 ms-old ones, against 0.11% without reports. It now draws
+    // its probes from the report shares, as peak-ewma draws its candidates.
+    let timeouts = |reports| measure_with(Algorithm::Prequal, 32, reports, 6).0;
+    let fresh = timeouts(FRESH_REPORTS);
+    let stale = timeouts("[reports]\ninterval = \"10ms\"\nlag = \"100ms\"");
+    assert!(
+        fresh < 0.005 && stale < 0.005,
+        "prequal timeouts with 10 ms-old reports {:.3}%, 100 ms-old {:.3}%",
+        fresh * 100.0,
+        stale * 100.0
     );
 }

@@ -122,7 +122,7 @@ impl PeakEwma {
     /// Latency per unit of reported utilisation of `id` at `now` (ns), over
     /// the relative weight: what the report shares price a backend's
     /// reported queue at.
-    fn unit_latency(&self, set: &BackendSet, id: BackendId, now: Nanos) -> f64 {
+    pub(super) fn unit_latency(&self, set: &BackendSet, id: BackendId, now: Nanos) -> f64 {
         let load = &set.get(id).state.load;
         let unit = load.latency_per_reported_unit().unwrap_or(f64::NAN);
         unit / (set.effective_weight(id, now) / self.mean_weight)
@@ -156,7 +156,7 @@ impl PeakEwma {
     /// while report shares are in force (`reported`) only the fast ones
     /// (see the module docs).
     #[inline]
-    fn penalised_error_rate(
+    pub(super) fn penalised_error_rate(
         &self,
         set: &BackendSet,
         id: BackendId,
