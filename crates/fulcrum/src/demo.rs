@@ -69,6 +69,7 @@ fall = 2
 pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let rt = crate::tokio_runtime(None)?;
     rt.block_on(async move {
+        let signals = crate::run::StopSignals::install()?;
         let mut running = Vec::new();
         for (name, latency) in BACKENDS {
             let mut opts = BackendOptions::new(name);
@@ -124,7 +125,7 @@ pub fn demo(args: DemoArgs) -> anyhow::Result<()> {
         println!("  curl -s http://{admin_addr}/metrics                # Prometheus");
         println!();
         println!("Ctrl-C stops everything.");
-        crate::run::wait_for_stop(&runtime, None).await?;
+        signals.wait(&runtime, None).await;
         admin.shutdown().await;
         crate::run::stop(server).await;
         for b in running {

@@ -23,6 +23,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
 
 /// Serves `config` until a stop signal; reloads `path` (if any) on SIGHUP.
 pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+    // Before anything is bound or announced: a SIGHUP sent as soon as the
+    // listeners show must reload, not kill the process (the default action).
+    let signals = StopSignals::install()?;
     let admin_bind = config.admin.bind;
     // Read the token before binding anything: a bad token file stops the start.
     let token = fulcrum_proxy::admin::load_token(&config.admin, admin_bind)?;
@@ -44,7 +47,7 @@ pub async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> 
         eprintln!("fulcrum: listener `{name}` on {scheme}://{addr}");
     }
     let admin = start_admin(&runtime, &server, admin_bind, token, path.clone()).await?;
-    wait_for_stop(&runtime, path.as_deref()).await?;
+    signals.wait(&runtime, path.as_deref()).await;
     admin.shutdown().await;
     stop(server).await;
     Ok(())
@@ -72,33 +75,55 @@ pub async fn start_admin(
     Ok(admin)
 }
 
-/// Waits for SIGINT or SIGTERM, reloading on SIGHUP meanwhile.
-pub async fn wait_for_stop(runtime: &Runtime, path: Option<&Path>) -> anyhow::Result<()> {
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    loop {
-        tokio::select! {
-            _ = hup.recv() => match path {
-                Some(p) => {
-                    let _ = reload_file(runtime, p);
-                }
-                None => tracing::warn!("SIGHUP ignored: this instance has no configuration file"),
-            },
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        }
+/// The signals that stop or reload a running instance, listened for from
+/// the moment they are installed (a signal that arrives before
+/// [`wait`](Self::wait) is kept, not lost to its default action).
+pub struct StopSignals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Takes over SIGHUP, SIGTERM and SIGINT.
+    pub fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    // A second signal exits at once.
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+
+    /// Waits for SIGINT or SIGTERM, reloading `path` on SIGHUP meanwhile.
+    /// A second SIGINT or SIGTERM afterwards exits at once.
+    pub async fn wait(self, runtime: &Runtime, path: Option<&Path>) {
+        let StopSignals {
+            mut hup,
+            mut term,
+            mut int,
+        } = self;
+        loop {
+            tokio::select! {
+                _ = hup.recv() => match path {
+                    Some(p) => {
+                        let _ = reload_file(runtime, p);
+                    }
+                    None => tracing::warn!("SIGHUP ignored: this instance has no configuration file"),
+                },
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
         }
-        eprintln!("fulcrum: second signal, exiting now");
-        std::process::exit(130);
-    });
-    Ok(())
+        // A second signal exits at once.
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            eprintln!("fulcrum: second signal, exiting now");
+            std::process::exit(130);
+        });
+    }
 }
 
 /// Re-reads the file and swaps it in; a bad file is logged and refused, the

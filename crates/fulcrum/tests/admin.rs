@@ -185,6 +185,56 @@ async fn sighup_reloads_in_a_row_lose_no_request() {
 }
 
 #[tokio::test]
+async fn sighup_at_once_after_startup_reloads_rather_than_kills() {
+    // The signal handlers are installed before anything is bound: a reload
+    // sent the moment a listener is announced (as a deploy script might)
+    // must not meet SIGHUP's default action, which ends the process. They
+    // used to be installed after the admin listener started, so a SIGHUP
+    // sent on the first announcement killed the process.
+    let bs = backends(&["0ms"]).await;
+    let dir = TempDir::new("sighup");
+    let config = format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n\n{}",
+        simple_config(&cluster_block("app", "round-robin", &[(bs[0].addr, 1)]))
+    );
+    let path = dir.write("fulcrum.toml", &config);
+    let client = client();
+    for round in 0..3 {
+        let mut child = std::process::Command::new(fulcrum_bin())
+            .args(["run", "-c"])
+            .arg(&path)
+            .env("FULCRUM_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn fulcrum");
+        let lines = pipe_lines(child.stderr.take().unwrap());
+        let web: SocketAddr = loop {
+            let line = lines
+                .recv_timeout(Duration::from_secs(20))
+                .expect("no listener announced");
+            if let Some(rest) = line.strip_prefix("fulcrum: listener `web` on http://") {
+                break rest.trim().parse().unwrap();
+            }
+        };
+        // At once (a `kill` process would take milliseconds to start).
+        let pid = rustix::process::Pid::from_child(&child);
+        rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let alive = child.try_wait().unwrap().is_none();
+        let served = alive && get(&client, web, "/").await.status == 200;
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            alive,
+            "round {round}: SIGHUP right after startup ended the process"
+        );
+        assert!(served, "round {round}: not serving after the reload");
+    }
+}
+
+#[tokio::test]
 async fn broken_reload_keeps_serving_and_returns_the_error() {
     let bs = backends(&["0ms"]).await;
     let config = simple_config(&cluster_block("app", "round-robin", &[(bs[0].addr, 1)]));
