@@ -632,6 +632,28 @@ async fn read_answer(s: &mut TcpStream) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Sends one request on `s` and expects it answered 200, leaving the
+/// connection kept alive.
+async fn first_request(s: &mut TcpStream) {
+    s.write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let text = read_answer(s).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
+
+/// Waits up to `within` for the proxy to close `s` (end of stream or an
+/// error) without sending anything; returns how long that took, or `None`
+/// if it was still open.
+async fn closed_within(s: &mut TcpStream, within: Duration) -> Option<Duration> {
+    let since = Instant::now();
+    let mut buf = [0u8; 512];
+    match tokio::time::timeout(within, s.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => Some(since.elapsed()),
+        _ => None,
+    }
+}
+
 /// Sends `head`, then one more byte of a header every 50 ms, never
 /// finishing the head, until the proxy closes the connection or `within`
 /// passes. Returns what the proxy sent and how long after `head` it closed.
@@ -668,11 +690,7 @@ async fn keep_alive_connection_idle_past_the_header_timeout_is_still_served() {
     let backend = RecordingBackend::spawn().await;
     let proxy = proxy_to(backend.addr, KEEP_ALIVE_TIMERS);
     let mut s = TcpStream::connect(proxy.addr("web")).await.unwrap();
-    s.write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let text = read_answer(&mut s).await;
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    first_request(&mut s).await;
     tokio::time::sleep(PAUSE).await;
     // A write to a connection the proxy closed may still succeed; the
     // answer tells.
@@ -692,21 +710,12 @@ async fn keep_alive_connection_idle_for_the_idle_timeout_is_closed() {
     let backend = RecordingBackend::spawn().await;
     let proxy = proxy_to(backend.addr, KEEP_ALIVE_TIMERS);
     let mut s = TcpStream::connect(proxy.addr("web")).await.unwrap();
-    s.write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let text = read_answer(&mut s).await;
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    let idle = Instant::now();
-    let mut buf = [0u8; 512];
+    first_request(&mut s).await;
     // Closed between one and two idle periods after the last byte (the idle
     // check runs once a period); 10 s catches a connection kept for ever.
-    let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
-    let closed_after = idle.elapsed();
-    assert!(
-        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
-        "idle connection not closed: {read:?}"
-    );
+    let closed_after = closed_within(&mut s, Duration::from_secs(10))
+        .await
+        .expect("idle connection not closed within 10 s");
     // Not at the header timeout (300 ms); some slack below idle_timeout
     // (2 s) for a loaded machine.
     assert!(
@@ -732,11 +741,7 @@ async fn partial_request_head_is_cut_at_the_header_timeout_from_its_first_byte()
     for kept_alive in [false, true] {
         let mut s = TcpStream::connect(addr).await.unwrap();
         if kept_alive {
-            s.write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
-                .await
-                .unwrap();
-            let text = read_answer(&mut s).await;
-            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+            first_request(&mut s).await;
             tokio::time::sleep(PAUSE).await;
         }
         let (text, closed) = trickle_head(&mut s, head, Duration::from_secs(5)).await;
@@ -766,14 +771,9 @@ async fn new_connection_that_sends_nothing_is_closed_at_the_header_timeout() {
         "header_timeout = \"300ms\"\nidle_timeout = \"10s\"",
     );
     let mut s = TcpStream::connect(proxy.addr("web")).await.unwrap();
-    let connected = Instant::now();
-    let mut buf = [0u8; 512];
-    let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
-    let closed_after = connected.elapsed();
-    assert!(
-        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
-        "silent connection not closed within 5 s: {read:?}"
-    );
+    let closed_after = closed_within(&mut s, Duration::from_secs(5))
+        .await
+        .expect("silent connection not closed within 5 s");
     assert!(
         closed_after >= Duration::from_millis(250),
         "closed after {closed_after:?}, before the header timeout"
