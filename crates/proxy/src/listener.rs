@@ -324,17 +324,20 @@ async fn accept_with(
             continue;
         };
         nodelay.apply(&stream);
-        let info = ConnInfo {
-            listener: Arc::clone(&name),
-            peer,
-            tls: tls.is_some(),
-            forwarded_for: crate::headers::forwarded_for(peer.ip()),
+        let conn = Connection {
+            info: ConnInfo {
+                listener: Arc::clone(&name),
+                peer,
+                tls: tls.is_some(),
+                forwarded_for: crate::headers::forwarded_for(peer.ip()),
+            },
+            runtime: Arc::clone(runtime),
+            builder: Arc::clone(&builder),
+            shutdown: shutdown.clone(),
+            limits: limits.clone(),
+            framing_max_body,
         };
-        let runtime = Arc::clone(runtime);
-        let builder = Arc::clone(&builder);
-        let shutdown = shutdown.clone();
         let alive = alive.clone();
-        let limits = limits.clone();
         let open = connections.accept();
         let tls = tls.cloned();
         // Boxed: tokio copies a task's future whole several times as it
@@ -342,45 +345,25 @@ async fn accept_with(
         // for this one); a box is copied once.
         tokio::spawn(Box::pin(async move {
             match tls {
-                None => {
-                    serve_connection(
-                        stream,
-                        info,
-                        runtime,
-                        &builder,
-                        shutdown,
-                        &limits,
-                        framing_max_body,
-                    )
-                    .await
-                }
+                None => serve_connection(stream, conn).await,
                 // Boxed: a TLS connection's state is large, and every plain
-                // connection's task would otherwise be as large (the task's
-                // future is moved and copied whole when it is spawned).
+                // connection's task would otherwise be as large (its future
+                // is allocated at the size of its largest state).
                 Some(tls) => {
                     Box::pin(async move {
-                        tls.refresh(&runtime);
-                        match tokio::time::timeout(limits.header_timeout, tls.accept(stream)).await
-                        {
+                        tls.refresh(&conn.runtime);
+                        let handshake = tls.accept(stream);
+                        match tokio::time::timeout(conn.limits.header_timeout, handshake).await {
                             Ok(Ok(stream)) => {
-                                runtime.metrics().tls_handshake(true);
-                                serve_connection(
-                                    stream,
-                                    info,
-                                    runtime,
-                                    &builder,
-                                    shutdown,
-                                    &limits,
-                                    framing_max_body,
-                                )
-                                .await
+                                conn.runtime.metrics().tls_handshake(true);
+                                serve_connection(stream, conn).await
                             }
                             Ok(Err(e)) => {
-                                runtime.metrics().tls_handshake(false);
+                                conn.runtime.metrics().tls_handshake(false);
                                 tracing::debug!(client = %peer, error = %e, "tls handshake failed")
                             }
                             Err(_) => {
-                                runtime.metrics().tls_handshake(false);
+                                conn.runtime.metrics().tls_handshake(false);
                                 tracing::debug!(client = %peer, "tls handshake timed out")
                             }
                         }
@@ -439,17 +422,29 @@ struct Protocols {
     http2: http2::Builder<TokioExecutor>,
 }
 
-async fn serve_connection<S>(
-    stream: S,
+/// What serving one accepted connection needs besides its stream.
+struct Connection {
     info: ConnInfo,
     runtime: Arc<Runtime>,
-    builder: &Protocols,
-    mut shutdown: watch::Receiver<bool>,
-    limits: &HttpLimits,
+    builder: Arc<Protocols>,
+    shutdown: watch::Receiver<bool>,
+    limits: HttpLimits,
+    /// The largest body any route allows, for the framing guard.
     framing_max_body: u64,
-) where
+}
+
+async fn serve_connection<S>(stream: S, conn: Connection)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Connection {
+        info,
+        runtime,
+        builder,
+        mut shutdown,
+        limits,
+        framing_max_body,
+    } = conn;
     let idle = limits.idle_timeout;
     let activity = Arc::new(AtomicU64::new(0));
     let mut io = ClientIo {
