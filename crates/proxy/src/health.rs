@@ -424,14 +424,12 @@ mod tests {
         let b = spawn_backend(BackendOptions::new("b")).await.unwrap();
         a.set_healthy(false);
         b.set_healthy(false);
-        let text = format!(
-            "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\ncluster = \"app\"\n\
-             [cluster.app]\nbackends = [{{ address = \"{}\" }}]\npanic_threshold = 0\n\
+        let runtime = Runtime::new(crate::test_support::app_config(&format!(
+            "backends = [{{ address = \"{}\" }}]\npanic_threshold = 0\n\
              [cluster.app.health]\ninterval = \"50ms\"\ntimeout = \"50ms\"\njitter = \"0s\"\n\
-             expect_status = \"200\"\nrise = 1\nfall = 1\n",
+             expect_status = \"200\"\nrise = 1\nfall = 1",
             a.addr
-        );
-        let runtime = Runtime::new(fulcrum_config::parse(&text, None).unwrap());
+        )));
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(supervise(Arc::clone(&runtime), stopped));
         let a_addr = a.addr.to_string();

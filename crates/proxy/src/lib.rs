@@ -45,6 +45,8 @@ pub mod splice;
 pub mod state;
 pub mod sticky;
 pub mod tcp;
+#[cfg(test)]
+mod test_support;
 pub mod tls;
 pub mod udp;
 pub mod upstream;

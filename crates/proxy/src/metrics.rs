@@ -744,16 +744,8 @@ mod tests {
 
     #[test]
     fn retain_keeps_the_handles_of_configured_backends_only() {
-        let config = |backends: &str| {
-            fulcrum_config::parse(
-                &format!(
-                    "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\ncluster = \"app\"\n\
-                     [cluster.app]\nbackends = [{backends}]\n"
-                ),
-                None,
-            )
-            .unwrap()
-        };
+        let config =
+            |backends: &str| crate::test_support::app_config(&format!("backends = [{backends}]"));
         let runtime = Runtime::new(config(
             "{ address = \"10.0.0.1:80\" }, { address = \"10.0.0.2:80\" }",
         ));

@@ -210,14 +210,7 @@ mod tests {
     use super::*;
 
     fn config(backends: &str) -> Config {
-        fulcrum_config::parse(
-            &format!(
-                "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\ncluster = \"app\"\n\
-                 [cluster.app]\nbackends = [{backends}]\n"
-            ),
-            None,
-        )
-        .unwrap()
+        crate::test_support::app_config(&format!("backends = [{backends}]"))
     }
 
     #[test]

@@ -249,13 +249,9 @@ mod tests {
     use super::*;
 
     fn runtime() -> Arc<Runtime> {
-        let config = fulcrum_config::parse(
-            "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\ncluster = \"app\"\n\
-             [cluster.app]\nbackends = [{ address = \"127.0.0.1:9001\" }, { address = \"127.0.0.1:9002\" }]\n",
-            None,
-        )
-        .unwrap();
-        Runtime::new(config)
+        Runtime::new(crate::test_support::app_config(
+            "backends = [{ address = \"127.0.0.1:9001\" }, { address = \"127.0.0.1:9002\" }]",
+        ))
     }
 
     #[test]
