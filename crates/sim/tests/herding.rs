@@ -32,6 +32,7 @@ const S5_SMALL: &str = r#"
 "#;
 
 const FRESH_REPORTS: &str = "[reports]\ninterval = \"10ms\"\nlag = \"10ms\"";
+const STALE_REPORTS: &str = "[reports]\ninterval = \"10ms\"\nlag = \"100ms\"";
 
 /// Mean timeout rate and p99 (ms) of peak-ewma over seeds 0..4 with
 /// `proxies` proxies, this `[reports]` table and `duration` seconds (a
@@ -77,7 +78,7 @@ fn peak_ewma_is_not_misled_by_stale_reports() {
     // idle (69% timeouts in an earlier attempt). They must not make things
     // clearly worse than no reports at all.
     let none = timeouts("");
-    let stale = timeouts("[reports]\ninterval = \"10ms\"\nlag = \"100ms\"");
+    let stale = timeouts(STALE_REPORTS);
     assert!(
         stale < 0.2 && stale < none * 2.0,
         "timeouts with 100 ms-old reports {:.3}% vs none {:.3}%",
@@ -126,7 +127,7 @@ fn prequal_is_not_made_worse_by_reports() {
     // its probes from the report shares, as peak-ewma draws its candidates.
     let timeouts = |reports| measure_with(Algorithm::Prequal, 32, reports, 6).0;
     let fresh = timeouts(FRESH_REPORTS);
-    let stale = timeouts("[reports]\ninterval = \"10ms\"\nlag = \"100ms\"");
+    let stale = timeouts(STALE_REPORTS);
     assert!(
         fresh < 0.005 && stale < 0.005,
         "prequal timeouts with 10 ms-old reports {:.3}%, 100 ms-old {:.3}%",
