@@ -289,12 +289,7 @@ impl Load {
     /// forgiven with time and tried again.
     #[inline]
     pub fn decayed_error_rate(&self, now: Nanos, decay: Nanos) -> f64 {
-        let e = load_f64(&self.error_rate);
-        if e == 0.0 {
-            return 0.0;
-        }
-        let at = self.ewma_at.load(Ordering::Relaxed);
-        e * blend_weight(now.saturating_sub(at), decay)
+        self.decayed(&self.error_rate, now, decay)
     }
 
     /// Like [`decayed_error_rate`](Self::decayed_error_rate), counting only
@@ -306,7 +301,14 @@ impl Load {
     /// queue has drained.
     #[inline]
     pub fn decayed_fast_error_rate(&self, now: Nanos, decay: Nanos) -> f64 {
-        let e = load_f64(&self.fast_error_rate);
+        self.decayed(&self.fast_error_rate, now, decay)
+    }
+
+    /// `rate` (an EWMA updated with the latency) decayed toward zero for
+    /// the time since the last observation.
+    #[inline]
+    fn decayed(&self, rate: &AtomicU64, now: Nanos, decay: Nanos) -> f64 {
+        let e = load_f64(rate);
         if e == 0.0 {
             return 0.0;
         }
