@@ -39,8 +39,8 @@ pub struct ClusterSnapshot {
     pub selector_config: SelectorConfig,
     /// The upstream connection pool.
     pub upstream: Upstream,
-    /// Each backend's address as a URI authority, by [`fulcrum_balance::BackendId`].
-    pub authorities: Vec<crate::upstream::BackendAddr>,
+    /// Each backend's address (URI authority and pool key), by [`fulcrum_balance::BackendId`].
+    pub backend_addrs: Vec<crate::upstream::BackendAddr>,
     /// Health thresholds (probes and outlier detection).
     pub health: HealthPolicy,
     /// The cluster's retry budget (survives reloads while its settings do).
@@ -287,7 +287,7 @@ impl Control {
                 ..SelectorConfig::default()
             };
             let selector = cluster.algorithm.build(&set, &selector_config);
-            let authorities = set
+            let backend_addrs = set
                 .backends()
                 .iter()
                 .map(|b| {
@@ -331,7 +331,7 @@ impl Control {
                     selector,
                     selector_config,
                     upstream,
-                    authorities,
+                    backend_addrs,
                     health: crate::health::policy(cluster),
                     retry_budget,
                     metrics: self.metrics.cluster(name),

@@ -320,7 +320,7 @@ async fn forward_to(
             attempt_head(&mut parts, uri, attempts == max_attempts),
             request_body,
         );
-        let addr = &cluster.authorities[id.index()];
+        let addr = &cluster.backend_addrs[id.index()];
         let guard = backend.state.load.start();
         let started = Instant::now();
         let sent = response_within(
@@ -679,7 +679,7 @@ pub(super) fn upstream_uri(cluster: &ClusterSnapshot, id: BackendId, path: &Path
     } else {
         Scheme::HTTP
     });
-    parts.authority = Some(cluster.authorities[id.index()].authority().clone());
+    parts.authority = Some(cluster.backend_addrs[id.index()].authority().clone());
     parts.path_and_query = Some(path.clone());
     Uri::from_parts(parts).expect("scheme, authority and path are all set")
 }
