@@ -31,12 +31,19 @@ def wait_port(port, timeout=10.0):
     raise RuntimeError(f"port {port} did not open")
 
 def cpu_ticks(pids):
-    total = 0
+    """(user, kernel) clock ticks of the processes."""
+    user = kernel = 0
     for pid in pids:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total
+        user += int(fields[11]); kernel += int(fields[12])  # utime, stime
+    return user, kernel
+
+def cpu_per_request(before, after, total):
+    """Total, user and kernel CPU microseconds per request."""
+    user = (after[0] - before[0]) / TICK * 1e6 / max(total, 1)
+    kernel = (after[1] - before[1]) / TICK * 1e6 / max(total, 1)
+    return dict(cpu_us=user + kernel, user_us=user, sys_us=kernel)
 
 def children(pid):
     """The process and its descendants (nginx/haproxy may fork workers)."""
@@ -201,15 +208,13 @@ def run_once(proc, scenario, duration, conns):
                              capture_output=True, text=True, timeout=duration + 30).stdout
         after = cpu_ticks(pids)
         rps, total, p50, p99, errors = parse_h2load(out)
-        cpu_us = (after - before) / TICK * 1e6 / max(total, 1)
-        return dict(rps=rps, p50=p50, p99=p99, cpu_us=cpu_us, errors=errors, total=total)
+        return dict(rps=rps, p50=p50, p99=p99, errors=errors, total=total, **cpu_per_request(before, after, total))
     before = cpu_ticks(pids)
     out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", *extra,
                           f"http://127.0.0.1:{proc.port}{path}"], capture_output=True, text=True, timeout=duration + 30).stdout
     after = cpu_ticks(pids)
     rps, total, p50, p99, errors = parse_wrk(out)
-    cpu_us = (after - before) / TICK * 1e6 / max(total, 1)
-    return dict(rps=rps, p50=p50, p99=p99, cpu_us=cpu_us, errors=errors, total=total)
+    return dict(rps=rps, p50=p50, p99=p99, errors=errors, total=total, **cpu_per_request(before, after, total))
 
 def main():
     ap = argparse.ArgumentParser()
@@ -243,7 +248,7 @@ def main():
                     r = run_once(procs[n], s, args.duration, args.connections)
                     results[(s, n)].append(r)
                     print(f"rep {rep+1} {s:6} {n:8} {r['rps']:>9.0f} req/s  p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms  "
-                          f"cpu {r['cpu_us']:.1f} us/req  errors {r['errors']}", file=sys.stderr, flush=True)
+                          f"cpu {r['cpu_us']:.1f} us/req (user {r['user_us']:.1f})  errors {r['errors']}", file=sys.stderr, flush=True)
     finally:
         for p in reversed(started):
             p.stop()
@@ -251,14 +256,14 @@ def main():
     print(f"\nMedians of {args.reps} interleaved runs of {args.duration} s, wrk -t1 -c{args.connections} "
           f"(h2tls: h2load -c{args.connections} -m1, mean latency in the p50 column), "
           f"proxy pinned to CPU 0 with 1 worker, origin and load generator on CPU 1.\n")
-    print("| scenario | proxy | req/s | p50 ms | p99 ms | CPU µs/req | errors |")
-    print("|---|---|---|---|---|---|---|")
+    print("| scenario | proxy | req/s | p50 ms | p99 ms | CPU µs/req | of it user | errors |")
+    print("|---|---|---|---|---|---|---|---|")
     for s in scenarios:
         for n in names:
             rs = results[(s, n)]
             med = lambda k: statistics.median(r[k] for r in rs)
             p99 = "-" if med('p99') != med('p99') else f"{med('p99'):.2f}"
-            print(f"| {s} | {n} | {med('rps'):.0f} | {med('p50'):.2f} | {p99} | {med('cpu_us'):.1f} | {sum(r['errors'] for r in rs)} |")
+            print(f"| {s} | {n} | {med('rps'):.0f} | {med('p50'):.2f} | {p99} | {med('cpu_us'):.1f} | {med('user_us'):.1f} | {sum(r['errors'] for r in rs)} |")
 
 if __name__ == "__main__":
     main()

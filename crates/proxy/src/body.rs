@@ -24,7 +24,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use crate::upstream::PooledConnection;
+use crate::upstream::{BodyError, PooledConnection, UpstreamBody};
 
 /// The limits a request body is read under: its size, and how slowly it
 /// may arrive (the slow-POST defence).
@@ -355,7 +355,7 @@ pin_project_lite::pin_project! {
         /// The backend's body; the guard counts the backend in flight until done.
         Upstream {
             #[pin]
-            body: Incoming,
+            body: UpstreamBody,
             guard: Option<InFlightGuard>,
             // The pooled connection the body arrives on, released to the
             // pool when the body has been read to its end.
@@ -373,9 +373,9 @@ pin_project_lite::pin_project! {
 
 impl ProxyBody {
     /// The backend's streamed body, keeping `guard` alive until it ends.
-    pub fn upstream(body: Incoming, guard: InFlightGuard) -> Self {
+    pub fn upstream(body: impl Into<UpstreamBody>, guard: InFlightGuard) -> Self {
         ProxyBody::Upstream {
-            body,
+            body: body.into(),
             guard: Some(guard),
             connection: None,
             permit: None,
@@ -419,13 +419,13 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.project() {
             ProxyBodyProj::Upstream {
                 mut body,

@@ -25,7 +25,7 @@ use crate::health;
 use crate::metrics::ResponseClass;
 use crate::routes::Route;
 use crate::state::{ClusterSnapshot, Runtime};
-use crate::upstream::PooledConnection;
+use crate::upstream::{PooledConnection, UpstreamBody};
 
 /// Most backends one request can try: the first attempt plus the largest
 /// `retries` a cluster may configure. The cluster's `retries` (default 2)
@@ -241,7 +241,7 @@ async fn forward_to(
     let mut last_error = None;
     // The last retryable answer (502/503/504), returned if no retry does better.
     let mut held: Option<(
-        Response<Incoming>,
+        Response<UpstreamBody>,
         PooledConnection,
         InFlightGuard,
         BackendId,
@@ -505,7 +505,7 @@ fn replayable(
 fn forward(
     cluster: &ClusterSnapshot,
     id: BackendId,
-    response: Response<Incoming>,
+    response: Response<UpstreamBody>,
     connection: PooledConnection,
     guard: InFlightGuard,
     decisions: Option<String>,

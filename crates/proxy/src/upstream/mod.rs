@@ -1,11 +1,15 @@
 //! Upstream connections: one keep-alive pool per cluster.
 //!
 //! Proxied requests go through [`Upstream::send`]: a small pool of HTTP/1.1
-//! connections per backend authority, built directly on hyper's
-//! `client::conn::http1`. A connection is checked out for one exchange and
-//! comes back to the pool when the response body has been read to its end
-//! ([`PooledConnection::release`]); a body that ends early (client gone,
-//! upstream error) closes the connection instead. Idle connections are
+//! connections per backend authority. A request without a body (most of
+//! them) is exchanged by [`h1`], in the request's own task; a request with
+//! a body goes through hyper's `client::conn::http1`, which can read an
+//! early answer while the body is still being sent. Either way a connection
+//! is checked out for one exchange and comes back to the pool when the
+//! response body has been read to its end; a body that ends early (client
+//! gone, upstream error) closes the connection instead. The pool keeps the
+//! two kinds apart; an idle [`h1`] connection is handed to hyper when a
+//! request with a body finds no hyper connection idle. Idle connections are
 //! reused newest first, at most `pool_max_idle` per backend, and are
 //! dropped after `pool_idle_timeout`. New connections use `TCP_NODELAY`,
 //! TCP keep-alive and the cluster's connect timeout; a cluster with `tls`
@@ -24,7 +28,9 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use fulcrum_config::{ClusterConfig, UpstreamTlsConfig};
@@ -39,6 +45,10 @@ use tokio::net::TcpStream;
 
 use crate::backend_tls::{BackendTls, TlsSetup, UpstreamConnector};
 use crate::body::RequestBody;
+
+pub mod h1;
+
+use h1::{Conn, ExchangeError, Stream};
 
 /// Idle time after which the kernel starts probing an upstream connection.
 /// One minute, as hyper-util's connector was configured before: long
@@ -89,6 +99,9 @@ pub enum UpstreamError {
     /// The connection broke or the answer was not valid HTTP.
     #[error("exchange with the backend failed")]
     Exchange(#[source] hyper::Error),
+    /// The same, on a connection of [`h1`].
+    #[error("exchange with the backend failed")]
+    Broken(#[source] ExchangeError),
 }
 
 impl UpstreamError {
@@ -102,10 +115,20 @@ impl UpstreamError {
     }
 }
 
+/// An idle connection and since when.
 #[derive(Debug)]
-struct Idle {
-    sender: SendRequest<RequestBody>,
+struct Idle<C> {
+    conn: C,
     since: Instant,
+}
+
+/// A backend's idle connections, newest last.
+#[derive(Debug, Default)]
+struct Idles {
+    /// Driven by hyper (used by requests with a body).
+    hyper: Vec<Idle<SendRequest<RequestBody>>>,
+    /// Driven by [`h1`] in the request's task.
+    own: Vec<Idle<Conn>>,
 }
 
 /// A backend's address as the pool knows it: the authority, and a hash of
@@ -178,7 +201,7 @@ impl Hasher for PrehashedHasher {
     }
 }
 
-type IdleMap = HashMap<BackendAddr, Vec<Idle>, BuildHasherDefault<PrehashedHasher>>;
+type IdleMap = HashMap<BackendAddr, Idles, BuildHasherDefault<PrehashedHasher>>;
 
 #[derive(Debug)]
 struct Pool {
@@ -187,59 +210,169 @@ struct Pool {
 }
 
 impl Pool {
-    /// The newest idle connection to `addr` that is still open.
+    /// The newest idle hyper connection to `addr` that is still open.
     fn checkout(&self, addr: &BackendAddr) -> Option<SendRequest<RequestBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.get_mut(addr)?;
+        let list = &mut idle.get_mut(addr)?.hyper;
         while let Some(entry) = list.pop() {
-            if !entry.sender.is_closed() && entry.since.elapsed() < self.settings.pool_idle_timeout
-            {
-                return Some(entry.sender);
+            if !entry.conn.is_closed() && entry.since.elapsed() < self.settings.pool_idle_timeout {
+                return Some(entry.conn);
             }
         }
         None
     }
 
-    /// Puts a connection whose exchange is complete back, pruning closed
-    /// and expired ones of the same backend.
+    /// The newest idle [`h1`] connection to `addr` that has not expired.
+    /// Whether it is still open is the caller's check ([`Conn::is_open`]),
+    /// made outside the lock.
+    fn checkout_own(&self, addr: &BackendAddr) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = &mut idle.get_mut(addr)?.own;
+        while let Some(entry) = list.pop() {
+            if entry.since.elapsed() < self.settings.pool_idle_timeout {
+                return Some(entry.conn);
+            }
+        }
+        None
+    }
+
+    /// Puts a hyper connection whose exchange is complete back, pruning
+    /// closed and expired ones of the same backend.
     fn checkin(&self, addr: BackendAddr, sender: SendRequest<RequestBody>) {
         if self.settings.pool_max_idle == 0 || sender.is_closed() {
             return;
         }
         let now = Instant::now();
+        let timeout = self.settings.pool_idle_timeout;
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.entry(addr).or_default();
-        list.retain(|e| {
-            !e.sender.is_closed()
-                && now.saturating_duration_since(e.since) < self.settings.pool_idle_timeout
+        let list = &mut idle.entry(addr).or_default().hyper;
+        list.retain(|e| !e.conn.is_closed() && now.saturating_duration_since(e.since) < timeout);
+        keep_newest(list, self.settings.pool_max_idle);
+        list.push(Idle {
+            conn: sender,
+            since: now,
         });
-        if list.len() >= self.settings.pool_max_idle {
-            // Keep the newest: the oldest is the likeliest to be closed
-            // by the backend soon.
-            list.remove(0);
+    }
+
+    /// Puts an [`h1`] connection whose exchange is complete back, pruning
+    /// expired ones of the same backend.
+    fn checkin_own(&self, addr: BackendAddr, conn: Conn) {
+        if self.settings.pool_max_idle == 0 {
+            return;
         }
-        list.push(Idle { sender, since: now });
+        let now = Instant::now();
+        let timeout = self.settings.pool_idle_timeout;
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = &mut idle.entry(addr).or_default().own;
+        list.retain(|e| now.saturating_duration_since(e.since) < timeout);
+        keep_newest(list, self.settings.pool_max_idle);
+        list.push(Idle { conn, since: now });
     }
 }
 
-/// A connection lent to one exchange. Dropping it without
+/// Makes room for one more in `list` (at most `max`), dropping the oldest:
+/// the likeliest to be closed by the backend soon.
+fn keep_newest<C>(list: &mut Vec<Idle<C>>, max: usize) {
+    if list.len() >= max {
+        let excess = list.len() + 1 - max;
+        list.drain(..excess);
+    }
+}
+
+/// A hyper connection lent to one exchange. Dropping it without
 /// [`release`](Self::release) closes the connection (its response was not
-/// read to the end, so it cannot carry another request).
+/// read to the end, so it cannot carry another request). An [`h1`]
+/// exchange lends none: its body carries its own [`Lease`].
 #[derive(Debug)]
-pub struct PooledConnection {
-    sender: Option<SendRequest<RequestBody>>,
-    addr: BackendAddr,
-    pool: Arc<Pool>,
+pub struct PooledConnection(Option<Lent>);
+
+#[derive(Debug)]
+struct Lent {
+    sender: SendRequest<RequestBody>,
+    lease: Lease,
 }
 
 impl PooledConnection {
     /// The response body was read to its end: the connection goes back to
     /// the pool for the next request.
     pub fn release(mut self) {
-        if let Some(sender) = self.sender.take() {
-            self.pool.checkin(self.addr.clone(), sender);
+        if let Some(Lent { sender, lease }) = self.0.take() {
+            lease.pool.checkin(lease.addr, sender);
         }
     }
+}
+
+/// Where an [`h1`] connection goes back to when its answer's body ends.
+#[derive(Debug)]
+pub struct Lease {
+    addr: BackendAddr,
+    pool: Arc<Pool>,
+}
+
+impl Lease {
+    /// `conn` has read its answer to the end and may carry the next request.
+    fn give_back(self, conn: Conn) {
+        self.pool.checkin_own(self.addr, conn);
+    }
+}
+
+/// A backend's answer body, from either kind of connection.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    /// Read by hyper's connection task.
+    Hyper(Incoming),
+    /// Read by [`h1`] in the request's task.
+    Own(h1::ResponseBody),
+}
+
+/// An error reading an answer's body.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+impl From<Incoming> for UpstreamBody {
+    fn from(body: Incoming) -> Self {
+        UpstreamBody::Hyper(body)
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = BodyError;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, BodyError>>> {
+        match self.get_mut() {
+            UpstreamBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Own(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Hyper(b) => b.is_end_stream(),
+            UpstreamBody::Own(b) => b.is_end_stream(),
+        }
+    }
+
+    #[inline]
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            UpstreamBody::Hyper(b) => b.size_hint(),
+            UpstreamBody::Own(b) => b.size_hint(),
+        }
+    }
+}
+
+/// Methods safe to send twice (RFC 9110 §9.2.2).
+fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
 }
 
 /// A cluster's upstream connections; cheap to clone (shares the pool).
@@ -305,8 +438,69 @@ impl Upstream {
     /// `addr` on a pooled keep-alive connection, opening one if none is idle.
     ///
     /// A pooled connection that turns out closed before the request was
-    /// written is replaced by a new one, once; nothing is sent twice.
+    /// written is replaced by a new one; so is one closed before any byte of
+    /// an answer to an idempotent request without a body (the keep-alive
+    /// race: the backend closed it as the request left). Nothing else is
+    /// sent twice.
     pub async fn send(
+        &self,
+        addr: &BackendAddr,
+        req: Request<RequestBody>,
+    ) -> Result<(Response<UpstreamBody>, PooledConnection), UpstreamError> {
+        if req.body().is_empty() {
+            return self.send_bodiless(addr, req).await;
+        }
+        let (response, connection) = self.send_on_hyper(addr, req).await?;
+        Ok((response.map(UpstreamBody::Hyper), connection))
+    }
+
+    /// Exchanges a request without a body on an [`h1`] connection.
+    async fn send_bodiless(
+        &self,
+        addr: &BackendAddr,
+        req: Request<RequestBody>,
+    ) -> Result<(Response<UpstreamBody>, PooledConnection), UpstreamError> {
+        let (parts, _) = req.into_parts();
+        let retry_on_race = is_idempotent(&parts.method);
+        while let Some(mut conn) = self.pool.checkout_own(addr) {
+            if !conn.is_open() {
+                continue;
+            }
+            match conn.exchange(&parts).await {
+                Ok(head) => return Ok(self.answer(addr, conn, head)),
+                Err(e) if retry_on_race && e.closed_before_answer() => {
+                    tracing::trace!(backend = %addr.authority(), error = %e, "pooled connection closed by the backend; retrying on another");
+                }
+                Err(e) => return Err(UpstreamError::Broken(e)),
+            }
+        }
+        // Boxed: opening a connection is a large future that a pooled
+        // exchange never needs, and callers move this future around.
+        let mut conn = Box::pin(self.open(addr.authority())).await.map(Conn::new)?;
+        let head = conn.exchange(&parts).await.map_err(UpstreamError::Broken)?;
+        Ok(self.answer(addr, conn, head))
+    }
+
+    /// The response to an [`h1`] exchange: its body owns the connection.
+    fn answer(
+        &self,
+        addr: &BackendAddr,
+        conn: Conn,
+        head: h1::Head,
+    ) -> (Response<UpstreamBody>, PooledConnection) {
+        let lease = Lease {
+            addr: addr.clone(),
+            pool: Arc::clone(&self.pool),
+        };
+        let body = h1::ResponseBody::new(conn, &head, lease);
+        (
+            Response::from_parts(head.parts, UpstreamBody::Own(body)),
+            PooledConnection(None),
+        )
+    }
+
+    /// Sends a request with a body through hyper.
+    async fn send_on_hyper(
         &self,
         addr: &BackendAddr,
         mut req: Request<RequestBody>,
@@ -323,20 +517,28 @@ impl Upstream {
                 },
             }
         }
-        // Boxed: opening a connection (TCP, maybe TLS, the HTTP handshake)
-        // is a large future that a pooled exchange never needs, and
-        // callers move this future around (it sits inside a timeout and
-        // the request's future).
         Box::pin(self.send_on_new(addr, req)).await
     }
 
-    /// Sends `req` on a new connection to `addr`.
+    /// Sends `req` through hyper on an idle [`h1`] connection to `addr`, or
+    /// a new one.
     async fn send_on_new(
         &self,
         addr: &BackendAddr,
         req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, PooledConnection), UpstreamError> {
-        let mut sender = self.connect(addr.authority()).await?;
+        let mut idle = None;
+        while let Some(mut conn) = self.pool.checkout_own(addr) {
+            if conn.is_open() {
+                idle = Some(conn.into_stream());
+                break;
+            }
+        }
+        let stream = match idle {
+            Some(stream) => stream,
+            None => self.open(addr.authority()).await?,
+        };
+        let mut sender = self.handshake(stream).await?;
         let response = sender
             .send_request(req)
             .await
@@ -345,18 +547,17 @@ impl Upstream {
     }
 
     fn lend(&self, addr: &BackendAddr, sender: SendRequest<RequestBody>) -> PooledConnection {
-        PooledConnection {
-            sender: Some(sender),
-            addr: addr.clone(),
-            pool: Arc::clone(&self.pool),
-        }
+        PooledConnection(Some(Lent {
+            sender,
+            lease: Lease {
+                addr: addr.clone(),
+                pool: Arc::clone(&self.pool),
+            },
+        }))
     }
 
-    /// Opens a connection and starts its task.
-    async fn connect(
-        &self,
-        authority: &Authority,
-    ) -> Result<SendRequest<RequestBody>, UpstreamError> {
+    /// Opens a connection (TCP, then TLS if the cluster has `tls`).
+    async fn open(&self, authority: &Authority) -> Result<Stream, UpstreamError> {
         let timeout = self.pool.settings.connect_timeout;
         let stream =
             match tokio::time::timeout(timeout, TcpStream::connect(authority.as_str())).await {
@@ -377,7 +578,7 @@ impl Upstream {
         let _ = stream.set_nodelay(true);
         set_keepalive(&stream);
         match self.connector.tls() {
-            None => self.handshake(stream).await,
+            None => Ok(Stream::Plain(stream)),
             Some(setup) => match setup.as_ref() {
                 Ok(tls) => {
                     let stream =
@@ -387,7 +588,7 @@ impl Upstream {
                                 authority: authority.clone(),
                                 source,
                             })?;
-                    self.handshake(stream).await
+                    Ok(Stream::Tls(Box::new(stream)))
                 }
                 // The TLS files did not load: never fall back to plain text.
                 Err(why) => Err(UpstreamError::Connect {
@@ -398,11 +599,8 @@ impl Upstream {
         }
     }
 
-    /// HTTP/1.1 over an established (plain or TLS) stream.
-    async fn handshake<S>(&self, stream: S) -> Result<SendRequest<RequestBody>, UpstreamError>
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-    {
+    /// Starts hyper's HTTP/1.1 on an established stream, in a task of its own.
+    async fn handshake(&self, stream: Stream) -> Result<SendRequest<RequestBody>, UpstreamError> {
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(UpstreamError::Exchange)?;

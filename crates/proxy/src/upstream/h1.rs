@@ -1,0 +1,993 @@
+//! HTTP/1.1 to a backend, driven in the request's own task.
+//!
+//! hyper's client runs every connection in a task of its own and talks to
+//! it through a channel and a oneshot: per request that is two more task
+//! wake-ups, a channel send and receive, and hyper's dispatcher on both
+//! sides. Measured with callgrind, that connection task alone cost 15 800
+//! of the 42 400 instructions a keep-alive request took in all. A request
+//! without a body needs none of it: [`Conn::exchange`] writes the head and
+//! reads the answer's head in the caller's task, and the connection moves
+//! into the [`ResponseBody`], which reads the body straight from the socket
+//! and puts the connection back into the pool the moment the body ends.
+//!
+//! Requests with a body stay on hyper: a backend may answer before it has
+//! read the whole upload, and hyper reads the answer while it sends.
+//!
+//! The answer's framing follows RFC 9112 §6.3: no body after a `HEAD`, for
+//! 1xx, 204 and 304; `Transfer-Encoding` ending in `chunked` is de-chunked;
+//! any other transfer coding, or neither header, runs to the close of the
+//! connection; otherwise `Content-Length`, whose copies must agree.
+//! Informational answers (100, 103) before the final one are skipped, as
+//! hyper's client does. A connection goes back to the pool only when the
+//! answer allows it (HTTP/1.1 without `Connection: close`, or HTTP/1.0 with
+//! `keep-alive`) and its body ended exactly where its framing said.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+use http::{header, request, response, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http::{Response, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_util::io::poll_read_buf;
+
+use super::Lease;
+
+/// Most header fields an answer may carry: hyper's default, so a backend
+/// that worked through hyper still works.
+const MAX_HEADERS: usize = 100;
+
+/// Largest answer head (status line and fields) accepted. NGINX stops at
+/// 4–8 KiB (`proxy_buffer_size`), HAProxy at 16 KiB (`tune.bufsize`); a
+/// backend's cookies and tokens get eight times NGINX's default here.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// Longest chunk-size line (size and extensions) accepted.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+
+/// Most trailer bytes accepted after the last chunk.
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// What one read asks the kernel for at least. Heads and small bodies fit
+/// in one read; hyper starts at the same size.
+const READ_SIZE: usize = 8 * 1024;
+
+/// What one read of a long body asks for at most.
+const MAX_READ_SIZE: usize = 64 * 1024;
+
+/// A backend connection, plain or TLS.
+#[derive(Debug)]
+pub enum Stream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP (a cluster with `tls`).
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Why an exchange on a connection of this module failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// Reading or writing the connection failed.
+    #[error("connection error")]
+    Io(#[from] io::Error),
+    /// The backend closed the connection before any byte of an answer.
+    #[error("connection closed before an answer began")]
+    ClosedBeforeAnswer,
+    /// The backend closed the connection inside the answer's head.
+    #[error("connection closed inside the answer's head")]
+    ClosedInHead,
+    /// The answer's head is not valid HTTP/1.
+    #[error("invalid answer head: {0}")]
+    InvalidHead(&'static str),
+    /// The answer's head is longer than [`MAX_HEAD`].
+    #[error("answer head larger than {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    /// `101 Switching Protocols` to a request that asked for no upgrade.
+    #[error("unexpected 101 Switching Protocols")]
+    UnexpectedUpgrade,
+    /// The backend closed the connection before the body's end.
+    #[error("connection closed {0} bytes before the body's declared end")]
+    BodyCut(u64),
+    /// The chunked body is malformed.
+    #[error("invalid chunked body: {0}")]
+    InvalidChunk(&'static str),
+}
+
+impl ExchangeError {
+    /// Whether the backend provably did nothing with the request: the
+    /// connection was found closed before the first byte of an answer,
+    /// the stale keep-alive race every HTTP/1 client meets.
+    pub fn closed_before_answer(&self) -> bool {
+        match self {
+            ExchangeError::ClosedBeforeAnswer => true,
+            ExchangeError::Io(e) => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionAborted
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// How the answer's body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Until the backend closes the connection.
+    Close,
+}
+
+/// An answer's head, parsed.
+#[derive(Debug)]
+pub struct Head {
+    /// Status, version and fields.
+    pub parts: response::Parts,
+    /// How its body is delimited.
+    pub framing: Framing,
+    /// Whether the connection may carry another request afterwards.
+    pub keep_alive: bool,
+}
+
+/// One HTTP/1.1 connection to a backend.
+#[derive(Debug)]
+pub struct Conn {
+    io: Stream,
+    /// Bytes read and not yet consumed; empty between exchanges.
+    buf: BytesMut,
+    /// The request head being written; kept for its capacity.
+    out: Vec<u8>,
+}
+
+impl Conn {
+    /// A connection over an established stream.
+    pub fn new(io: Stream) -> Self {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// Whether an idle connection can still carry a request: nothing came
+    /// in while it was idle (no close, no stray bytes). Costs no system
+    /// call on a plain connection whose socket has not become readable.
+    pub fn is_open(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        matches!(
+            poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut self.buf),
+            Poll::Pending
+        )
+    }
+
+    /// The stream, to be driven by hyper instead. Only an idle connection
+    /// (checked with [`Conn::is_open`]) has no unread bytes to lose.
+    pub fn into_stream(self) -> Stream {
+        self.io
+    }
+
+    /// Sends a request without a body and reads its answer's head (after
+    /// any informational answers).
+    pub async fn exchange(&mut self, req: &request::Parts) -> Result<Head, ExchangeError> {
+        encode_head(req, &mut self.out);
+        self.io.write_all(&self.out).await?;
+        self.io.flush().await?;
+        let head_request = req.method == Method::HEAD;
+        loop {
+            if self.buf.capacity() - self.buf.len() < READ_SIZE / 2 {
+                self.buf.reserve(READ_SIZE);
+            }
+            let had = self.buf.len();
+            if self.io.read_buf(&mut self.buf).await? == 0 {
+                return Err(if had == 0 {
+                    ExchangeError::ClosedBeforeAnswer
+                } else {
+                    ExchangeError::ClosedInHead
+                });
+            }
+            loop {
+                match parse_head(&mut self.buf, head_request)? {
+                    Parsed::Final(head) => return Ok(head),
+                    // Consumed; the final answer may be in the buffer already.
+                    Parsed::Informational => continue,
+                    Parsed::Partial => break,
+                }
+            }
+            if self.buf.len() > MAX_HEAD {
+                return Err(ExchangeError::HeadTooLarge);
+            }
+        }
+    }
+}
+
+/// Writes `req`'s head (origin-form target, fields as they are) into `out`.
+fn encode_head(req: &request::Parts, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(req.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &req.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    // A method whose request has a defined body meaning (POST, PUT, PATCH,
+    // ...) gets an explicit empty one, as hyper writes it: some servers
+    // answer 411 Length Required otherwise.
+    let bodiless_method = matches!(
+        req.method,
+        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
+    ) || req.method == Method::CONNECT;
+    if !bodiless_method
+        && !req.headers.contains_key(header::CONTENT_LENGTH)
+        && !req.headers.contains_key(header::TRANSFER_ENCODING)
+    {
+        out.extend_from_slice(b"content-length: 0\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// What [`parse_head`] found at the front of the buffer.
+#[derive(Debug)]
+pub enum Parsed {
+    /// The head is not complete yet; nothing was consumed.
+    Partial,
+    /// An informational answer (1xx but 101), consumed and skipped.
+    Informational,
+    /// The final answer's head, consumed.
+    Final(Head),
+}
+
+/// Parses one answer head from the front of `buf`, consuming it when it is
+/// complete.
+pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, ExchangeError> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut slots,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(ExchangeError::InvalidHead("more than 100 header fields"))
+        }
+        Err(e) => return Err(ExchangeError::InvalidHead(invalid_head(e))),
+    };
+    let code = parsed.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code)
+        .map_err(|_| ExchangeError::InvalidHead("invalid status code"))?;
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(ExchangeError::UnexpectedUpgrade);
+    }
+    if status.is_informational() {
+        let _ = buf.split_to(len);
+        return Ok(Parsed::Informational);
+    }
+    let version = if parsed.version == Some(1) {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    };
+    let reason = parsed
+        .reason
+        .filter(|r| Some(*r) != status.canonical_reason());
+    // The fields point into `buf`; their positions survive the freeze below,
+    // so the values become slices of one shared buffer, copied nowhere.
+    let base = buf.as_ptr() as usize;
+    let mut fields: Vec<(usize, usize, usize, usize)> = Vec::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = h.name.as_ptr() as usize - base;
+        let value = h.value.as_ptr() as usize - base;
+        fields.push((name, h.name.len(), value, h.value.len()));
+    }
+    let reason = reason.map(|r| Bytes::copy_from_slice(r.as_bytes()));
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, name_len, value, value_len) in fields {
+        let name = HeaderName::from_bytes(&head[name..name + name_len])
+            .map_err(|_| ExchangeError::InvalidHead("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
+            .map_err(|_| ExchangeError::InvalidHead("invalid header value"))?;
+        headers.append(name, value);
+    }
+    let framing = framing(status, head_request, &headers)?;
+    let keep_alive = keep_alive(version, &headers) && framing != Framing::Close;
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = headers;
+    if let Some(reason) = reason.and_then(|r| hyper::ext::ReasonPhrase::try_from(r).ok()) {
+        response.extensions_mut().insert(reason);
+    }
+    let (parts, ()) = response.into_parts();
+    Ok(Parsed::Final(Head {
+        parts,
+        framing,
+        keep_alive,
+    }))
+}
+
+fn invalid_head(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::NewLine => "invalid line ending",
+        httparse::Error::Status => "invalid status",
+        httparse::Error::Token => "invalid token",
+        httparse::Error::Version => "invalid HTTP version",
+        _ => "invalid head",
+    }
+}
+
+/// How the body of an answer with `status` and `headers` is delimited
+/// (RFC 9112 §6.3).
+fn framing(
+    status: StatusCode,
+    head_request: bool,
+    headers: &HeaderMap,
+) -> Result<Framing, ExchangeError> {
+    if head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Framing::Empty);
+    }
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
+    if codings.peek().is_some() {
+        // Chunked must be the last coding; anything else runs to the close.
+        let last = codings
+            .last()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(str::trim);
+        return Ok(match last {
+            Some(c) if c.eq_ignore_ascii_case("chunked") => Framing::Chunked,
+            _ => Framing::Close,
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let text = value
+            .to_str()
+            .map_err(|_| ExchangeError::InvalidHead("invalid content-length"))?;
+        for part in text.split(',') {
+            let part = part.trim();
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ExchangeError::InvalidHead("invalid content-length"));
+            }
+            let n: u64 = part
+                .parse()
+                .map_err(|_| ExchangeError::InvalidHead("invalid content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ExchangeError::InvalidHead("conflicting content-length"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => Framing::Empty,
+        Some(n) => Framing::Length(n),
+        None => Framing::Close,
+    })
+}
+
+/// Whether an answer of `version` with `headers` lets the connection carry
+/// another request.
+fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
+    let mut close = false;
+    let mut keep = false;
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            close |= token.eq_ignore_ascii_case(b"close");
+            keep |= token.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
+    if version == Version::HTTP_11 {
+        !close
+    } else {
+        keep && !close
+    }
+}
+
+/// Where a chunked body's decoding stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunked {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk's data, this much left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer fields, then an empty line.
+    Trailers,
+}
+
+/// What the decoder took from the buffer.
+#[derive(Debug, PartialEq)]
+pub enum Piece {
+    /// Body data.
+    Data(Bytes),
+    /// The trailer fields after the last chunk (the body has ended).
+    Trailers(HeaderMap),
+    /// The body has ended, without trailers.
+    End,
+}
+
+/// Decodes a chunked body incrementally (RFC 9112 §7.1).
+#[derive(Debug)]
+pub struct ChunkedDecoder {
+    state: Chunked,
+}
+
+impl Default for ChunkedDecoder {
+    fn default() -> Self {
+        ChunkedDecoder {
+            state: Chunked::Size,
+        }
+    }
+}
+
+impl ChunkedDecoder {
+    /// Takes the next piece from the front of `buf`; `Ok(None)` when more
+    /// bytes are needed. Chunk extensions are ignored.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Piece>, ExchangeError> {
+        loop {
+            match self.state {
+                Chunked::Size => match httparse::parse_chunk_size(buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        let _ = buf.split_to(used);
+                        self.state = if size == 0 {
+                            Chunked::Trailers
+                        } else {
+                            Chunked::Data(size)
+                        };
+                    }
+                    Ok(httparse::Status::Partial) if buf.len() <= MAX_CHUNK_LINE => {
+                        return Ok(None)
+                    }
+                    Ok(httparse::Status::Partial) => {
+                        return Err(ExchangeError::InvalidChunk("chunk-size line too long"))
+                    }
+                    Err(_) => return Err(ExchangeError::InvalidChunk("invalid chunk size")),
+                },
+                Chunked::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(None);
+                    }
+                    let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let data = buf.split_to(n).freeze();
+                    let left = left - n as u64;
+                    self.state = if left == 0 {
+                        Chunked::DataEnd
+                    } else {
+                        Chunked::Data(left)
+                    };
+                    return Ok(Some(Piece::Data(data)));
+                }
+                Chunked::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(None);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(ExchangeError::InvalidChunk("missing CRLF after chunk data"));
+                    }
+                    let _ = buf.split_to(2);
+                    self.state = Chunked::Size;
+                }
+                Chunked::Trailers => {
+                    if buf.len() < 2 {
+                        return Ok(None);
+                    }
+                    if &buf[..2] == b"\r\n" {
+                        let _ = buf.split_to(2);
+                        return Ok(Some(Piece::End));
+                    }
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        if buf.len() > MAX_TRAILERS {
+                            return Err(ExchangeError::InvalidChunk("trailers too large"));
+                        }
+                        return Ok(None);
+                    };
+                    let block = buf.split_to(end + 4);
+                    let mut slots = [httparse::EMPTY_HEADER; 64];
+                    let fields = match httparse::parse_headers(&block, &mut slots) {
+                        Ok(httparse::Status::Complete((_, fields))) => fields,
+                        _ => return Err(ExchangeError::InvalidChunk("invalid trailer fields")),
+                    };
+                    let mut trailers = HeaderMap::with_capacity(fields.len());
+                    for f in fields {
+                        let name = HeaderName::from_bytes(f.name.as_bytes())
+                            .map_err(|_| ExchangeError::InvalidChunk("invalid trailer name"))?;
+                        let value = HeaderValue::from_bytes(f.value)
+                            .map_err(|_| ExchangeError::InvalidChunk("invalid trailer value"))?;
+                        trailers.append(name, value);
+                    }
+                    return Ok(Some(Piece::Trailers(trailers)));
+                }
+            }
+        }
+    }
+}
+
+/// How much of the body is left to read.
+#[derive(Debug)]
+enum Remaining {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    Close,
+    Done,
+}
+
+/// An answer's body read from the connection it arrives on.
+#[derive(Debug)]
+pub struct ResponseBody {
+    /// `None` once the body has ended (the connection was given back or
+    /// closed).
+    conn: Option<Conn>,
+    remaining: Remaining,
+    /// Where the connection goes at the end; `None` when it cannot be
+    /// reused.
+    lease: Option<Lease>,
+}
+
+impl ResponseBody {
+    /// The body framed by `head` on `conn`. An empty body ends at once and
+    /// gives the connection back.
+    pub fn new(conn: Conn, head: &Head, lease: Lease) -> Self {
+        let remaining = match head.framing {
+            Framing::Empty => Remaining::Done,
+            Framing::Length(n) => Remaining::Length(n),
+            Framing::Chunked => Remaining::Chunked(ChunkedDecoder::default()),
+            Framing::Close => Remaining::Close,
+        };
+        let mut body = ResponseBody {
+            conn: Some(conn),
+            remaining,
+            lease: head.keep_alive.then_some(lease),
+        };
+        if matches!(body.remaining, Remaining::Done) {
+            body.finish();
+        }
+        body
+    }
+
+    /// The body has ended: the connection goes back if the answer allows
+    /// reuse and no byte beyond the body arrived.
+    fn finish(&mut self) {
+        self.remaining = Remaining::Done;
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if let Some(lease) = self.lease.take() {
+            if conn.buf.is_empty() {
+                lease.give_back(conn);
+            }
+        }
+    }
+
+    /// Reads more of the body into the connection's buffer.
+    fn poll_fill(conn: &mut Conn, want: u64, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let want = usize::try_from(want)
+            .unwrap_or(usize::MAX)
+            .clamp(READ_SIZE, MAX_READ_SIZE);
+        if conn.buf.capacity() - conn.buf.len() < want / 2 {
+            conn.buf.reserve(want);
+        }
+        poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf)
+    }
+}
+
+type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match &mut this.remaining {
+                Remaining::Done => return Poll::Ready(None),
+                Remaining::Length(left) => {
+                    if !conn.buf.is_empty() {
+                        let n = conn
+                            .buf
+                            .len()
+                            .min(usize::try_from(*left).unwrap_or(usize::MAX));
+                        let data = conn.buf.split_to(n).freeze();
+                        *left -= n as u64;
+                        if *left == 0 {
+                            this.finish();
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    let left = *left;
+                    match ready!(Self::poll_fill(conn, left, cx)) {
+                        Ok(0) => {
+                            this.fail();
+                            return Poll::Ready(Some(Err(ExchangeError::BodyCut(left).into())));
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            this.fail();
+                            return Poll::Ready(Some(Err(ExchangeError::Io(e).into())));
+                        }
+                    }
+                }
+                Remaining::Chunked(decoder) => match decoder.decode(&mut conn.buf) {
+                    Ok(Some(Piece::Data(data))) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Some(Piece::Trailers(trailers))) => {
+                        this.finish();
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
+                    Ok(Some(Piece::End)) => {
+                        this.finish();
+                        return Poll::Ready(None);
+                    }
+                    Ok(None) => match ready!(Self::poll_fill(conn, 0, cx)) {
+                        Ok(0) => {
+                            this.fail();
+                            return Poll::Ready(Some(Err(ExchangeError::InvalidChunk(
+                                "connection closed inside the body",
+                            )
+                            .into())));
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            this.fail();
+                            return Poll::Ready(Some(Err(ExchangeError::Io(e).into())));
+                        }
+                    },
+                    Err(e) => {
+                        this.fail();
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                },
+                Remaining::Close => {
+                    if !conn.buf.is_empty() {
+                        let data = conn.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    match ready!(Self::poll_fill(conn, MAX_READ_SIZE as u64, cx)) {
+                        Ok(0) => {
+                            this.finish();
+                            return Poll::Ready(None);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            this.fail();
+                            return Poll::Ready(Some(Err(ExchangeError::Io(e).into())));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.remaining, Remaining::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Remaining::Length(n) => SizeHint::with_exact(n),
+            Remaining::Done => SizeHint::with_exact(0),
+            Remaining::Chunked(_) | Remaining::Close => SizeHint::default(),
+        }
+    }
+}
+
+impl ResponseBody {
+    /// The body broke: the connection is closed, not reused.
+    fn fail(&mut self) {
+        self.remaining = Remaining::Done;
+        self.lease = None;
+        self.conn = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(bytes: &[u8], head_request: bool) -> Result<Head, ExchangeError> {
+        match parse_head(&mut BytesMut::from(bytes), head_request)? {
+            Parsed::Final(head) => Ok(head),
+            other => panic!("not a final head: {other:?}"),
+        }
+    }
+
+    fn final_head(bytes: &[u8]) -> Head {
+        head(bytes, false).unwrap()
+    }
+
+    #[test]
+    fn parse_head_reads_status_fields_and_framing() {
+        let h = final_head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\nX-Empty:\r\n\r\nhello",
+        );
+        assert_eq!(h.parts.status, StatusCode::OK);
+        assert_eq!(h.parts.version, Version::HTTP_11);
+        assert_eq!(h.framing, Framing::Length(5));
+        assert!(h.keep_alive);
+        let cookies: Vec<_> = h.parts.headers.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert_eq!(h.parts.headers["x-empty"], "");
+        assert!(h
+            .parts
+            .extensions
+            .get::<hyper::ext::ReasonPhrase>()
+            .is_none());
+    }
+
+    #[test]
+    fn parse_head_consumes_only_the_head() {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"[..]);
+        assert!(matches!(parse_head(&mut buf, false), Ok(Parsed::Final(_))));
+        assert_eq!(&buf[..], b"hello");
+    }
+
+    #[test]
+    fn parse_head_waits_for_a_partial_head() {
+        let partial = b"HTTP/1.1 200 OK\r\nContent-Len";
+        let mut buf = BytesMut::from(&partial[..]);
+        assert!(matches!(parse_head(&mut buf, false), Ok(Parsed::Partial)));
+        assert_eq!(buf.len(), partial.len());
+    }
+
+    #[test]
+    fn parse_head_skips_informational_answers_but_refuses_101() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"[..],
+        );
+        assert!(matches!(
+            parse_head(&mut buf, false),
+            Ok(Parsed::Informational)
+        ));
+        let Ok(Parsed::Final(h)) = parse_head(&mut buf, false) else {
+            panic!("no final answer");
+        };
+        assert_eq!(h.parts.status, StatusCode::NO_CONTENT);
+        assert!(matches!(
+            head(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false),
+            Err(ExchangeError::UnexpectedUpgrade)
+        ));
+    }
+
+    #[test]
+    fn parse_head_keeps_a_non_canonical_reason() {
+        let h = final_head(b"HTTP/1.1 200 Fine Thanks\r\nContent-Length: 0\r\n\r\n");
+        let reason = h
+            .parts
+            .extensions
+            .get::<hyper::ext::ReasonPhrase>()
+            .unwrap();
+        assert_eq!(reason.as_bytes(), b"Fine Thanks");
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let f = |bytes: &[u8], head_request| head(bytes, head_request).map(|h| h.framing);
+        assert_eq!(
+            f(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true).unwrap(),
+            Framing::Empty
+        );
+        assert_eq!(
+            f(
+                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+                false
+            )
+            .unwrap(),
+            Framing::Empty
+        );
+        assert_eq!(
+            f(b"HTTP/1.1 204 No Content\r\n\r\n", false).unwrap(),
+            Framing::Empty
+        );
+        assert_eq!(
+            f(b"HTTP/1.1 200 OK\r\n\r\n", false).unwrap(),
+            Framing::Close
+        );
+        assert_eq!(
+            f(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n",
+                false
+            )
+            .unwrap(),
+            Framing::Chunked
+        );
+        assert_eq!(
+            f(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false).unwrap(),
+            Framing::Close
+        );
+        assert_eq!(
+            f(b"HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\n\r\n", false).unwrap(),
+            Framing::Length(7)
+        );
+        assert!(f(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nContent-Length: 8\r\n\r\n",
+            false
+        )
+        .is_err());
+        assert!(f(b"HTTP/1.1 200 OK\r\nContent-Length: +7\r\n\r\n", false).is_err());
+        assert!(f(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            false
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn keep_alive_depends_on_version_and_connection() {
+        let k = |bytes: &[u8]| final_head(bytes).keep_alive;
+        assert!(k(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(!k(
+            b"HTTP/1.1 200 OK\r\nConnection: foo, Close\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(!k(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(k(
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"
+        ));
+        // A body that runs to the close ends the connection.
+        assert!(!k(b"HTTP/1.1 200 OK\r\n\r\n"));
+    }
+
+    #[test]
+    fn malformed_heads_are_errors() {
+        for bad in [
+            &b"HTTP/1.1 abc\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nNo colon here\r\n\r\n",
+            b"HTTP/2 200 OK\r\n\r\n",
+            b"HTTP/1.1 99 Low\r\n\r\n",
+        ] {
+            assert!(
+                head(bad, false).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    fn decode_all(
+        input: &[u8],
+        split: usize,
+    ) -> Result<(Vec<u8>, Option<HeaderMap>), ExchangeError> {
+        let mut decoder = ChunkedDecoder::default();
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut fed = 0;
+        loop {
+            match decoder.decode(&mut buf)? {
+                Some(Piece::Data(d)) => body.extend_from_slice(&d),
+                Some(Piece::Trailers(t)) => return Ok((body, Some(t))),
+                Some(Piece::End) => return Ok((body, None)),
+                None => {
+                    if fed == input.len() {
+                        return Err(ExchangeError::BodyCut(0));
+                    }
+                    let n = split.min(input.len() - fed);
+                    buf.extend_from_slice(&input[fed..fed + n]);
+                    fed += n;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_decoder_handles_any_split() {
+        let input = b"5;foo=bar\r\nhello\r\nA\r\n, chunked!\r\n0\r\n\r\n";
+        for split in 1..=input.len() {
+            let (body, trailers) = decode_all(input, split).unwrap();
+            assert_eq!(body, b"hello, chunked!", "split {split}");
+            assert!(trailers.is_none());
+        }
+    }
+
+    #[test]
+    fn chunked_decoder_returns_trailers() {
+        let input = b"3\r\nabc\r\n0\r\nGrpc-Status: 0\r\nX-Sum: 12\r\n\r\n";
+        for split in 1..=input.len() {
+            let (body, trailers) = decode_all(input, split).unwrap();
+            assert_eq!(body, b"abc");
+            let trailers = trailers.unwrap();
+            assert_eq!(trailers["grpc-status"], "0");
+            assert_eq!(trailers["x-sum"], "12");
+        }
+    }
+
+    #[test]
+    fn chunked_decoder_rejects_malformed_bodies() {
+        assert!(decode_all(b"zz\r\nabc\r\n0\r\n\r\n", 64).is_err());
+        assert!(decode_all(b"3\r\nabcXY0\r\n\r\n", 64).is_err());
+        assert!(decode_all(b"fffffffffffffffff\r\n", 64).is_err());
+    }
+
+    #[test]
+    fn encode_head_writes_origin_form_and_an_empty_body_for_post() {
+        let (mut get, ()) = http::Request::get("/a?b=c")
+            .header("host", "example")
+            .header("x-two", "1")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut out = Vec::new();
+        encode_head(&get, &mut out);
+        assert_eq!(
+            out,
+            b"GET /a?b=c HTTP/1.1\r\nhost: example\r\nx-two: 1\r\n\r\n"
+        );
+        get.method = Method::POST;
+        encode_head(&get, &mut out);
+        assert_eq!(
+            out,
+            b"POST /a?b=c HTTP/1.1\r\nhost: example\r\nx-two: 1\r\ncontent-length: 0\r\n\r\n"
+        );
+    }
+}
