@@ -261,8 +261,9 @@ async fn forward_to(
         .as_ref()
         .and_then(|t| t.lookup(&parts.headers, &cluster.set));
     let mut pin = pinned;
-    // The request head, kept for attempts after the first.
-    let mut parts = Some(parts);
+    // Every attempt sends the same head, with an origin-form target: the
+    // pool connects to the backend's authority.
+    parts.uri = Uri::from(path);
     cluster.retry_budget.deposit();
     while attempts < max_attempts {
         let Some(request_body) = body.take() else {
@@ -314,17 +315,11 @@ async fn forward_to(
             cluster.metrics.retries.fetch_add(1, Relaxed);
         }
         let retry_body = request_body.reclaim();
-        // Origin-form URI: the pool connects to the backend's authority.
-        let uri = Uri::from(path.clone());
-        let upstream_req = Request::from_parts(
-            attempt_head(&mut parts, uri, attempts == max_attempts),
-            request_body,
-        );
         let addr = &cluster.backend_addrs[id.index()];
         let guard = backend.state.load.start();
         let started = Instant::now();
         let sent = response_within(
-            cluster.upstream.send(addr, upstream_req),
+            cluster.upstream.send(addr, &parts, request_body),
             try_timeout.min(remaining),
             retry_body.as_ref(),
         )
@@ -682,41 +677,6 @@ pub(super) fn upstream_uri(cluster: &ClusterSnapshot, id: BackendId, path: &Path
     parts.authority = Some(cluster.backend_addrs[id.index()].authority().clone());
     parts.path_and_query = Some(path.clone());
     Uri::from_parts(parts).expect("scheme, authority and path are all set")
-}
-
-/// The request head for one attempt, with the attempt's `uri`.
-///
-/// While another attempt may follow, this is a copy (the original is kept
-/// for the retry); the last attempt a cluster allows takes the original,
-/// so a cluster without retries never copies a head.
-fn attempt_head(
-    parts: &mut Option<http::request::Parts>,
-    uri: Uri,
-    last: bool,
-) -> http::request::Parts {
-    let kept = if last { parts.take() } else { None };
-    match kept {
-        Some(mut head) => {
-            head.uri = uri;
-            head
-        }
-        None => clone_parts(
-            parts
-                .as_ref()
-                .expect("the head is kept until the last attempt"),
-            uri,
-        ),
-    }
-}
-
-/// A copy of the request head with another `uri`.
-fn clone_parts(parts: &http::request::Parts, uri: Uri) -> http::request::Parts {
-    let mut req = Request::new(());
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = uri;
-    *req.version_mut() = parts.version;
-    *req.headers_mut() = parts.headers.clone();
-    req.into_parts().0
 }
 
 pub(super) fn error_chain(e: &dyn std::error::Error) -> String {

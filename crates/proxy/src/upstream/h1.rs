@@ -584,7 +584,7 @@ enum Remaining {
 pub struct ResponseBody {
     /// `None` once the body has ended (the connection was given back or
     /// closed).
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     remaining: Remaining,
     /// Where the connection goes at the end; `None` when it cannot be
     /// reused.
@@ -594,7 +594,7 @@ pub struct ResponseBody {
 impl ResponseBody {
     /// The body framed by `head` on `conn`. An empty body ends at once and
     /// gives the connection back.
-    pub fn new(conn: Conn, head: &Head, lease: Lease) -> Self {
+    pub fn new(conn: Box<Conn>, head: &Head, lease: Lease) -> Self {
         let remaining = match head.framing {
             Framing::Empty => Remaining::Done,
             Framing::Length(n) => Remaining::Length(n),

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use fulcrum_config::{ClusterConfig, UpstreamTlsConfig};
 use http::uri::Authority;
-use http::{Request, Response};
+use http::{request, Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -128,7 +128,9 @@ struct Idles {
     /// Driven by hyper (used by requests with a body).
     hyper: Vec<Idle<SendRequest<RequestBody>>>,
     /// Driven by [`h1`] in the request's task.
-    own: Vec<Idle<Conn>>,
+    /// Boxed: the connection moves with its answer's body, which moves
+    /// several times on its way to the client.
+    own: Vec<Idle<Box<Conn>>>,
 }
 
 /// A backend's address as the pool knows it: the authority, and a hash of
@@ -225,7 +227,7 @@ impl Pool {
     /// The newest idle [`h1`] connection to `addr` that has not expired.
     /// Whether it is still open is the caller's check ([`Conn::is_open`]),
     /// made outside the lock.
-    fn checkout_own(&self, addr: &BackendAddr) -> Option<Conn> {
+    fn checkout_own(&self, addr: &BackendAddr) -> Option<Box<Conn>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = &mut idle.get_mut(addr)?.own;
         while let Some(entry) = list.pop() {
@@ -256,7 +258,7 @@ impl Pool {
 
     /// Puts an [`h1`] connection whose exchange is complete back, pruning
     /// expired ones of the same backend.
-    fn checkin_own(&self, addr: BackendAddr, conn: Conn) {
+    fn checkin_own(&self, addr: BackendAddr, conn: Box<Conn>) {
         if self.settings.pool_max_idle == 0 {
             return;
         }
@@ -311,7 +313,7 @@ pub struct Lease {
 
 impl Lease {
     /// `conn` has read its answer to the end and may carry the next request.
-    fn give_back(self, conn: Conn) {
+    fn give_back(self, conn: Box<Conn>) {
         self.pool.checkin_own(self.addr, conn);
     }
 }
@@ -445,12 +447,19 @@ impl Upstream {
     pub async fn send(
         &self,
         addr: &BackendAddr,
-        req: Request<RequestBody>,
+        head: &request::Parts,
+        body: RequestBody,
     ) -> Result<(Response<UpstreamBody>, PooledConnection), UpstreamError> {
-        if req.body().is_empty() {
-            return self.send_bodiless(addr, req).await;
+        if body.is_empty() {
+            return self.send_bodiless(addr, head).await;
         }
-        let (response, connection) = self.send_on_hyper(addr, req).await?;
+        // hyper takes the head by value; a retry needs it again.
+        let mut copy = Request::new(body);
+        *copy.method_mut() = head.method.clone();
+        *copy.uri_mut() = head.uri.clone();
+        *copy.version_mut() = head.version;
+        *copy.headers_mut() = head.headers.clone();
+        let (response, connection) = self.send_on_hyper(addr, copy).await?;
         Ok((response.map(UpstreamBody::Hyper), connection))
     }
 
@@ -458,16 +467,15 @@ impl Upstream {
     async fn send_bodiless(
         &self,
         addr: &BackendAddr,
-        req: Request<RequestBody>,
+        head: &request::Parts,
     ) -> Result<(Response<UpstreamBody>, PooledConnection), UpstreamError> {
-        let (parts, _) = req.into_parts();
-        let retry_on_race = is_idempotent(&parts.method);
+        let retry_on_race = is_idempotent(&head.method);
         while let Some(mut conn) = self.pool.checkout_own(addr) {
             if !conn.is_open() {
                 continue;
             }
-            match conn.exchange(&parts).await {
-                Ok(head) => return Ok(self.answer(addr, conn, head)),
+            match conn.exchange(head).await {
+                Ok(answer) => return Ok(self.answer(addr, conn, answer)),
                 Err(e) if retry_on_race && e.closed_before_answer() => {
                     tracing::trace!(backend = %addr.authority(), error = %e, "pooled connection closed by the backend; retrying on another");
                 }
@@ -476,16 +484,17 @@ impl Upstream {
         }
         // Boxed: opening a connection is a large future that a pooled
         // exchange never needs, and callers move this future around.
-        let mut conn = Box::pin(self.open(addr.authority())).await.map(Conn::new)?;
-        let head = conn.exchange(&parts).await.map_err(UpstreamError::Broken)?;
-        Ok(self.answer(addr, conn, head))
+        let stream = Box::pin(self.open(addr.authority())).await?;
+        let mut conn = Box::new(Conn::new(stream));
+        let answer = conn.exchange(head).await.map_err(UpstreamError::Broken)?;
+        Ok(self.answer(addr, conn, answer))
     }
 
     /// The response to an [`h1`] exchange: its body owns the connection.
     fn answer(
         &self,
         addr: &BackendAddr,
-        conn: Conn,
+        conn: Box<Conn>,
         head: h1::Head,
     ) -> (Response<UpstreamBody>, PooledConnection) {
         let lease = Lease {
@@ -530,7 +539,7 @@ impl Upstream {
         let mut idle = None;
         while let Some(mut conn) = self.pool.checkout_own(addr) {
             if conn.is_open() {
-                idle = Some(conn.into_stream());
+                idle = Some((*conn).into_stream());
                 break;
             }
         }
