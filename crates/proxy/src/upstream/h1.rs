@@ -342,15 +342,17 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Exch
     let reason = reason.map(|r| Bytes::copy_from_slice(r.as_bytes()));
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(fields.len());
+    let mut delimiters = Delimiters::default();
     for (name, name_len, value, value_len) in fields {
         let name = HeaderName::from_bytes(&head[name..name + name_len])
             .map_err(|_| ExchangeError::InvalidHead("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
             .map_err(|_| ExchangeError::InvalidHead("invalid header value"))?;
+        delimiters.see(&name, &value)?;
         headers.append(name, value);
     }
-    let framing = framing(status, head_request, &headers)?;
-    let keep_alive = keep_alive(version, &headers) && framing != Framing::Close;
+    let framing = delimiters.framing(status, head_request);
+    let keep_alive = delimiters.keep_alive(version) && framing != Framing::Close;
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
@@ -378,76 +380,86 @@ fn invalid_head(e: httparse::Error) -> &'static str {
     }
 }
 
-/// How the body of an answer with `status` and `headers` is delimited
-/// (RFC 9112 §6.3).
-fn framing(
-    status: StatusCode,
-    head_request: bool,
-    headers: &HeaderMap,
-) -> Result<Framing, ExchangeError> {
-    if head_request
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok(Framing::Empty);
-    }
-    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
-    if codings.peek().is_some() {
-        // Chunked must be the last coding; anything else runs to the close.
-        let last = codings
-            .last()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .map(str::trim);
-        return Ok(match last {
-            Some(c) if c.eq_ignore_ascii_case("chunked") => Framing::Chunked,
-            _ => Framing::Close,
-        });
-    }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        let text = value
-            .to_str()
-            .map_err(|_| ExchangeError::InvalidHead("invalid content-length"))?;
-        for part in text.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(ExchangeError::InvalidHead("invalid content-length"));
-            }
-            let n: u64 = part
-                .parse()
-                .map_err(|_| ExchangeError::InvalidHead("invalid content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(ExchangeError::InvalidHead("conflicting content-length"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
-        Some(0) => Framing::Empty,
-        Some(n) => Framing::Length(n),
-        None => Framing::Close,
-    })
+/// What the framing and reuse rules need from an answer's fields, noted as
+/// the fields are read (looking them up in the map afterwards would hash
+/// each name again).
+#[derive(Debug, Default)]
+struct Delimiters {
+    /// Whether the last transfer coding named is `chunked`; `None` without
+    /// `Transfer-Encoding`.
+    chunked: Option<bool>,
+    content_length: Option<u64>,
+    /// `Connection: close`.
+    close: bool,
+    /// `Connection: keep-alive`.
+    keep_alive: bool,
 }
 
-/// Whether an answer of `version` with `headers` lets the connection carry
-/// another request.
-fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
-    let mut close = false;
-    let mut keep = false;
-    for value in headers.get_all(header::CONNECTION) {
-        for token in value.as_bytes().split(|&b| b == b',') {
-            let token = token.trim_ascii();
-            close |= token.eq_ignore_ascii_case(b"close");
-            keep |= token.eq_ignore_ascii_case(b"keep-alive");
+impl Delimiters {
+    /// Notes one field. Copies of `Content-Length` must agree.
+    fn see(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), ExchangeError> {
+        if name == header::CONTENT_LENGTH {
+            for part in value.as_bytes().split(|&b| b == b',') {
+                let n = content_length(part.trim_ascii())
+                    .ok_or(ExchangeError::InvalidHead("invalid content-length"))?;
+                if self.content_length.is_some_and(|l| l != n) {
+                    return Err(ExchangeError::InvalidHead("conflicting content-length"));
+                }
+                self.content_length = Some(n);
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            let last = value.as_bytes().rsplit(|&b| b == b',').next().unwrap_or_default();
+            self.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONNECTION {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        Ok(())
+    }
+
+    /// How the body of an answer with `status` is delimited (RFC 9112 §6.3).
+    fn framing(&self, status: StatusCode, head_request: bool) -> Framing {
+        if head_request
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Framing::Empty;
+        }
+        match (self.chunked, self.content_length) {
+            // Chunked must be the last coding; anything else runs to the
+            // close, and either way `Content-Length` is ignored.
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) | (None, None) => Framing::Close,
+            (None, Some(0)) => Framing::Empty,
+            (None, Some(n)) => Framing::Length(n),
         }
     }
-    if version == Version::HTTP_11 {
-        !close
-    } else {
-        keep && !close
+
+    /// Whether an answer of `version` lets the connection carry another
+    /// request.
+    fn keep_alive(&self, version: Version) -> bool {
+        if version == Version::HTTP_11 {
+            !self.close
+        } else {
+            self.keep_alive && !self.close
+        }
     }
+}
+
+/// A `Content-Length` value: digits only, no sign, no overflow.
+fn content_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit()
+            .then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))
+            .flatten()
+    })
 }
 
 /// Where a chunked body's decoding stands.
