@@ -638,12 +638,19 @@ impl ResponseBody {
         }
     }
 
-    /// Reads more of the body into the connection's buffer.
-    fn poll_fill(conn: &mut Conn, want: u64, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let want = usize::try_from(want)
+    /// Reads more of the body into the connection's buffer; `rest` is how
+    /// much of it is still expected (0 when unknown).
+    ///
+    /// There is room for the rest and a byte more, so the read that brings
+    /// the body's last bytes comes back short, and tokio then forgets that
+    /// the socket was readable. After a read that fills the buffer exactly
+    /// it would not, and [`Conn::is_open`] would pay a system call before
+    /// the next request to find nothing to read.
+    fn poll_fill(conn: &mut Conn, rest: u64, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let want = usize::try_from(rest.saturating_add(1))
             .unwrap_or(usize::MAX)
             .clamp(READ_SIZE, MAX_READ_SIZE);
-        if conn.buf.capacity() - conn.buf.len() < want / 2 {
+        if conn.buf.capacity() - conn.buf.len() < want {
             conn.buf.reserve(want);
         }
         poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf)
