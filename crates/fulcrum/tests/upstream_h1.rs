@@ -4,22 +4,16 @@
 //! (HEAD, 204, 304), preceded by 1xx answers, malformed or cut short; and
 //! when it may reuse the backend connection afterwards.
 //!
-//! These tests pin down what the upstream HTTP/1.1 client must do, so a
-//! replacement for the current one (hyper's `client::conn::http1`) can be
-//! checked against them. Every backend here is a [`RawBackend`]: a TCP
-//! server that answers with bytes the test chooses, in the TCP writes the
-//! test chooses, and closes when the test says. It records each request it
+//! These tests pin down what the upstream HTTP/1.1 client
+//! (`fulcrum_proxy::upstream::h1`) must do. Every backend here is a
+//! [`RawBackend`]: a TCP server that answers with bytes the test chooses,
+//! in the TCP writes the test chooses, and closes when the test says. It records each request it
 //! reads, per connection, so a test can tell a pooled connection from a
 //! new one.
 //!
 //! Each proxy has one backend and `retries = 0`: every request is exactly
 //! one attempt on that backend, so what the client sees is what the
 //! upstream client made of the backend's bytes.
-//!
-//! Two tests are `#[ignore]`d: they state what the proxy should do where
-//! today's code falls short (an HTTP/1.0 answer is passed on to the client
-//! as HTTP/1.0; a backend connection whose chunked answer had trailers is
-//! not pooled again). Run them with `--ignored`.
 
 mod common;
 
@@ -503,8 +497,6 @@ async fn chunked_bodies_with_trailers_arrive_intact() {
 }
 
 #[tokio::test]
-#[ignore = "known gap: hyper's server drops a body after its trailers without polling its end, \
-            so ProxyBody never returns the backend connection to the pool"]
 async fn chunked_bodies_with_trailers_leave_the_backend_connection_reusable() {
     let backend = RawBackend::start(|req, _| match req.line.as_str() {
         "GET /trailers HTTP/1.1" => Reply::keep_open(
@@ -586,8 +578,6 @@ async fn http10_answers_without_keep_alive_are_not_reused() {
 }
 
 #[tokio::test]
-#[ignore = "known gap: the proxy forwards the backend's HTTP/1.0 version to the client \
-            (`HTTP/1.0 200 OK`), so an HTTP/1.1 client's keep-alive connection ends"]
 async fn http10_backend_answers_reach_keep_alive_clients_as_http11() {
     // RFC 9110 §6.2: a proxy sends its own HTTP version in what it
     // forwards; the backend's version concerns the backend's connection.

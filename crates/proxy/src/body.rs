@@ -24,7 +24,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use crate::upstream::{BodyError, PooledConnection, UpstreamBody};
+use crate::upstream::{BodyError, UpstreamBody};
 
 /// The limits a request body is read under: its size, and how slowly it
 /// may arrive (the slow-POST defence).
@@ -357,9 +357,6 @@ pin_project_lite::pin_project! {
             #[pin]
             body: UpstreamBody,
             guard: Option<InFlightGuard>,
-            // The pooled connection the body arrives on, released to the
-            // pool when the body has been read to its end.
-            connection: Option<PooledConnection>,
             // The cluster's admission slot, freed with the guard.
             permit: Option<crate::admission::Permit>,
         },
@@ -377,27 +374,8 @@ impl ProxyBody {
         ProxyBody::Upstream {
             body: body.into(),
             guard: Some(guard),
-            connection: None,
             permit: None,
         }
-    }
-
-    /// Returns `connection` to its pool once the body has been read to its
-    /// end; a body that ends any other way closes it.
-    pub fn with_connection(mut self, connection: PooledConnection) -> Self {
-        if let ProxyBody::Upstream {
-            body,
-            connection: slot,
-            ..
-        } = &mut self
-        {
-            if body.is_end_stream() {
-                connection.release();
-            } else {
-                *slot = Some(connection);
-            }
-        }
-        self
     }
 
     /// Keeps the cluster's admission `permit` until the body ends (a local
@@ -430,31 +408,15 @@ impl Body for ProxyBody {
             ProxyBodyProj::Upstream {
                 mut body,
                 guard,
-                connection,
                 permit,
             } => {
                 let poll = body.as_mut().poll_frame(cx);
-                match &poll {
-                    Poll::Ready(None) => {
-                        if let Some(c) = connection.take() {
-                            c.release();
-                        }
-                        guard.take();
-                        permit.take();
-                    }
-                    Poll::Ready(Some(Err(_))) => {
-                        connection.take();
-                        guard.take();
-                        permit.take();
-                    }
-                    // The last data frame: hyper's server may stop polling
-                    // here, so the connection goes back now.
-                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => {
-                        if let Some(c) = connection.take() {
-                            c.release();
-                        }
-                    }
-                    _ => {}
+                // The body's end frees its backend's in-flight count and
+                // the admission slot; its connection goes back to the pool
+                // by itself ([`crate::upstream::h1::ResponseBody`]).
+                if matches!(poll, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+                    guard.take();
+                    permit.take();
                 }
                 poll
             }

@@ -25,7 +25,7 @@ use crate::health;
 use crate::metrics::ResponseClass;
 use crate::routes::Route;
 use crate::state::{ClusterSnapshot, Runtime};
-use crate::upstream::{PooledConnection, UpstreamBody};
+use crate::upstream::UpstreamBody;
 
 /// Most backends one request can try: the first attempt plus the largest
 /// `retries` a cluster may configure. The cluster's `retries` (default 2)
@@ -240,12 +240,7 @@ async fn forward_to(
     let mut rng = fastrand::Rng::new();
     let mut last_error = None;
     // The last retryable answer (502/503/504), returned if no retry does better.
-    let mut held: Option<(
-        Response<UpstreamBody>,
-        PooledConnection,
-        InFlightGuard,
-        BackendId,
-    )> = None;
+    let mut held: Option<(Response<UpstreamBody>, InFlightGuard, BackendId)> = None;
     let mut only_connect_failures = true;
     // Whether the last attempt failed before reaching the backend.
     let mut connect_failed = false;
@@ -336,7 +331,7 @@ async fn forward_to(
         let latency = finished.saturating_sub(clock::at(started));
         let decay = cluster.selector_config.decay;
         match sent {
-            Ok(Ok((response, connection))) => {
+            Ok(Ok(response)) => {
                 only_connect_failures = false;
                 let status = response.status();
                 metrics.record(ResponseClass::of(status), latency);
@@ -360,14 +355,12 @@ async fn forward_to(
                 if gateway_error && attempts < max_attempts {
                     if let Some(b) = replayable(retry_body, idempotent, false) {
                         tracing::debug!(cluster = %cluster.name(), backend = %backend.address, %status, "retrying elsewhere");
-                        held = Some((response, connection, guard, id));
+                        held = Some((response, guard, id));
                         body = Some(b);
                         continue;
                     }
                 }
-                let response = forward(
-                    cluster, id, response, connection, guard, decisions, finished,
-                );
+                let response = forward(cluster, id, response, guard, decisions, finished);
                 return Ok(stick(cluster, id, pinned, response));
             }
             Ok(Err(e)) => {
@@ -405,16 +398,8 @@ async fn forward_to(
             }
         }
     }
-    if let Some((response, connection, guard, id)) = held {
-        let response = forward(
-            cluster,
-            id,
-            response,
-            connection,
-            guard,
-            decisions,
-            clock::now(),
-        );
+    if let Some((response, guard, id)) = held {
+        let response = forward(cluster, id, response, guard, decisions, clock::now());
         return Ok(stick(cluster, id, pinned, response));
     }
     if attempts > 0 && only_connect_failures {
@@ -501,7 +486,6 @@ fn forward(
     cluster: &ClusterSnapshot,
     id: BackendId,
     response: Response<UpstreamBody>,
-    connection: PooledConnection,
     guard: InFlightGuard,
     decisions: Option<String>,
     finished: fulcrum_balance::Nanos,
@@ -513,12 +497,16 @@ fn forward(
     }
     headers::remove_hop_by_hop(&mut rparts.headers);
     headers::append_via(&mut rparts.headers, Version::HTTP_11);
+    // The proxy speaks its own version to the client (RFC 9110 §6.2); an
+    // HTTP/1.0 backend's version would end the client's keep-alive.
+    // hyper still answers an HTTP/1.0 client in HTTP/1.0.
+    rparts.version = Version::HTTP_11;
     if let Some(text) = decisions {
         if let Ok(v) = HeaderValue::try_from(text) {
             rparts.headers.insert(X_FULCRUM_DECISION.clone(), v);
         }
     }
-    let body = ProxyBody::upstream(rbody, guard).with_connection(connection);
+    let body = ProxyBody::upstream(rbody, guard);
     Response::from_parts(rparts, body)
 }
 

@@ -31,12 +31,13 @@ use bytes::{Bytes, BytesMut};
 use http::{header, request, response, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use http::{Response, Version};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_util::io::poll_read_buf;
 
 use super::Lease;
+use crate::body::{RequestBody, RequestBodyError};
 
 /// Most header fields an answer may carry: hyper's default, so a backend
 /// that worked through hyper still works.
@@ -136,6 +137,9 @@ pub enum ExchangeError {
     /// The chunked body is malformed.
     #[error("invalid chunked body: {0}")]
     InvalidChunk(&'static str),
+    /// The client's request body failed or was cut off.
+    #[error("request body")]
+    RequestBody(#[source] RequestBodyError),
 }
 
 impl ExchangeError {
@@ -220,42 +224,237 @@ impl Conn {
         self.io
     }
 
-    /// Sends a request without a body and reads its answer's head (after
-    /// any informational answers).
-    pub async fn exchange(&mut self, req: &request::Parts) -> Result<Head, ExchangeError> {
-        encode_head(req, &mut self.out);
-        self.io.write_all(&self.out).await?;
-        self.io.flush().await?;
+    /// Sends a request and reads its answer's head (after any
+    /// informational answers).
+    ///
+    /// A body is sent as it arrives from the client while the answer is
+    /// watched for: a backend may answer before it has read the whole
+    /// upload (413, a redirect), and then the rest of the body is not sent
+    /// and the connection is not reused.
+    pub async fn exchange(
+        &mut self,
+        req: &request::Parts,
+        body: RequestBody,
+    ) -> Result<Head, ExchangeError> {
+        let framing = if body.is_empty() {
+            BodyFraming::None
+        } else if let Some(n) = body.size_hint().exact() {
+            BodyFraming::Length(n)
+        } else {
+            BodyFraming::Chunked
+        };
+        encode_head(req, framing, &mut self.out);
+        let mut upload = None;
+        if framing == BodyFraming::None {
+            self.io.write_all(&self.out).await?;
+            self.io.flush().await?;
+        } else {
+            upload = Some(Upload::new(
+                std::mem::take(&mut self.out),
+                body,
+                framing == BodyFraming::Chunked,
+            ));
+        }
         let head_request = req.method == Method::HEAD;
+        std::future::poll_fn(|cx| self.poll_answer(cx, &mut upload, head_request)).await
+    }
+
+    /// Sends what the body has ready, then reads the answer.
+    fn poll_answer(
+        &mut self,
+        cx: &mut Context<'_>,
+        upload: &mut Option<Upload>,
+        head_request: bool,
+    ) -> Poll<Result<Head, ExchangeError>> {
+        // Whether the request was sent whole (the connection's reuse
+        // depends on it).
+        let mut sent = upload.is_none();
         loop {
+            if let Some(up) = upload.as_mut() {
+                match up.poll_send(&mut self.io, cx) {
+                    Poll::Ready(Ok(())) => {
+                        *upload = None;
+                        sent = true;
+                    }
+                    Poll::Ready(Err(UploadError::Body(e))) => {
+                        return Poll::Ready(Err(ExchangeError::RequestBody(e)))
+                    }
+                    // The backend stopped reading (it may have answered
+                    // already, then closed): read what it said.
+                    Poll::Ready(Err(UploadError::Io(e))) => {
+                        tracing::trace!(error = %e, "backend stopped reading the request body");
+                        *upload = None;
+                    }
+                    Poll::Pending => {}
+                }
+            }
             if self.buf.capacity() - self.buf.len() < READ_SIZE / 2 {
                 self.buf.reserve(READ_SIZE);
             }
             let had = self.buf.len();
-            if self.io.read_buf(&mut self.buf).await? == 0 {
-                return Err(if had == 0 {
-                    ExchangeError::ClosedBeforeAnswer
-                } else {
-                    ExchangeError::ClosedInHead
-                });
+            match ready!(poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)) {
+                Ok(0) => {
+                    return Poll::Ready(Err(if had == 0 {
+                        ExchangeError::ClosedBeforeAnswer
+                    } else {
+                        ExchangeError::ClosedInHead
+                    }))
+                }
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(e.into())),
             }
             loop {
                 match parse_head(&mut self.buf, head_request)? {
-                    Parsed::Final(head) => return Ok(head),
+                    Parsed::Final(mut head) => {
+                        head.keep_alive &= sent && upload.is_none();
+                        return Poll::Ready(Ok(head));
+                    }
                     // Consumed; the final answer may be in the buffer already.
                     Parsed::Informational => continue,
                     Parsed::Partial => break,
                 }
             }
             if self.buf.len() > MAX_HEAD {
-                return Err(ExchangeError::HeadTooLarge);
+                return Poll::Ready(Err(ExchangeError::HeadTooLarge));
             }
         }
     }
 }
 
+/// How a request's body is delimited on the way to the backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BodyFraming {
+    /// No body.
+    None,
+    /// `Content-Length`: the client's body has a known size.
+    Length(u64),
+    /// Chunked: the client's body is chunked (its own chunking, a hop-by-hop
+    /// matter, was undone by the server side).
+    Chunked,
+}
+
+/// Why sending a request body stopped.
+enum UploadError {
+    /// The client's body failed or was cut off by the proxy's limits.
+    Body(RequestBodyError),
+    /// Writing to the backend failed.
+    Io(io::Error),
+}
+
+/// A request body on its way to the backend, one frame at a time: the next
+/// frame is asked of the client only when the last one has been written,
+/// so a slow backend slows the client down rather than filling memory.
+struct Upload {
+    body: RequestBody,
+    chunked: bool,
+    /// Bytes to write before `data`: the request head at first, then each
+    /// chunk's size line (after the previous chunk's CRLF).
+    prefix: Vec<u8>,
+    /// How much of `prefix` is written.
+    written: usize,
+    /// The data frame being written.
+    data: Bytes,
+    /// Whether a chunk was framed (the next size line starts with CRLF).
+    any_chunk: bool,
+    /// The body has ended; what is left is to write and flush.
+    ended: bool,
+}
+
+impl Upload {
+    fn new(head: Vec<u8>, body: RequestBody, chunked: bool) -> Self {
+        Upload {
+            body,
+            chunked,
+            prefix: head,
+            written: 0,
+            data: Bytes::new(),
+            any_chunk: false,
+            ended: false,
+        }
+    }
+
+    /// Writes the head and as much of the body as is ready; `Ready(Ok)`
+    /// once all of it is written and flushed.
+    fn poll_send(
+        &mut self,
+        io: &mut Stream,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), UploadError>> {
+        loop {
+            let pending = self.written < self.prefix.len() || !self.data.is_empty();
+            if !pending && !self.ended {
+                // Before waiting for the client, what was written must
+                // leave (TLS buffers it).
+                ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(UploadError::Io)?;
+                match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                    Some(Ok(frame)) => {
+                        // Trailers are not forwarded (hyper's client did
+                        // not either).
+                        if let Ok(data) = frame.into_data() {
+                            self.frame(data);
+                        }
+                    }
+                    Some(Err(e)) => return Poll::Ready(Err(UploadError::Body(e))),
+                    None => self.end(),
+                }
+                continue;
+            }
+            if pending {
+                let n = {
+                    let slices = [
+                        io::IoSlice::new(&self.prefix[self.written..]),
+                        io::IoSlice::new(&self.data),
+                    ];
+                    ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))
+                        .map_err(UploadError::Io)?
+                };
+                if n == 0 {
+                    return Poll::Ready(Err(UploadError::Io(io::ErrorKind::WriteZero.into())));
+                }
+                let in_prefix = n.min(self.prefix.len() - self.written);
+                self.written += in_prefix;
+                let _ = self.data.split_to(n - in_prefix);
+                if self.written == self.prefix.len() {
+                    self.prefix.clear();
+                    self.written = 0;
+                }
+                continue;
+            }
+            ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(UploadError::Io)?;
+            return Poll::Ready(Ok(()));
+        }
+    }
+
+    /// Queues one data frame, with its chunk framing.
+    fn frame(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        if self.chunked {
+            if self.any_chunk {
+                self.prefix.extend_from_slice(b"\r\n");
+            }
+            self.prefix
+                .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            self.any_chunk = true;
+        }
+        self.data = data;
+    }
+
+    /// The body ended: the last chunk, if chunked.
+    fn end(&mut self) {
+        self.ended = true;
+        if self.chunked {
+            if self.any_chunk {
+                self.prefix.extend_from_slice(b"\r\n");
+            }
+            self.prefix.extend_from_slice(b"0\r\n\r\n");
+        }
+    }
+}
+
 /// Writes `req`'s head (origin-form target, fields as they are) into `out`.
-fn encode_head(req: &request::Parts, out: &mut Vec<u8>) {
+fn encode_head(req: &request::Parts, framing: BodyFraming, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(req.method.as_str().as_bytes());
     out.push(b' ');
@@ -268,18 +467,26 @@ fn encode_head(req: &request::Parts, out: &mut Vec<u8>) {
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    // A method whose request has a defined body meaning (POST, PUT, PATCH,
-    // ...) gets an explicit empty one, as hyper writes it: some servers
-    // answer 411 Length Required otherwise.
-    let bodiless_method = matches!(
-        req.method,
-        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
-    ) || req.method == Method::CONNECT;
-    if !bodiless_method
-        && !req.headers.contains_key(header::CONTENT_LENGTH)
-        && !req.headers.contains_key(header::TRANSFER_ENCODING)
-    {
-        out.extend_from_slice(b"content-length: 0\r\n");
+    let has_length = req.headers.contains_key(header::CONTENT_LENGTH);
+    match framing {
+        // A method whose request has a defined body meaning (POST, PUT,
+        // PATCH, ...) gets an explicit empty one, as hyper writes it: some
+        // servers answer 411 Length Required otherwise.
+        BodyFraming::None => {
+            let bodiless_method = matches!(
+                req.method,
+                Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
+            ) || req.method == Method::CONNECT;
+            if !bodiless_method && !has_length {
+                out.extend_from_slice(b"content-length: 0\r\n");
+            }
+        }
+        BodyFraming::Length(n) => {
+            if !has_length {
+                out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+            }
+        }
+        BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -408,7 +615,11 @@ impl Delimiters {
                 self.content_length = Some(n);
             }
         } else if name == header::TRANSFER_ENCODING {
-            let last = value.as_bytes().rsplit(|&b| b == b',').next().unwrap_or_default();
+            let last = value
+                .as_bytes()
+                .rsplit(|&b| b == b',')
+                .next()
+                .unwrap_or_default();
             self.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if name == header::CONNECTION {
             for token in value.as_bytes().split(|&b| b == b',') {
@@ -997,13 +1208,13 @@ mod tests {
             .unwrap()
             .into_parts();
         let mut out = Vec::new();
-        encode_head(&get, &mut out);
+        encode_head(&get, BodyFraming::None, &mut out);
         assert_eq!(
             out,
             b"GET /a?b=c HTTP/1.1\r\nhost: example\r\nx-two: 1\r\n\r\n"
         );
         get.method = Method::POST;
-        encode_head(&get, &mut out);
+        encode_head(&get, BodyFraming::None, &mut out);
         assert_eq!(
             out,
             b"POST /a?b=c HTTP/1.1\r\nhost: example\r\nx-two: 1\r\ncontent-length: 0\r\n\r\n"

@@ -1,25 +1,21 @@
 //! Upstream connections: one keep-alive pool per cluster.
 //!
 //! Proxied requests go through [`Upstream::send`]: a small pool of HTTP/1.1
-//! connections per backend authority. A request without a body (most of
-//! them) is exchanged by [`h1`], in the request's own task; a request with
-//! a body goes through hyper's `client::conn::http1`, which can read an
-//! early answer while the body is still being sent. Either way a connection
-//! is checked out for one exchange and comes back to the pool when the
-//! response body has been read to its end; a body that ends early (client
-//! gone, upstream error) closes the connection instead. The pool keeps the
-//! two kinds apart; an idle [`h1`] connection is handed to hyper when a
-//! request with a body finds no hyper connection idle. Idle connections are
-//! reused newest first, at most `pool_max_idle` per backend, and are
-//! dropped after `pool_idle_timeout`. New connections use `TCP_NODELAY`,
-//! TCP keep-alive and the cluster's connect timeout; a cluster with `tls`
-//! speaks TLS to its backends ([`crate::backend_tls`]).
+//! connections per backend authority, each driven by [`h1`] in the task of
+//! the request it carries. A connection is checked out for one exchange and
+//! comes back to the pool when the response body has been read to its end;
+//! a body that ends early (client gone, upstream error) closes the
+//! connection instead. Idle connections are reused newest first, at most
+//! `pool_max_idle` per backend, and are dropped after `pool_idle_timeout`.
+//! New connections use `TCP_NODELAY`, TCP keep-alive and the cluster's
+//! connect timeout; a cluster with `tls` speaks TLS to its backends
+//! ([`crate::backend_tls`]).
 //!
-//! Why not hyper-util's pooled client: per request it takes a pool lock,
-//! races a checkout against a lazy connect future and, whenever the
-//! connection is not ready the instant the response head arrives (every
-//! response with a body), spawns a task that waits to put the connection
-//! back. Returning the connection from the body's end needs none of that.
+//! Why not hyper's clients: hyper-util's pooled client takes a pool lock
+//! per request, races a checkout against a lazy connect future and spawns
+//! a task to put a connection back; under it, and under hyper's
+//! `client::conn::http1`, every connection runs in a task of its own that
+//! the request talks to through channels ([`h1`] says what that cost).
 //! The hyper-util client is still kept for upgrades (WebSocket), which
 //! need a connection that is never pooled again.
 //!
@@ -35,12 +31,11 @@ use std::time::{Duration, Instant};
 
 use fulcrum_config::{ClusterConfig, UpstreamTlsConfig};
 use http::uri::Authority;
-use http::{request, Request, Response};
+use http::{request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::backend_tls::{BackendTls, TlsSetup, UpstreamConnector};
@@ -98,10 +93,7 @@ pub enum UpstreamError {
     },
     /// The connection broke or the answer was not valid HTTP.
     #[error("exchange with the backend failed")]
-    Exchange(#[source] hyper::Error),
-    /// The same, on a connection of [`h1`].
-    #[error("exchange with the backend failed")]
-    Broken(#[source] ExchangeError),
+    Exchange(#[source] ExchangeError),
 }
 
 impl UpstreamError {
@@ -115,23 +107,16 @@ impl UpstreamError {
     }
 }
 
-/// An idle connection and since when.
+/// An idle connection and since when. Boxed: a connection moves with its
+/// answer's body, which moves several times on its way to the client.
 #[derive(Debug)]
-struct Idle<C> {
-    conn: C,
+struct Idle {
+    conn: Box<Conn>,
     since: Instant,
 }
 
 /// A backend's idle connections, newest last.
-#[derive(Debug, Default)]
-struct Idles {
-    /// Driven by hyper (used by requests with a body).
-    hyper: Vec<Idle<SendRequest<RequestBody>>>,
-    /// Driven by [`h1`] in the request's task.
-    /// Boxed: the connection moves with its answer's body, which moves
-    /// several times on its way to the client.
-    own: Vec<Idle<Box<Conn>>>,
-}
+type Idles = Vec<Idle>;
 
 /// A backend's address as the pool knows it: the authority, and a hash of
 /// it computed once when the snapshot is built.
@@ -212,24 +197,12 @@ struct Pool {
 }
 
 impl Pool {
-    /// The newest idle hyper connection to `addr` that is still open.
-    fn checkout(&self, addr: &BackendAddr) -> Option<SendRequest<RequestBody>> {
+    /// The newest idle connection to `addr` that has not expired. Whether
+    /// it is still open is the caller's check ([`Conn::is_open`]), made
+    /// outside the lock.
+    fn checkout(&self, addr: &BackendAddr) -> Option<Box<Conn>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = &mut idle.get_mut(addr)?.hyper;
-        while let Some(entry) = list.pop() {
-            if !entry.conn.is_closed() && entry.since.elapsed() < self.settings.pool_idle_timeout {
-                return Some(entry.conn);
-            }
-        }
-        None
-    }
-
-    /// The newest idle [`h1`] connection to `addr` that has not expired.
-    /// Whether it is still open is the caller's check ([`Conn::is_open`]),
-    /// made outside the lock.
-    fn checkout_own(&self, addr: &BackendAddr) -> Option<Box<Conn>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = &mut idle.get_mut(addr)?.own;
+        let list = idle.get_mut(addr)?;
         while let Some(entry) = list.pop() {
             if entry.since.elapsed() < self.settings.pool_idle_timeout {
                 return Some(entry.conn);
@@ -238,34 +211,16 @@ impl Pool {
         None
     }
 
-    /// Puts a hyper connection whose exchange is complete back, pruning
-    /// closed and expired ones of the same backend.
-    fn checkin(&self, addr: BackendAddr, sender: SendRequest<RequestBody>) {
-        if self.settings.pool_max_idle == 0 || sender.is_closed() {
-            return;
-        }
-        let now = Instant::now();
-        let timeout = self.settings.pool_idle_timeout;
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = &mut idle.entry(addr).or_default().hyper;
-        list.retain(|e| !e.conn.is_closed() && now.saturating_duration_since(e.since) < timeout);
-        keep_newest(list, self.settings.pool_max_idle);
-        list.push(Idle {
-            conn: sender,
-            since: now,
-        });
-    }
-
-    /// Puts an [`h1`] connection whose exchange is complete back, pruning
-    /// expired ones of the same backend.
-    fn checkin_own(&self, addr: BackendAddr, conn: Box<Conn>) {
+    /// Puts a connection whose exchange is complete back, pruning expired
+    /// ones of the same backend.
+    fn checkin(&self, addr: BackendAddr, conn: Box<Conn>) {
         if self.settings.pool_max_idle == 0 {
             return;
         }
         let now = Instant::now();
         let timeout = self.settings.pool_idle_timeout;
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = &mut idle.entry(addr).or_default().own;
+        let list = idle.entry(addr).or_default();
         list.retain(|e| now.saturating_duration_since(e.since) < timeout);
         keep_newest(list, self.settings.pool_max_idle);
         list.push(Idle { conn, since: now });
@@ -274,37 +229,14 @@ impl Pool {
 
 /// Makes room for one more in `list` (at most `max`), dropping the oldest:
 /// the likeliest to be closed by the backend soon.
-fn keep_newest<C>(list: &mut Vec<Idle<C>>, max: usize) {
+fn keep_newest(list: &mut Vec<Idle>, max: usize) {
     if list.len() >= max {
         let excess = list.len() + 1 - max;
         list.drain(..excess);
     }
 }
 
-/// A hyper connection lent to one exchange. Dropping it without
-/// [`release`](Self::release) closes the connection (its response was not
-/// read to the end, so it cannot carry another request). An [`h1`]
-/// exchange lends none: its body carries its own [`Lease`].
-#[derive(Debug)]
-pub struct PooledConnection(Option<Lent>);
-
-#[derive(Debug)]
-struct Lent {
-    sender: SendRequest<RequestBody>,
-    lease: Lease,
-}
-
-impl PooledConnection {
-    /// The response body was read to its end: the connection goes back to
-    /// the pool for the next request.
-    pub fn release(mut self) {
-        if let Some(Lent { sender, lease }) = self.0.take() {
-            lease.pool.checkin(lease.addr, sender);
-        }
-    }
-}
-
-/// Where an [`h1`] connection goes back to when its answer's body ends.
+/// Where a connection goes back to when its answer's body ends.
 #[derive(Debug)]
 pub struct Lease {
     addr: BackendAddr,
@@ -314,14 +246,14 @@ pub struct Lease {
 impl Lease {
     /// `conn` has read its answer to the end and may carry the next request.
     fn give_back(self, conn: Box<Conn>) {
-        self.pool.checkin_own(self.addr, conn);
+        self.pool.checkin(self.addr, conn);
     }
 }
 
 /// A backend's answer body, from either kind of connection.
 #[derive(Debug)]
 pub enum UpstreamBody {
-    /// Read by hyper's connection task.
+    /// Read by hyper's client (upgrades).
     Hyper(Incoming),
     /// Read by [`h1`] in the request's task.
     Own(h1::ResponseBody),
@@ -436,133 +368,64 @@ impl Upstream {
         &self.client
     }
 
-    /// Sends `req` (origin-form URI, `Host` already set) to the backend at
-    /// `addr` on a pooled keep-alive connection, opening one if none is idle.
+    /// Sends a request (origin-form URI, `Host` already set) to the
+    /// backend at `addr` on a pooled keep-alive connection, opening one if
+    /// none is idle.
     ///
-    /// A pooled connection that turns out closed before the request was
-    /// written is replaced by a new one; so is one closed before any byte of
-    /// an answer to an idempotent request without a body (the keep-alive
-    /// race: the backend closed it as the request left). Nothing else is
-    /// sent twice.
+    /// A pooled connection found closed is replaced by a new one; so is one
+    /// closed before any byte of an answer to an idempotent request without
+    /// a body (the keep-alive race: the backend closed it as the request
+    /// left). Nothing else is sent twice.
     pub async fn send(
         &self,
         addr: &BackendAddr,
         head: &request::Parts,
         body: RequestBody,
-    ) -> Result<(Response<UpstreamBody>, PooledConnection), UpstreamError> {
-        if body.is_empty() {
-            return self.send_bodiless(addr, head).await;
-        }
-        // hyper takes the head by value; a retry needs it again.
-        let mut copy = Request::new(body);
-        *copy.method_mut() = head.method.clone();
-        *copy.uri_mut() = head.uri.clone();
-        *copy.version_mut() = head.version;
-        *copy.headers_mut() = head.headers.clone();
-        let (response, connection) = self.send_on_hyper(addr, copy).await?;
-        Ok((response.map(UpstreamBody::Hyper), connection))
-    }
-
-    /// Exchanges a request without a body on an [`h1`] connection.
-    async fn send_bodiless(
-        &self,
-        addr: &BackendAddr,
-        head: &request::Parts,
-    ) -> Result<(Response<UpstreamBody>, PooledConnection), UpstreamError> {
-        let retry_on_race = is_idempotent(&head.method);
-        while let Some(mut conn) = self.pool.checkout_own(addr) {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let retry_on_race = body.is_empty() && is_idempotent(&head.method);
+        let mut body = Some(body);
+        while let Some(mut conn) = self.pool.checkout(addr) {
             if !conn.is_open() {
                 continue;
             }
-            match conn.exchange(head).await {
+            let Some(this) = body.take() else { break };
+            let spare = retry_on_race.then(|| this.reclaim()).flatten();
+            match conn.exchange(head, this).await {
                 Ok(answer) => return Ok(self.answer(addr, conn, answer)),
-                Err(e) if retry_on_race && e.closed_before_answer() => {
+                Err(e) if e.closed_before_answer() && spare.is_some() => {
                     tracing::trace!(backend = %addr.authority(), error = %e, "pooled connection closed by the backend; retrying on another");
+                    body = spare;
                 }
-                Err(e) => return Err(UpstreamError::Broken(e)),
+                Err(e) => return Err(UpstreamError::Exchange(e)),
             }
         }
+        let Some(body) = body else {
+            unreachable!("a body is taken only by an attempt that then returns or gives it back")
+        };
         // Boxed: opening a connection is a large future that a pooled
         // exchange never needs, and callers move this future around.
         let stream = Box::pin(self.open(addr.authority())).await?;
         let mut conn = Box::new(Conn::new(stream));
-        let answer = conn.exchange(head).await.map_err(UpstreamError::Broken)?;
+        let answer = conn
+            .exchange(head, body)
+            .await
+            .map_err(UpstreamError::Exchange)?;
         Ok(self.answer(addr, conn, answer))
     }
 
-    /// The response to an [`h1`] exchange: its body owns the connection.
+    /// The response to an exchange: its body owns the connection.
     fn answer(
         &self,
         addr: &BackendAddr,
         conn: Box<Conn>,
         head: h1::Head,
-    ) -> (Response<UpstreamBody>, PooledConnection) {
+    ) -> Response<UpstreamBody> {
         let lease = Lease {
             addr: addr.clone(),
             pool: Arc::clone(&self.pool),
         };
         let body = h1::ResponseBody::new(conn, &head, lease);
-        (
-            Response::from_parts(head.parts, UpstreamBody::Own(body)),
-            PooledConnection(None),
-        )
-    }
-
-    /// Sends a request with a body through hyper.
-    async fn send_on_hyper(
-        &self,
-        addr: &BackendAddr,
-        mut req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, PooledConnection), UpstreamError> {
-        while let Some(mut sender) = self.pool.checkout(addr) {
-            if sender.ready().await.is_err() {
-                continue;
-            }
-            match sender.try_send_request(req).await {
-                Ok(response) => return Ok((response, self.lend(addr, sender))),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(UpstreamError::Exchange(e.into_error())),
-                },
-            }
-        }
-        Box::pin(self.send_on_new(addr, req)).await
-    }
-
-    /// Sends `req` through hyper on an idle [`h1`] connection to `addr`, or
-    /// a new one.
-    async fn send_on_new(
-        &self,
-        addr: &BackendAddr,
-        req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, PooledConnection), UpstreamError> {
-        let mut idle = None;
-        while let Some(mut conn) = self.pool.checkout_own(addr) {
-            if conn.is_open() {
-                idle = Some((*conn).into_stream());
-                break;
-            }
-        }
-        let stream = match idle {
-            Some(stream) => stream,
-            None => self.open(addr.authority()).await?,
-        };
-        let mut sender = self.handshake(stream).await?;
-        let response = sender
-            .send_request(req)
-            .await
-            .map_err(UpstreamError::Exchange)?;
-        Ok((response, self.lend(addr, sender)))
-    }
-
-    fn lend(&self, addr: &BackendAddr, sender: SendRequest<RequestBody>) -> PooledConnection {
-        PooledConnection(Some(Lent {
-            sender,
-            lease: Lease {
-                addr: addr.clone(),
-                pool: Arc::clone(&self.pool),
-            },
-        }))
+        Response::from_parts(head.parts, UpstreamBody::Own(body))
     }
 
     /// Opens a connection (TCP, then TLS if the cluster has `tls`).
@@ -606,19 +469,6 @@ impl Upstream {
                 }),
             },
         }
-    }
-
-    /// Starts hyper's HTTP/1.1 on an established stream, in a task of its own.
-    async fn handshake(&self, stream: Stream) -> Result<SendRequest<RequestBody>, UpstreamError> {
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(UpstreamError::Exchange)?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::trace!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
     }
 }
 
