@@ -1087,3 +1087,51 @@ async fn request_bodies_reach_the_backend_byte_exact_in_either_framing() {
         ]]
     );
 }
+
+#[tokio::test]
+async fn an_answer_before_the_upload_ends_reaches_the_client() {
+    // A backend that answers 413 on reading the head, reads none of the
+    // body, and holds the connection a while before closing it (as a
+    // server refusing an upload does).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = listener.local_addr().unwrap();
+    let backend = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        read_through(&mut stream, &mut buf, b"\r\n\r\n")
+            .await
+            .expect("a request head");
+        stream
+            .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    });
+    let cluster = cluster_block("app", "round-robin", &[(backend_addr, 1)]);
+    let proxy = Proxy::run(&simple_config(&format!(
+        "{cluster}retries = 0\nresponse_timeout = \"3s\"\n"
+    )));
+    // The client announces 1 MiB and sends 64 KiB of it, then waits for
+    // an answer: the proxy must pass the backend's on, not wait for the
+    // rest of a body the backend does not want.
+    let mut client = tokio::time::timeout(PATIENCE, TcpStream::connect(proxy.addr("web")))
+        .await
+        .unwrap()
+        .unwrap();
+    client
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n")
+        .await
+        .unwrap();
+    client.write_all(&vec![b'u'; 64 * 1024]).await.unwrap();
+    let mut buf = Vec::new();
+    let head = read_through(&mut client, &mut buf, b"\r\n\r\n")
+        .await
+        .expect("an answer while the upload is unfinished");
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    let body = read_exact(&mut client, &mut buf, 4)
+        .await
+        .expect("the answer's body");
+    assert_eq!(body, b"big!");
+    backend.await.unwrap();
+}
