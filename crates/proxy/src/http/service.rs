@@ -245,7 +245,11 @@ async fn forward_to(
     // Whether the last attempt failed before reaching the backend.
     let mut connect_failed = false;
     let idempotent = is_idempotent(&parts.method);
-    let deadline = Instant::now() + cluster.config.response_timeout;
+    // One clock read serves the first attempt: its deadline, its pick's
+    // `now` and its start (a retry reads the clock again).
+    let arrived = Instant::now();
+    let deadline = arrived + cluster.config.response_timeout;
+    let mut attempt_start = Some(arrived);
     let try_timeout = cluster
         .config
         .try_timeout
@@ -264,11 +268,12 @@ async fn forward_to(
         let Some(request_body) = body.take() else {
             break;
         };
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        let started = attempt_start.take().unwrap_or_else(Instant::now);
+        let remaining = deadline.saturating_duration_since(started);
         if remaining.is_zero() {
             break;
         }
-        let now = clock::now();
+        let now = clock::at(started);
         let mut ctx = PickContext {
             now,
             key,
@@ -312,9 +317,8 @@ async fn forward_to(
         let retry_body = request_body.reclaim();
         let addr = &cluster.backend_addrs[id.index()];
         let guard = backend.state.load.start();
-        let started = Instant::now();
         let sent = response_within(
-            cluster.upstream.send(addr, &parts, request_body),
+            cluster.upstream.send(addr, &parts, request_body, started),
             try_timeout.min(remaining),
             retry_body.as_ref(),
         )
@@ -328,7 +332,7 @@ async fn forward_to(
             }
         }
         let finished = clock::now();
-        let latency = finished.saturating_sub(clock::at(started));
+        let latency = finished.saturating_sub(now);
         let decay = cluster.selector_config.decay;
         match sent {
             Ok(Ok(response)) => {

@@ -197,14 +197,14 @@ struct Pool {
 }
 
 impl Pool {
-    /// The newest idle connection to `addr` that has not expired. Whether
+    /// The newest idle connection to `addr` that has not expired by `now`. Whether
     /// it is still open is the caller's check ([`Conn::is_open`]), made
     /// outside the lock.
-    fn checkout(&self, addr: &BackendAddr) -> Option<Box<Conn>> {
+    fn checkout(&self, addr: &BackendAddr, now: Instant) -> Option<Box<Conn>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(addr)?;
         while let Some(entry) = list.pop() {
-            if entry.since.elapsed() < self.settings.pool_idle_timeout {
+            if now.saturating_duration_since(entry.since) < self.settings.pool_idle_timeout {
                 return Some(entry.conn);
             }
         }
@@ -375,16 +375,18 @@ impl Upstream {
     /// A pooled connection found closed is replaced by a new one; so is one
     /// closed before any byte of an answer to an idempotent request without
     /// a body (the keep-alive race: the backend closed it as the request
-    /// left). Nothing else is sent twice.
+    /// left). Nothing else is sent twice. `now` is the time of the attempt
+    /// (the caller has read the clock already).
     pub async fn send(
         &self,
         addr: &BackendAddr,
         head: &request::Parts,
         body: RequestBody,
+        now: Instant,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let retry_on_race = body.is_empty() && is_idempotent(&head.method);
         let mut body = Some(body);
-        while let Some(mut conn) = self.pool.checkout(addr) {
+        while let Some(mut conn) = self.pool.checkout(addr, now) {
             if !conn.is_open() {
                 continue;
             }
