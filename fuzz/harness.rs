@@ -108,3 +108,208 @@ pub fn framing(data: &[u8]) {
         }
     }
 }
+
+/// The HTTP/1 client's reading of a backend's answer
+/// (`fulcrum_proxy::upstream::h1`): heads with `parse_head` (informational
+/// answers skipped), then, for a chunked body, the `ChunkedDecoder`, the
+/// bytes arriving in reads as the client gets them. The first byte picks
+/// the options: its low bit whether the request was a `HEAD`, the other
+/// seven the read size (1 to 128 bytes).
+///
+/// The same answer is read again in one read, and both readings must agree:
+/// how TCP happens to cut an answer must not change what it says. The one
+/// exception is the decoder's size limits (chunk-size line, trailers),
+/// which are checked only while a line or block is incomplete, so they can
+/// stop a cut reading that a whole one gets past; readings that end on a
+/// limit are not compared. The client's limit on the head's size
+/// (`MAX_HEAD`, 64 KiB) is not mirrored: fuzz inputs are far smaller.
+pub fn upstream_h1(data: &[u8]) {
+    let Some((&options, answer)) = data.split_first() else {
+        return;
+    };
+    let head_request = options & 1 == 1;
+    let read_size = usize::from(options >> 1) + 1;
+    let cut = read_h1_answer(answer, head_request, read_size);
+    let whole = read_h1_answer(answer, head_request, answer.len().max(1));
+    if !cut.hit_size_limit() && !whole.hit_size_limit() {
+        assert_eq!(
+            cut, whole,
+            "reads of {read_size} bytes and one read disagree"
+        );
+    }
+}
+
+/// What the HTTP/1 client made of an answer.
+#[derive(Debug, PartialEq)]
+struct H1Reading {
+    /// Informational answers skipped before the final one.
+    informational: usize,
+    /// The final head, or why there was none (the error, or the input
+    /// ending inside a head).
+    head: Result<H1Head, String>,
+    /// For a chunked body, its data and how its decoding stopped.
+    chunked: Option<(Vec<u8>, ChunkedEnding)>,
+}
+
+/// A final head as `parse_head` returned it.
+#[derive(Debug, PartialEq)]
+struct H1Head {
+    status: http::StatusCode,
+    version: http::Version,
+    reason: Option<Vec<u8>>,
+    headers: http::HeaderMap,
+    framing: fulcrum_proxy::upstream::h1::Framing,
+    keep_alive: bool,
+}
+
+/// How a chunked body's decoding stopped.
+#[derive(Debug, PartialEq)]
+enum ChunkedEnding {
+    End,
+    Trailers(http::HeaderMap),
+    Invalid(String),
+    /// The input ran out before the body's end.
+    Cut,
+}
+
+impl H1Reading {
+    /// Whether the decoder stopped on one of its size limits.
+    fn hit_size_limit(&self) -> bool {
+        matches!(
+            &self.chunked,
+            Some((_, ChunkedEnding::Invalid(reason)))
+                if reason.contains("too long") || reason.contains("too large")
+        )
+    }
+}
+
+/// Reads `answer` as the client does, `read_size` bytes per read: after
+/// each read, heads are parsed until one is partial or final.
+fn read_h1_answer(answer: &[u8], head_request: bool, read_size: usize) -> H1Reading {
+    use fulcrum_proxy::upstream::h1::{parse_head, Framing, Parsed};
+
+    let mut reads = answer.chunks(read_size);
+    let mut buf = bytes::BytesMut::new();
+    let mut informational = 0;
+    let head = 'head: loop {
+        let Some(read) = reads.next() else {
+            return H1Reading {
+                informational,
+                head: Err("closed inside the head".into()),
+                chunked: None,
+            };
+        };
+        buf.extend_from_slice(read);
+        loop {
+            let before = buf.clone();
+            match parse_head(&mut buf, head_request) {
+                Ok(Parsed::Partial) => {
+                    assert_eq!(buf, before, "a partial head consumed bytes");
+                    break;
+                }
+                Ok(Parsed::Informational) => {
+                    assert!(
+                        buf.len() < before.len() && before.ends_with(&buf),
+                        "an informational answer was not consumed from the front"
+                    );
+                    informational += 1;
+                }
+                Ok(Parsed::Final(head)) => {
+                    assert!(
+                        buf.len() < before.len() && before.ends_with(&buf),
+                        "a final head was not consumed from the front"
+                    );
+                    break 'head head;
+                }
+                Err(e) => {
+                    return H1Reading {
+                        informational,
+                        head: Err(e.to_string()),
+                        chunked: None,
+                    }
+                }
+            }
+        }
+    };
+    let status = head.parts.status;
+    assert!(
+        status.as_u16() >= 200,
+        "{status} returned as a final answer"
+    );
+    assert!(
+        head.parts.version == http::Version::HTTP_11
+            || head.parts.version == http::Version::HTTP_10
+    );
+    if head_request
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED
+    {
+        assert_eq!(head.framing, Framing::Empty, "{status} has a body");
+    }
+    assert_ne!(
+        head.framing,
+        Framing::Length(0),
+        "an empty length is not Empty"
+    );
+    if head.framing == Framing::Close {
+        assert!(!head.keep_alive, "a body to the close keeps the connection");
+    }
+    let chunked = (head.framing == Framing::Chunked).then(|| decode_h1_chunked(buf, &mut reads));
+    H1Reading {
+        informational,
+        head: Ok(H1Head {
+            status,
+            version: head.parts.version,
+            reason: head
+                .parts
+                .extensions
+                .get::<hyper::ext::ReasonPhrase>()
+                .map(|r| r.as_bytes().to_vec()),
+            headers: head.parts.headers,
+            framing: head.framing,
+            keep_alive: head.keep_alive,
+        }),
+        chunked,
+    }
+}
+
+/// Decodes a chunked body from what follows the head in `buf`, then from
+/// the remaining `reads`, until the body ends, fails or the input runs out.
+fn decode_h1_chunked<'a>(
+    mut buf: bytes::BytesMut,
+    reads: &mut impl Iterator<Item = &'a [u8]>,
+) -> (Vec<u8>, ChunkedEnding) {
+    use fulcrum_proxy::upstream::h1::{ChunkedDecoder, Piece};
+
+    let mut decoder = ChunkedDecoder::default();
+    let mut fed = buf.len();
+    let mut data = Vec::new();
+    loop {
+        let piece = decoder.decode(&mut buf);
+        assert!(buf.len() <= fed, "the decoder grew its buffer");
+        let consumed = fed - buf.len();
+        match piece {
+            Ok(Some(Piece::Data(d))) => {
+                assert!(!d.is_empty(), "an empty data piece");
+                data.extend_from_slice(&d);
+                assert!(
+                    data.len() <= consumed,
+                    "{} data bytes out of {consumed} consumed",
+                    data.len()
+                );
+            }
+            Ok(Some(Piece::Trailers(trailers))) => {
+                return (data, ChunkedEnding::Trailers(trailers))
+            }
+            Ok(Some(Piece::End)) => return (data, ChunkedEnding::End),
+            Ok(None) => {
+                let Some(read) = reads.next() else {
+                    return (data, ChunkedEnding::Cut);
+                };
+                buf.extend_from_slice(read);
+                fed += read.len();
+            }
+            Err(e) => return (data, ChunkedEnding::Invalid(e.to_string())),
+        }
+    }
+}

@@ -87,6 +87,11 @@ fn fuzz_corpus_framing_never_panics() {
 }
 
 #[test]
+fn fuzz_corpus_upstream_h1_never_panics() {
+    run("upstream_h1", upstream_h1);
+}
+
+#[test]
 fn fuzz_corpus_seeds_are_meaningful() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus");
     let minimal = std::fs::read_to_string(dir.join("config/minimal")).unwrap();
@@ -107,4 +112,27 @@ fn fuzz_corpus_seeds_are_meaningful() {
     }
     let text = std::fs::read_to_string(dir.join("orca/text")).unwrap();
     assert!(fulcrum_balance::orca::parse(&text).is_ok());
+    let answer = |seed: &str| {
+        let data = std::fs::read(dir.join("upstream_h1").join(seed)).unwrap();
+        read_h1_answer(&data[1..], data[0] & 1 == 1, data.len())
+    };
+    assert!(matches!(
+        answer("chunked_trailers").chunked,
+        Some((body, ChunkedEnding::Trailers(_))) if body == b"abc"
+    ));
+    let informational = answer("informational_then_final");
+    assert_eq!(informational.informational, 2);
+    assert!(matches!(
+        informational.chunked,
+        Some((_, ChunkedEnding::End))
+    ));
+    assert_eq!(
+        answer("head_request").head.unwrap().framing,
+        fulcrum_proxy::upstream::h1::Framing::Empty
+    );
+    assert!(matches!(
+        answer("chunk_missing_crlf").chunked,
+        Some((_, ChunkedEnding::Invalid(_)))
+    ));
+    assert!(answer("length_conflict").head.is_err());
 }
