@@ -51,6 +51,10 @@ const MAX_HEAD: usize = 64 * 1024;
 /// Longest chunk-size line (size and extensions) accepted.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 
+/// Most chunk-extension bytes accepted over a whole body (hyper's limit):
+/// extensions are ignored, so a body made of them is only a cost.
+const MAX_CHUNK_EXTENSIONS: usize = 16 * 1024;
+
 /// Most trailer bytes accepted after the last chunk.
 const MAX_TRAILERS: usize = 16 * 1024;
 
@@ -698,20 +702,54 @@ pub enum Piece {
 }
 
 /// Decodes a chunked body incrementally (RFC 9112 §7.1).
+///
+/// Stricter than httparse's size-line parser, as hyper is: a size line
+/// must start with a hex digit (httparse reads an empty one as the last
+/// chunk), end in CRLF with no other line feed, and the extensions of a
+/// whole body are bounded. Every limit holds however the bytes arrive.
 #[derive(Debug)]
 pub struct ChunkedDecoder {
     state: Chunked,
+    /// Chunk-extension bytes seen in this body.
+    extensions: usize,
 }
 
 impl Default for ChunkedDecoder {
     fn default() -> Self {
         ChunkedDecoder {
             state: Chunked::Size,
+            extensions: 0,
         }
     }
 }
 
 impl ChunkedDecoder {
+    /// Checks a complete chunk-size line, CRLF included.
+    fn size_line(&mut self, line: &[u8]) -> Result<(), ExchangeError> {
+        if line.len() > MAX_CHUNK_LINE {
+            return Err(ExchangeError::InvalidChunk("chunk-size line too long"));
+        }
+        let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+        if digits == 0 {
+            return Err(ExchangeError::InvalidChunk("chunk size without digits"));
+        }
+        let Some(rest) = line[digits..].strip_suffix(b"\r\n") else {
+            return Err(ExchangeError::InvalidChunk(
+                "chunk-size line not ended by CRLF",
+            ));
+        };
+        if rest.contains(&b'\n') || rest.contains(&b'\r') {
+            return Err(ExchangeError::InvalidChunk(
+                "line break inside a chunk extension",
+            ));
+        }
+        self.extensions += rest.len();
+        if self.extensions > MAX_CHUNK_EXTENSIONS {
+            return Err(ExchangeError::InvalidChunk("chunk extensions too large"));
+        }
+        Ok(())
+    }
+
     /// Takes the next piece from the front of `buf`; `Ok(None)` when more
     /// bytes are needed. Chunk extensions are ignored.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Piece>, ExchangeError> {
@@ -719,6 +757,7 @@ impl ChunkedDecoder {
             match self.state {
                 Chunked::Size => match httparse::parse_chunk_size(buf) {
                     Ok(httparse::Status::Complete((used, size))) => {
+                        self.size_line(&buf[..used])?;
                         let _ = buf.split_to(used);
                         self.state = if size == 0 {
                             Chunked::Trailers
@@ -772,6 +811,9 @@ impl ChunkedDecoder {
                         }
                         return Ok(None);
                     };
+                    if end + 4 > MAX_TRAILERS {
+                        return Err(ExchangeError::InvalidChunk("trailers too large"));
+                    }
                     let block = buf.split_to(end + 4);
                     let mut slots = [httparse::EMPTY_HEADER; 64];
                     let fields = match httparse::parse_headers(&block, &mut slots) {
@@ -1197,6 +1239,37 @@ mod tests {
         assert!(decode_all(b"zz\r\nabc\r\n0\r\n\r\n", 64).is_err());
         assert!(decode_all(b"3\r\nabcXY0\r\n\r\n", 64).is_err());
         assert!(decode_all(b"fffffffffffffffff\r\n", 64).is_err());
+        // A size line without digits is not the last chunk.
+        for empty in [&b"\r\n\r\n"[..], b" \r\n\r\n", b";ext\r\n\r\n"] {
+            assert!(
+                decode_all(empty, 64).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(empty)
+            );
+        }
+        assert!(decode_all(b"3;a\nb\r\nabc\r\n0\r\n\r\n", 64).is_err());
+    }
+
+    #[test]
+    fn chunked_decoder_limits_do_not_depend_on_how_bytes_arrive() {
+        let mut long_line = b"3;".to_vec();
+        long_line.extend(std::iter::repeat_n(b'x', MAX_CHUNK_LINE));
+        long_line.extend_from_slice(b"\r\nabc\r\n0\r\n\r\n");
+        let mut big_trailer = b"3\r\nabc\r\n0\r\nX-Big: ".to_vec();
+        big_trailer.extend(std::iter::repeat_n(b'y', MAX_TRAILERS));
+        big_trailer.extend_from_slice(b"\r\n\r\n");
+        let mut many_extensions = Vec::new();
+        for _ in 0..(MAX_CHUNK_EXTENSIONS / 1000 + 1) {
+            many_extensions.extend_from_slice(b"1;");
+            many_extensions.extend(std::iter::repeat_n(b'e', 1000));
+            many_extensions.extend_from_slice(b"\r\nz\r\n");
+        }
+        many_extensions.extend_from_slice(b"0\r\n\r\n");
+        for input in [&long_line, &big_trailer, &many_extensions] {
+            for split in [7, 100, 1024, 8192, input.len()] {
+                assert!(decode_all(input, split).is_err(), "split {split}");
+            }
+        }
     }
 
     #[test]
