@@ -196,6 +196,13 @@ pub struct Conn {
     buf: BytesMut,
     /// The request head being written; kept for its capacity.
     out: Vec<u8>,
+    /// Bytes read for the answer in progress (head and body).
+    answer_bytes: usize,
+    /// What the first read of the next answer asks for: the size of the
+    /// last answer and a byte more, so an answer like it arrives in one
+    /// read, short (which clears tokio's readiness, see
+    /// [`ResponseBody::poll_fill`]). hyper adapts its reads the same way.
+    first_read: usize,
 }
 
 impl Conn {
@@ -205,6 +212,8 @@ impl Conn {
             io,
             buf: BytesMut::new(),
             out: Vec::new(),
+            answer_bytes: 0,
+            first_read: READ_SIZE,
         }
     }
 
@@ -248,6 +257,7 @@ impl Conn {
             BodyFraming::Chunked
         };
         encode_head(req, framing, &mut self.out);
+        self.answer_bytes = 0;
         let mut upload = None;
         if framing == BodyFraming::None {
             self.io.write_all(&self.out).await?;
@@ -292,8 +302,8 @@ impl Conn {
                     Poll::Pending => {}
                 }
             }
-            if self.buf.capacity() - self.buf.len() < READ_SIZE / 2 {
-                self.buf.reserve(READ_SIZE);
+            if self.buf.capacity() - self.buf.len() < self.first_read {
+                self.buf.reserve(self.first_read);
             }
             let had = self.buf.len();
             match ready!(poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)) {
@@ -304,7 +314,7 @@ impl Conn {
                         ExchangeError::ClosedInHead
                     }))
                 }
-                Ok(_) => {}
+                Ok(n) => self.answer_bytes += n,
                 Err(e) => return Poll::Ready(Err(e.into())),
             }
             loop {
@@ -881,11 +891,12 @@ impl ResponseBody {
     /// reuse and no byte beyond the body arrived.
     fn finish(&mut self) {
         self.remaining = Remaining::Done;
-        let Some(conn) = self.conn.take() else {
+        let Some(mut conn) = self.conn.take() else {
             return;
         };
         if let Some(lease) = self.lease.take() {
             if conn.buf.is_empty() {
+                conn.first_read = (conn.answer_bytes + 1).clamp(READ_SIZE, MAX_READ_SIZE);
                 lease.give_back(conn);
             }
         }
@@ -906,7 +917,11 @@ impl ResponseBody {
         if conn.buf.capacity() - conn.buf.len() < want {
             conn.buf.reserve(want);
         }
-        poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf)
+        let read = poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf);
+        if let Poll::Ready(Ok(n)) = read {
+            conn.answer_bytes += n;
+        }
+        read
     }
 }
 
