@@ -667,6 +667,12 @@ impl Delimiters {
     /// Whether an answer of `version` lets the connection carry another
     /// request.
     fn keep_alive(&self, version: Version) -> bool {
+        // Both lengths in one answer: the chunked framing is read, but the
+        // sender is confused or an attack in progress, so the connection
+        // is not trusted with another request (RFC 9112 §6.3).
+        if self.chunked.is_some() && self.content_length.is_some() {
+            return false;
+        }
         if version == Version::HTTP_11 {
             !self.close
         } else {
@@ -1184,6 +1190,12 @@ mod tests {
         ));
         // A body that runs to the close ends the connection.
         assert!(!k(b"HTTP/1.1 200 OK\r\n\r\n"));
+        // Transfer-Encoding and Content-Length together: read as chunked, never reused.
+        let both = final_head(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+        );
+        assert_eq!(both.framing, Framing::Chunked);
+        assert!(!both.keep_alive);
     }
 
     #[test]
