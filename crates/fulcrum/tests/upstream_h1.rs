@@ -1135,3 +1135,34 @@ async fn an_answer_before_the_upload_ends_reaches_the_client() {
     assert_eq!(body, b"big!");
     backend.await.unwrap();
 }
+
+#[tokio::test]
+async fn idle_connections_the_backend_closed_are_closed_by_the_proxy() {
+    // The backend answers once, keeps the connection, then closes its side
+    // (a keep-alive timeout). With no further request to that backend the
+    // proxy must still close its side, not hold a half-closed socket.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = listener.local_addr().unwrap();
+    let backend = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        read_through(&mut stream, &mut buf, b"\r\n\r\n")
+            .await
+            .expect("a request head");
+        stream.write_all(OK).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stream.shutdown().await.unwrap();
+        let mut rest = [0u8; 64];
+        tokio::time::timeout(PATIENCE, stream.read(&mut rest)).await
+    });
+    let cluster = cluster_block("app", "round-robin", &[(backend_addr, 1)]);
+    let proxy = Proxy::run(&simple_config(&format!(
+        "{cluster}retries = 0\nresponse_timeout = \"3s\"\n"
+    )));
+    assert_eq!(get_alone(proxy.addr("web"), "/once").await.body, "ok");
+    let closed = backend.await.unwrap();
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "the proxy kept the connection the backend closed: {closed:?}"
+    );
+}

@@ -227,6 +227,34 @@ impl Pool {
     }
 }
 
+/// How often idle connections are checked. Nothing drives an idle
+/// connection, so a backend's close would otherwise leave its socket
+/// half-closed in the pool until the next request to that backend, and an
+/// expired one open until then: this bounds both to about a second.
+const REAP_PERIOD: Duration = Duration::from_secs(1);
+
+/// Closes the pool's expired connections and those the backend closed,
+/// every [`REAP_PERIOD`], until the pool is dropped (a reload that changed
+/// the cluster's connection settings, or the cluster's removal).
+async fn reap(pool: std::sync::Weak<Pool>) {
+    let mut ticker = crate::clock::idle_ticker(REAP_PERIOD);
+    loop {
+        ticker.tick().await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let timeout = pool.settings.pool_idle_timeout;
+        let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|_, list| {
+            list.retain_mut(|e| {
+                now.saturating_duration_since(e.since) < timeout && e.conn.is_open()
+            });
+            !list.is_empty()
+        });
+    }
+}
+
 /// Makes room for one more in `list` (at most `max`), dropping the oldest:
 /// the likeliest to be closed by the backend soon.
 fn keep_newest(list: &mut Vec<Idle>, max: usize) {
@@ -344,6 +372,11 @@ impl Upstream {
             settings,
             idle: Mutex::new(IdleMap::default()),
         });
+        // Outside a runtime (unit tests that only build snapshots) there is
+        // nothing to reap: no connection can have been opened.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(reap(Arc::downgrade(&pool)));
+        }
         Self {
             client,
             connector,
