@@ -270,7 +270,11 @@ impl Conn {
             ));
         }
         let head_request = req.method == Method::HEAD;
-        std::future::poll_fn(|cx| self.poll_answer(cx, &mut upload, head_request)).await
+        // Whether the request was sent whole: the connection's reuse
+        // depends on it. Kept across polls: an upload that failed in one
+        // poll has left `upload` empty in the next.
+        let mut sent = upload.is_none();
+        std::future::poll_fn(|cx| self.poll_answer(cx, &mut upload, &mut sent, head_request)).await
     }
 
     /// Sends what the body has ready, then reads the answer.
@@ -278,17 +282,15 @@ impl Conn {
         &mut self,
         cx: &mut Context<'_>,
         upload: &mut Option<Upload>,
+        sent: &mut bool,
         head_request: bool,
     ) -> Poll<Result<Head, ExchangeError>> {
-        // Whether the request was sent whole (the connection's reuse
-        // depends on it).
-        let mut sent = upload.is_none();
         loop {
             if let Some(up) = upload.as_mut() {
                 match up.poll_send(&mut self.io, cx) {
                     Poll::Ready(Ok(())) => {
                         *upload = None;
-                        sent = true;
+                        *sent = true;
                     }
                     Poll::Ready(Err(UploadError::Body(e))) => {
                         return Poll::Ready(Err(ExchangeError::RequestBody(e)))
@@ -320,7 +322,7 @@ impl Conn {
             loop {
                 match parse_head(&mut self.buf, head_request)? {
                     Parsed::Final(mut head) => {
-                        head.keep_alive &= sent && upload.is_none();
+                        head.keep_alive &= *sent;
                         return Poll::Ready(Ok(head));
                     }
                     // Consumed; the final answer may be in the buffer already.
