@@ -4,14 +4,23 @@
 //! it through a channel and a oneshot: per request that is two more task
 //! wake-ups, a channel send and receive, and hyper's dispatcher on both
 //! sides. Measured with callgrind, that connection task alone cost 15 800
-//! of the 42 400 instructions a keep-alive request took in all. A request
-//! without a body needs none of it: [`Conn::exchange`] writes the head and
-//! reads the answer's head in the caller's task, and the connection moves
-//! into the [`ResponseBody`], which reads the body straight from the socket
-//! and puts the connection back into the pool the moment the body ends.
+//! of the 42 400 instructions a keep-alive request took in all. Here
+//! [`Conn::exchange`] writes the head and reads the answer's head in the
+//! caller's task, and the connection moves into the [`ResponseBody`], which
+//! reads the body straight from the socket and puts the connection back
+//! into the pool the moment the body ends.
 //!
-//! Requests with a body stay on hyper: a backend may answer before it has
-//! read the whole upload, and hyper reads the answer while it sends.
+//! A request body is streamed one frame at a time while the answer is
+//! watched for: a backend may answer before it has read the whole upload
+//! (413, a redirect); the rest of the body is then not sent and the
+//! connection is not reused. A body of known size goes with its
+//! `Content-Length`, any other chunked (the client's own framing is a
+//! hop-by-hop matter, undone by the server side). Request trailers are not
+//! forwarded, as hyper's client did not forward them either.
+//!
+//! The client keeps idle connections of its own for an [`super::Upstream`]'s pool
+//! ([`super`]); nothing drives them while idle, so the pool's reaper checks
+//! them ([`Conn::is_open`]) for a backend's close.
 //!
 //! The answer's framing follows RFC 9112 §6.3: no body after a `HEAD`, for
 //! 1xx, 204 and 304; `Transfer-Encoding` ending in `chunked` is de-chunked;
@@ -129,7 +138,7 @@ pub enum ExchangeError {
     /// The answer's head is not valid HTTP/1.
     #[error("invalid answer head: {0}")]
     InvalidHead(&'static str),
-    /// The answer's head is longer than [`MAX_HEAD`].
+    /// The answer's head is longer than `MAX_HEAD` (64 KiB).
     #[error("answer head larger than {MAX_HEAD} bytes")]
     HeadTooLarge,
     /// `101 Switching Protocols` to a request that asked for no upgrade.
@@ -229,12 +238,6 @@ impl Conn {
             poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut self.buf),
             Poll::Pending
         )
-    }
-
-    /// The stream, to be driven by hyper instead. Only an idle connection
-    /// (checked with [`Conn::is_open`]) has no unread bytes to lose.
-    pub fn into_stream(self) -> Stream {
-        self.io
     }
 
     /// Sends a request and reads its answer's head (after any
