@@ -1166,3 +1166,40 @@ async fn idle_connections_the_backend_closed_are_closed_by_the_proxy() {
         "the proxy kept the connection the backend closed: {closed:?}"
     );
 }
+
+#[tokio::test]
+async fn answer_trailers_reach_a_client_that_accepts_them() {
+    // RFC 9110 §6.5: trailer fields are end-to-end; `Trailer` (which
+    // declares them) is not hop-by-hop.
+    let backend = RawBackend::start(|_, _| {
+        Reply::keep_open(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n\
+              4\r\nbody\r\n0\r\nX-Checksum: 1234\r\n\r\n",
+        )
+    })
+    .await;
+    let proxy = proxy_for(&backend);
+    let mut client = tokio::time::timeout(PATIENCE, TcpStream::connect(proxy.addr("web")))
+        .await
+        .unwrap()
+        .unwrap();
+    client
+        .write_all(b"GET /trailers HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let head = read_through(&mut client, &mut buf, b"\r\n\r\n")
+        .await
+        .expect("an answer head");
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    let rest = read_through(&mut client, &mut buf, b"0\r\n")
+        .await
+        .expect("the last chunk");
+    assert!(String::from_utf8_lossy(&rest).contains("body"));
+    let trailers = read_through(&mut client, &mut buf, b"\r\n\r\n")
+        .await
+        .expect("the trailer section");
+    let trailers = String::from_utf8_lossy(&trailers).to_ascii_lowercase();
+    assert!(trailers.contains("x-checksum: 1234"), "{trailers:?}");
+}

@@ -2,7 +2,9 @@
 //!
 //! Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection and must not
 //! be forwarded: `Connection` and every header it names, `Keep-Alive`, `TE`,
-//! `Trailer`, `Transfer-Encoding`, `Upgrade` and the `Proxy-*` family. The
+//! `Transfer-Encoding`, `Upgrade` and the `Proxy-*` family. `Trailer` is
+//! not among them (RFC 9110 §6.6.2, unlike RFC 2616): it declares the
+//! trailer fields that follow, which are end-to-end. The
 //! proxy then adds the forwarding headers operators expect from HAProxy's
 //! `option forwardfor` and NGINX's `proxy_set_header`: `X-Forwarded-For`
 //! (appended), `X-Forwarded-Proto`, `X-Forwarded-Host`, and `Via`.
@@ -13,10 +15,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
 
 /// Hop-by-hop headers, `Connection` first (its bit is checked apart).
-static HOP_BY_HOP: [HeaderName; 9] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::PROXY_AUTHENTICATE,
@@ -36,7 +37,7 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 ///
 /// One pass over the names finds which are present (usually none, or only
 /// `Connection: keep-alive`); only those are removed. That is cheaper than
-/// nine hashed removals per message, and naming the `Connection` options
+/// eight hashed removals per message, and naming the `Connection` options
 /// by `&str` needs no allocation.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = 0u16;
@@ -61,19 +62,18 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// The position of `name` in [`HOP_BY_HOP`], if it is hop-by-hop.
 ///
 /// A `match` on the (lowercase) name compares lengths first, so most
-/// names are ruled out by one comparison instead of nine `HeaderName`
+/// names are ruled out by one comparison instead of eight `HeaderName`
 /// comparisons.
 fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     let i = match name.as_str() {
         "connection" => 0,
         "te" => 1,
-        "trailer" => 2,
-        "transfer-encoding" => 3,
-        "upgrade" => 4,
-        "proxy-authenticate" => 5,
-        "proxy-authorization" => 6,
-        "keep-alive" => 7,
-        "proxy-connection" => 8,
+        "transfer-encoding" => 2,
+        "upgrade" => 3,
+        "proxy-authenticate" => 4,
+        "proxy-authorization" => 5,
+        "keep-alive" => 6,
+        "proxy-connection" => 7,
         _ => return None,
     };
     debug_assert_eq!(HOP_BY_HOP[i], *name);
