@@ -10,7 +10,7 @@ use fulcrum_balance::{BackendId, InFlightGuard, Outcome, PickContext};
 use fulcrum_config::HashKey;
 use http::header::HeaderName;
 use http::uri::{PathAndQuery, Scheme};
-use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use super::error::ProxyError;
@@ -25,7 +25,7 @@ use crate::health;
 use crate::metrics::ResponseClass;
 use crate::routes::Route;
 use crate::state::{ClusterSnapshot, Runtime};
-use crate::upstream::UpstreamBody;
+use crate::upstream::{is_idempotent, UpstreamBody};
 
 /// Most backends one request can try: the first attempt plus the largest
 /// `retries` a cluster may configure. The cluster's `retries` (default 2)
@@ -455,15 +455,6 @@ async fn response_within<F: std::future::Future>(
             }
         }
     }
-}
-
-/// Methods safe to send twice (RFC 9110 §9.2.2): a retry after the backend
-/// may have seen the request cannot do harm.
-fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
 }
 
 /// The body for another attempt, if the request may be sent again.

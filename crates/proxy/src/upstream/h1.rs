@@ -31,7 +31,7 @@
 //! answer allows it (HTTP/1.1 without `Connection: close`, or HTTP/1.0 with
 //! `keep-alive`) and its body ended exactly where its framing said.
 
-use std::io;
+use std::io::{self, Write as _};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
@@ -406,8 +406,8 @@ impl Upload {
             if self.any_chunk {
                 self.prefix.extend_from_slice(b"\r\n");
             }
-            self.prefix
-                .extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            // Writing into a Vec cannot fail.
+            let _ = write!(self.prefix, "{:x}\r\n", data.len());
             self.any_chunk = true;
         }
         self.data = data;
@@ -455,7 +455,8 @@ fn encode_head(req: &request::Parts, framing: BodyFraming, out: &mut Vec<u8>) {
         }
         BodyFraming::Length(n) => {
             if !has_length {
-                out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes());
+                // Writing into a Vec cannot fail.
+                let _ = write!(out, "content-length: {n}\r\n");
             }
         }
         BodyFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -866,6 +867,13 @@ impl ResponseBody {
         }
     }
 
+    /// The body broke: the connection is closed, not reused.
+    fn fail(&mut self) {
+        self.remaining = Remaining::Done;
+        self.lease = None;
+        self.conn = None;
+    }
+
     /// Reads more of the body into the connection's buffer; `rest` is how
     /// much of it is still expected (0 when unknown).
     ///
@@ -995,15 +1003,6 @@ impl Body for ResponseBody {
     }
 }
 
-impl ResponseBody {
-    /// The body broke: the connection is closed, not reused.
-    fn fail(&mut self) {
-        self.remaining = Remaining::Done;
-        self.lease = None;
-        self.conn = None;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1086,53 +1085,50 @@ mod tests {
     #[test]
     fn framing_follows_rfc_9112() {
         let f = |bytes: &[u8], head_request| head(bytes, head_request).map(|h| h.framing);
-        assert_eq!(
-            f(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true).unwrap(),
-            Framing::Empty
-        );
-        assert_eq!(
-            f(
+        let cases: [(&[u8], bool, Framing); 7] = [
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n",
+                true,
+                Framing::Empty,
+            ),
+            (
                 b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
-                false
-            )
-            .unwrap(),
-            Framing::Empty
-        );
-        assert_eq!(
-            f(b"HTTP/1.1 204 No Content\r\n\r\n", false).unwrap(),
-            Framing::Empty
-        );
-        assert_eq!(
-            f(b"HTTP/1.1 200 OK\r\n\r\n", false).unwrap(),
-            Framing::Close
-        );
-        assert_eq!(
-            f(
+                false,
+                Framing::Empty,
+            ),
+            (b"HTTP/1.1 204 No Content\r\n\r\n", false, Framing::Empty),
+            (b"HTTP/1.1 200 OK\r\n\r\n", false, Framing::Close),
+            (
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n",
-                false
-            )
-            .unwrap(),
-            Framing::Chunked
-        );
-        assert_eq!(
-            f(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false).unwrap(),
-            Framing::Close
-        );
-        assert_eq!(
-            f(b"HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\n\r\n", false).unwrap(),
-            Framing::Length(7)
-        );
-        assert!(f(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nContent-Length: 8\r\n\r\n",
-            false
-        )
-        .is_err());
-        assert!(f(b"HTTP/1.1 200 OK\r\nContent-Length: +7\r\n\r\n", false).is_err());
-        assert!(f(
+                false,
+                Framing::Chunked,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+                false,
+                Framing::Close,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\n\r\n",
+                false,
+                Framing::Length(7),
+            ),
+        ];
+        for (bytes, head_request, framing) in cases {
+            assert_eq!(
+                f(bytes, head_request).unwrap(),
+                framing,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nContent-Length: 8\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: +7\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n",
-            false
-        )
-        .is_err());
+        ] {
+            assert!(f(bad, false).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

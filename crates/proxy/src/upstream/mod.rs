@@ -328,8 +328,9 @@ impl http_body::Body for UpstreamBody {
     }
 }
 
-/// Methods safe to send twice (RFC 9110 §9.2.2).
-fn is_idempotent(method: &http::Method) -> bool {
+/// Methods safe to send twice (RFC 9110 §9.2.2): a retry after the
+/// backend may have seen the request cannot do harm.
+pub(crate) fn is_idempotent(method: &http::Method) -> bool {
     use http::Method;
     matches!(
         *method,
