@@ -21,9 +21,9 @@ use bytes::Bytes;
 use fulcrum_balance::InFlightGuard;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use crate::http::server::ClientBody;
 use crate::upstream::{BodyError, UpstreamBody};
 
 /// The limits a request body is read under: its size, and how slowly it
@@ -92,7 +92,7 @@ pub enum BodyCut {
 pub enum RequestBodyError {
     /// The client connection failed or the client broke off.
     #[error("client body: {0}")]
-    Client(#[from] hyper::Error),
+    Client(BodyError),
     /// The proxy cut the body off.
     #[error("client body cut off: {0}")]
     Cut(BodyCut),
@@ -101,7 +101,7 @@ pub enum RequestBodyError {
 /// The reading state of a body, shared by every attempt's handle.
 #[derive(Debug)]
 struct Reading {
-    body: Option<Incoming>,
+    body: Option<ClientBody>,
     /// Data bytes read so far.
     received: u64,
     /// End of the current rate window; set on the first read.
@@ -253,7 +253,7 @@ pub struct RequestBody {
 
 impl RequestBody {
     /// Wraps the client's body, read under `limits`.
-    pub fn new(body: Incoming, limits: BodyLimits) -> Self {
+    pub fn new(body: ClientBody, limits: BodyLimits) -> Self {
         let size_hint = body.size_hint();
         let end_stream = body.is_end_stream();
         let slot = (!end_stream).then(|| {

@@ -32,7 +32,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use fulcrum_config::{HttpLimits, ListenerConfig, Protocol};
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -40,6 +40,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::framing::{FramingGuard, H2_PREFACE, REJECT_RESPONSE};
+use crate::http::server::{self, ClientBody};
 use crate::http::{handle, ConnInfo};
 use crate::listener_set::ListenerSet;
 use crate::state::Runtime;
@@ -273,20 +274,17 @@ async fn accept_with(
         .iter()
         .filter_map(|r| r.max_body_bytes)
         .fold(limits.max_body_bytes, u64::max);
+    // `header_timeout` is enforced by `ClientIo` from a head's first byte
+    // (see the module docs). A refused head ends the read side; requests
+    // before it still get their answers (then the 400 follows and the
+    // connection closes).
     let mut builder = Protocols {
-        http1: http1::Builder::new(),
+        http1: server::Settings {
+            max_head: limits.max_header_bytes,
+            max_headers: limits.max_headers,
+        },
         http2: http2::Builder::new(TokioExecutor::new()),
     };
-    builder
-        .http1
-        // `header_timeout` is enforced by `ClientIo` from a head's first
-        // byte (see the module docs); hyper would default to 30 s.
-        .header_read_timeout(None)
-        // A refused head ends the read side; requests before it still get
-        // their answers (then the 400 follows and the connection closes).
-        .half_close(true)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_headers(limits.max_headers);
     builder
         .http2
         .timer(TokioTimer::new())
@@ -418,7 +416,7 @@ impl NoDelay {
 
 /// The HTTP/1 and HTTP/2 settings of a listener's connections.
 struct Protocols {
-    http1: http1::Builder,
+    http1: server::Settings,
     http2: http2::Builder<TokioExecutor>,
 }
 
@@ -501,7 +499,7 @@ where
     };
     let max_requests = limits.max_requests_per_connection;
     let served = AtomicU64::new(0);
-    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+    let serve = move |req: hyper::Request<ClientBody>| {
         let runtime = Arc::clone(&runtime);
         let info = info.clone();
         // HTTP/1 connections are recycled after `max_requests_per_connection`
@@ -516,9 +514,9 @@ where
                     http::HeaderValue::from_static("close"),
                 );
             }
-            Ok::<_, Infallible>(response)
+            response
         }
-    });
+    };
     let watch = CloseWatch {
         ticker,
         seen,
@@ -532,16 +530,17 @@ where
         // per stream, and a task's future is copied whole when it is
         // spawned, stored and finished (four copies of the request future
         // per request, 2.5 KiB each, against one copy into the box).
-        let service = service_fn(move |req| Box::pin(hyper::service::Service::call(&service, req)));
+        let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let answer = serve(req.map(ClientBody::H2));
+            Box::pin(async move { Ok::<_, Infallible>(answer.await) })
+        });
         let mut conn = Box::pin(builder.http2.serve_connection(TokioIo::new(io), service));
         watch.drive(conn.as_mut(), |c| c.graceful_shutdown()).await;
     } else {
-        let conn = builder
-            .http1
-            .serve_connection(TokioIo::new(io), service)
-            .with_upgrades();
-        tokio::pin!(conn);
-        watch.drive(conn, |c| c.graceful_shutdown()).await;
+        let mut conn = server::Connection::new(io, builder.http1, serve);
+        watch
+            .drive(Pin::new(&mut conn), |c| c.get_mut().graceful_shutdown())
+            .await;
     }
 }
 
@@ -558,9 +557,10 @@ struct CloseWatch<'a> {
 impl CloseWatch<'_> {
     /// Runs `conn` to its end; on shutdown or idleness asks it to finish
     /// the requests in flight and close (`graceful`).
-    async fn drive<F>(mut self, mut conn: Pin<&mut F>, graceful: fn(Pin<&mut F>))
+    async fn drive<F, E>(mut self, mut conn: Pin<&mut F>, graceful: fn(Pin<&mut F>))
     where
-        F: Future<Output = Result<(), hyper::Error>>,
+        F: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
     {
         let mut closing = false;
         loop {

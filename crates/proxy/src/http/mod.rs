@@ -9,6 +9,7 @@
 
 mod error;
 mod routing;
+pub mod server;
 mod service;
 pub mod upgrade;
 

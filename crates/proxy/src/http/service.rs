@@ -5,13 +5,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::http::server::ClientBody;
 use fulcrum_balance::selector::pick_or_fall_back;
 use fulcrum_balance::{BackendId, InFlightGuard, Outcome, PickContext};
 use fulcrum_config::HashKey;
 use http::header::HeaderName;
 use http::uri::{PathAndQuery, Scheme};
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
 
 use super::error::ProxyError;
 use super::routing;
@@ -50,7 +50,7 @@ pub struct ConnInfo {
 pub async fn handle(
     runtime: Arc<Runtime>,
     conn: ConnInfo,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Response<ProxyBody> {
     match proxy(&runtime, &conn, req).await {
         Ok(response) => response,
@@ -64,7 +64,7 @@ pub async fn handle(
 async fn proxy(
     runtime: &Runtime,
     conn: &ConnInfo,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     check_framing(&req)?;
     let snapshot = runtime.snapshot();
@@ -200,7 +200,7 @@ struct Routed<'r> {
 async fn forward_to(
     cluster: &ClusterSnapshot,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     routed: Routed<'_>,
     debug: bool,
     client: Option<fulcrum_balance::selector::GeoPoint>,

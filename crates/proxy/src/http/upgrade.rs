@@ -4,7 +4,8 @@
 //! keeps those two headers on its way upstream (every other hop-by-hop
 //! header is still removed). When the backend answers `101 Switching
 //! Protocols`, the client gets the 101 with the backend's `Upgrade`, and
-//! both connections are handed over by hyper (`hyper::upgrade::on`) and
+//! both connections are handed over (the client's by the HTTP/1 server's
+//! [`OnUpgrade`], the backend's by hyper's client) and
 //! joined byte for byte with `tokio::io::copy_bidirectional` until either
 //! side closes. The backend counts as in flight for the whole life of the
 //! tunnel (its [`InFlightGuard`](fulcrum_balance::InFlightGuard) moves into
@@ -14,12 +15,12 @@
 //! retried: the request is sent to one backend only (sticky sessions and
 //! the Selector decide which).
 
+use super::server::{ClientBody, OnUpgrade};
 use bytes::Bytes;
 use fulcrum_balance::{Outcome, PickContext};
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::error::ProxyError;
@@ -58,12 +59,17 @@ fn keep_upgrade(headers: &mut http::HeaderMap, protocol: Option<HeaderValue>) {
 pub(super) async fn forward(
     cluster: &ClusterSnapshot,
     conn: &ConnInfo,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     host: Option<HeaderValue>,
     route: Option<&Route>,
     body_limits: BodyLimits,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let client_side = hyper::upgrade::on(&mut req);
+    let client_side = req
+        .extensions_mut()
+        .remove::<OnUpgrade>()
+        .ok_or(ProxyError::BadFraming {
+            reason: "upgrade on a connection that cannot hand over",
+        })?;
     let (mut parts, body) = req.into_parts();
     let protocol = parts.headers.get(header::UPGRADE).cloned();
     headers::prepare_request(
@@ -170,7 +176,7 @@ pub(super) async fn forward(
         let _in_flight = guard;
         match tokio::join!(client_side, backend_side) {
             (Ok(client), Ok(upstream)) => {
-                let mut client = TokioIo::new(client);
+                let mut client = client;
                 let mut upstream = TokioIo::new(upstream);
                 match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
                     Ok((up, down)) => {

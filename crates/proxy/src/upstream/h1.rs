@@ -641,7 +641,7 @@ impl Delimiters {
 }
 
 /// A `Content-Length` value: digits only, no sign, no overflow.
-fn content_length(digits: &[u8]) -> Option<u64> {
+pub(crate) fn content_length(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() {
         return None;
     }
