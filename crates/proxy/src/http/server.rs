@@ -1148,7 +1148,9 @@ fn parse_request(
             StatusCode::BAD_REQUEST
         }
     })?;
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    // Room for the fields the proxy adds on the way (X-Forwarded-For,
+    // -Proto, -Host, Via): a map that grows rehashes every field.
+    let mut headers = HeaderMap::with_capacity(fields.len() + 4);
     let mut chunked = None;
     let mut content_length: Option<u64> = None;
     let mut close = false;

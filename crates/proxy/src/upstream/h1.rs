@@ -521,7 +521,9 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Exch
     }
     let reason = reason.map(|r| Bytes::copy_from_slice(r.as_bytes()));
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    // Room for the fields the proxy adds (Via, a sticky cookie): a map
+    // that grows rehashes every field.
+    let mut headers = HeaderMap::with_capacity(fields.len() + 2);
     let mut delimiters = Delimiters::default();
     for (name, name_len, value, value_len) in fields {
         let name = HeaderName::from_bytes(&head[name..name + name_len])
