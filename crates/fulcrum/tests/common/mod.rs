@@ -2,6 +2,8 @@
 //! configuration, real testbed backends on 127.0.0.1:0, and a small client.
 #![allow(dead_code)]
 
+pub mod raw_backend;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
