@@ -731,7 +731,6 @@ async fn invalid_chunk_size_after_the_head_was_forwarded_ends_the_exchange() {
 }
 
 #[tokio::test]
-#[ignore = "hyper forwards an HTTP/1.1 request without Host; RFC 9112 §3.2 requires 400"]
 async fn http11_request_without_host_gets_400() {
     let (backend, proxy) = target_echo().await;
     let mut client = Client::connect(proxy.addr("web")).await;

@@ -21,7 +21,7 @@
 //! will refuse anyway (too large, malformed).
 
 /// The response sent for a refused request.
-pub const REJECT_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 45\r\nconnection: close\r\n\r\n400 bad request: ambiguous message framing\r\n\r\n";
+pub const REJECT_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 43\r\nconnection: close\r\n\r\n400 bad request: ambiguous message framing\n";
 
 /// The first bytes of an HTTP/2 connection with prior knowledge (RFC 9113 §3.4).
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

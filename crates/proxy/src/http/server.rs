@@ -1159,6 +1159,7 @@ fn parse_request(
     let mut upgrade_field = false;
     let mut expect_continue = false;
     let mut trailers = false;
+    let mut host = false;
     for (name, name_len, value, value_len) in fields {
         let name = HeaderName::from_bytes(&head[name..name + name_len])
             .map_err(|_| StatusCode::BAD_REQUEST)?;
@@ -1185,6 +1186,8 @@ fn parse_request(
                 keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
                 upgrade_token |= token.eq_ignore_ascii_case(b"upgrade");
             }
+        } else if name == header::HOST {
+            host = true;
         } else if name == header::UPGRADE {
             upgrade_field = true;
         } else if name == header::EXPECT {
@@ -1196,6 +1199,11 @@ fn parse_request(
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
         }
         headers.append(name, value);
+    }
+    if version == Version::HTTP_11 && !host {
+        // RFC 9112 §3.2: a server must refuse an HTTP/1.1 request
+        // without Host.
+        return Err(StatusCode::BAD_REQUEST);
     }
     let body = match (chunked, content_length) {
         // Chunked must be the final coding of a request (RFC 9112 §6.3),
@@ -1264,9 +1272,9 @@ mod tests {
     #[test]
     fn parse_request_framing_and_connection_rules() {
         let cases: &[(&[u8], BodyKind, bool)] = &[
-            (b"GET / HTTP/1.1\r\n\r\n", BodyKind::Empty, true),
+            (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", BodyKind::Empty, true),
             (
-                b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
                 BodyKind::Empty,
                 false,
             ),
@@ -1277,17 +1285,17 @@ mod tests {
                 true,
             ),
             (
-                b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
                 BodyKind::Chunked,
                 true,
             ),
             (
-                b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
                 BodyKind::Empty,
                 true,
             ),
             (
-                b"POST / HTTP/1.1\r\nContent-Length: 7\r\nContent-Length: 7\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\nContent-Length: 7\r\n\r\n",
                 BodyKind::Length(7),
                 true,
             ),
@@ -1310,13 +1318,14 @@ mod tests {
         let too_long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(1100));
         let cases: &[(&[u8], StatusCode)] = &[
             (b"GET / HTTP/1.1\r\nX : 1\r\n\r\n", StatusCode::BAD_REQUEST),
+            (b"GET / HTTP/1.1\r\nX: 1\r\n\r\n", StatusCode::BAD_REQUEST),
             (b"GE@T / HTTP/1.1\r\n\r\n", StatusCode::BAD_REQUEST),
             (
                 b"GET / HTTP/2.0\r\n\r\n",
                 StatusCode::HTTP_VERSION_NOT_SUPPORTED,
             ),
             (
-                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
                 StatusCode::BAD_REQUEST,
             ),
             (
@@ -1324,11 +1333,11 @@ mod tests {
                 StatusCode::BAD_REQUEST,
             ),
             (
-                b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
                 StatusCode::BAD_REQUEST,
             ),
             (
-                b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
                 StatusCode::BAD_REQUEST,
             ),
             (
@@ -1352,13 +1361,15 @@ mod tests {
 
     #[test]
     fn parse_request_notes_upgrade_expect_and_trailers() {
-        let head = parse(b"GET /ws HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nTE: trailers\r\n\r\n")
+        let head = parse(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nTE: trailers\r\n\r\n")
             .unwrap()
             .unwrap();
         assert!(head.upgrade && head.trailers && !head.expect_continue);
-        let head = parse(b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let head = parse(
+            b"PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
         assert!(head.expect_continue && !head.upgrade);
     }
 
