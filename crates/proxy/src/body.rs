@@ -118,6 +118,8 @@ struct Reading {
     cut: Option<BodyCut>,
     /// Set once the body has been read to its end.
     finished_at: Option<Instant>,
+    /// Set when the client's body broke off (closed early, malformed).
+    client_failed: bool,
     /// When the body was first asked for, then when its last data arrived.
     progress_at: Option<Instant>,
 }
@@ -173,7 +175,10 @@ impl Reading {
                 self.finished_at = Some(now);
                 Poll::Ready(None)
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(RequestBodyError::Client(e)))),
+            Poll::Ready(Some(Err(e))) => {
+                self.client_failed = true;
+                Poll::Ready(Some(Err(RequestBodyError::Client(e))))
+            }
             Poll::Pending => {
                 if now >= window_end {
                     if let Err(cut) = self.next_window(now, limits) {
@@ -235,6 +240,8 @@ pub enum Upload {
     Streaming(Instant),
     /// The proxy cut it off.
     Cut(BodyCut),
+    /// The client's body broke off: closed before its end, or malformed.
+    Failed,
 }
 
 /// The client's request body, shared with the proxy so an unread body can be
@@ -267,6 +274,7 @@ impl RequestBody {
                     timer: None,
                     cut: None,
                     finished_at: None,
+                    client_failed: false,
                     progress_at: None,
                 }),
                 started: AtomicBool::new(false),
@@ -313,6 +321,9 @@ impl RequestBody {
             return Upload::Idle;
         };
         let reading = slot.reading.lock().unwrap_or_else(|e| e.into_inner());
+        if reading.client_failed {
+            return Upload::Failed;
+        }
         match (reading.cut, reading.finished_at, reading.progress_at) {
             (Some(cut), _, _) => Upload::Cut(cut),
             (None, Some(at), _) => Upload::Done(at),

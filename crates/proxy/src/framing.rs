@@ -109,6 +109,17 @@ impl FramingGuard {
         (self.state == State::Head && !self.head.is_empty()).then_some(self.heads)
     }
 
+    /// Whether the bytes fed so far end inside a message body; after an
+    /// `Err`, whether the refused bytes were in a body (rather than a head).
+    pub fn in_body(&self) -> bool {
+        !matches!(self.state, State::Head | State::Pass)
+    }
+
+    /// Request heads completed so far.
+    pub fn heads(&self) -> u64 {
+        self.heads
+    }
+
     /// Feeds bytes just read. On `Err`, the first value is how many of
     /// these bytes precede the refused head (they may be passed on).
     pub fn feed(&mut self, data: &[u8]) -> Result<(), (usize, Rejection)> {

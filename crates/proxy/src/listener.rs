@@ -634,6 +634,19 @@ struct ClientIo<S: AsyncWrite + Unpin> {
 }
 
 impl<S: AsyncWrite + Unpin> ClientIo<S> {
+    /// Where writing the 400 starts once the guard refused a read that
+    /// began after `heads_before` complete heads. A refused head is
+    /// answered with it; bytes refused inside a body whose head the server
+    /// already has end that body early, and the server answers the request
+    /// itself (one answer per request), so the 400 is skipped.
+    fn rejection_start(&self, heads_before: u64) -> usize {
+        if self.framing.in_body() && self.framing.heads() == heads_before {
+            REJECT_RESPONSE.len()
+        } else {
+            0
+        }
+    }
+
     /// Writes what is left of the 400 without blocking (best effort).
     fn flush_rejection(&mut self, cx: Option<&mut Context<'_>>) -> Poll<()> {
         let Some(written) = self.rejected.as_mut() else {
@@ -731,9 +744,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
         }
         self.activity.fetch_add(1, Ordering::Relaxed);
         let mut keep = read;
+        let heads = self.framing.heads();
         if let Err((before, reason)) = self.framing.feed(filled) {
             tracing::info!(client = %self.peer, reason, "refused request with ambiguous framing");
-            self.rejected = Some(0);
+            self.rejected = Some(self.rejection_start(heads));
             keep = before;
         }
         self.time_head();
@@ -775,9 +789,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
         let filled = buf.filled().len();
         if filled != before {
             this.activity.fetch_add(1, Ordering::Relaxed);
+            let heads = this.framing.heads();
             if let Err((keep, reason)) = this.framing.feed(&buf.filled()[before..]) {
                 tracing::info!(client = %this.peer, reason, "refused request with ambiguous framing");
-                this.rejected = Some(0);
+                this.rejected = Some(this.rejection_start(heads));
                 buf.set_filled(before + keep);
             }
             this.time_head();

@@ -14,6 +14,10 @@ pub enum ProxyError {
         /// What was ambiguous.
         reason: &'static str,
     },
+    /// The client's request body broke off: the client closed the
+    /// connection before its end, or its chunked framing was malformed.
+    #[error("request body incomplete or malformed")]
+    BadBody,
     /// The request target is longer than the listener's `max_uri_bytes`.
     #[error("request target longer than {limit} bytes")]
     UriTooLong {
@@ -74,7 +78,7 @@ impl ProxyError {
     /// The status code this error maps to.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadFraming { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::BadFraming { .. } | ProxyError::BadBody => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyTooSlow => StatusCode::REQUEST_TIMEOUT,
@@ -92,6 +96,9 @@ impl ProxyError {
         let status = self.status();
         let text = match &self {
             ProxyError::BadFraming { reason } => format!("400 bad request: {reason}\n"),
+            ProxyError::BadBody => {
+                "400 bad request: the request body is incomplete or malformed\n".to_owned()
+            }
             ProxyError::UriTooLong { limit } => {
                 format!("414 uri too long: the request target exceeds {limit} bytes\n")
             }
@@ -125,6 +132,7 @@ impl ProxyError {
         if matches!(
             self,
             ProxyError::BadFraming { .. }
+                | ProxyError::BadBody
                 | ProxyError::UriTooLong { .. }
                 | ProxyError::BodyTooLarge { .. }
                 | ProxyError::BodyTooSlow

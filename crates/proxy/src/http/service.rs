@@ -326,9 +326,17 @@ async fn forward_to(
         if !matches!(sent, Ok(Ok(_))) {
             // A body the proxy cut off (too large, too slow) is the
             // client's doing: answer 413/408 and blame no backend.
-            if let Some(Upload::Cut(cut)) = retry_body.as_ref().map(RequestBody::upload) {
-                tracing::debug!(cluster = %cluster.name(), client = %conn.peer, %cut, "request body cut off; upstream request aborted");
-                return Err(cut.into());
+            match retry_body.as_ref().map(RequestBody::upload) {
+                Some(Upload::Cut(cut)) => {
+                    tracing::debug!(cluster = %cluster.name(), client = %conn.peer, %cut, "request body cut off; upstream request aborted");
+                    return Err(cut.into());
+                }
+                // Likewise a body the client broke off: a 400, not a 502.
+                Some(Upload::Failed) => {
+                    tracing::debug!(cluster = %cluster.name(), client = %conn.peer, "request body broke off; upstream request aborted");
+                    return Err(ProxyError::BadBody);
+                }
+                _ => {}
             }
         }
         let finished = clock::now();
@@ -446,7 +454,7 @@ async fn response_within<F: std::future::Future>(
                 let now = tokio::time::Instant::now();
                 let next = match body.map_or(Upload::Idle, RequestBody::upload) {
                     Upload::Streaming(at) | Upload::Done(at) => at + limit,
-                    Upload::Idle | Upload::Cut(_) => return Err(elapsed),
+                    Upload::Idle | Upload::Cut(_) | Upload::Failed => return Err(elapsed),
                 };
                 if next <= now {
                     return Err(elapsed);
