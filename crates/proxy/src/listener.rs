@@ -39,7 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use crate::framing::{FramingGuard, H2_PREFACE, REJECT_RESPONSE};
+use crate::framing::H2_PREFACE;
 use crate::http::server::{self, ClientBody};
 use crate::http::{handle, ConnInfo};
 use crate::listener_set::ListenerSet;
@@ -266,22 +266,11 @@ async fn accept_with(
     let name: Arc<str> = Arc::from(config.name.as_str());
     let connections = runtime.metrics().listener(&config.name);
     let limits = config.limits.clone();
-    // The byte-level guard cuts chunked bodies at the largest limit any
-    // route may allow; each request's own limit is applied as its body
-    // streams (`RequestBody`).
-    let framing_max_body = config
-        .routes
-        .iter()
-        .filter_map(|r| r.max_body_bytes)
-        .fold(limits.max_body_bytes, u64::max);
-    // `header_timeout` is enforced by `ClientIo` from a head's first byte
-    // (see the module docs). A refused head ends the read side; requests
-    // before it still get their answers (then the 400 follows and the
-    // connection closes).
     let mut builder = Protocols {
         http1: server::Settings {
             max_head: limits.max_header_bytes,
             max_headers: limits.max_headers,
+            header_timeout: limits.header_timeout,
         },
         http2: http2::Builder::new(TokioExecutor::new()),
     };
@@ -333,7 +322,6 @@ async fn accept_with(
             builder: Arc::clone(&builder),
             shutdown: shutdown.clone(),
             limits: limits.clone(),
-            framing_max_body,
         };
         let alive = alive.clone();
         let open = connections.accept();
@@ -427,8 +415,6 @@ struct Connection {
     builder: Arc<Protocols>,
     shutdown: watch::Receiver<bool>,
     limits: HttpLimits,
-    /// The largest body any route allows, for the framing guard.
-    framing_max_body: u64,
 }
 
 async fn serve_connection<S>(stream: S, conn: Connection)
@@ -441,20 +427,12 @@ where
         builder,
         mut shutdown,
         limits,
-        framing_max_body,
     } = conn;
     let idle = limits.idle_timeout;
     let activity = Arc::new(AtomicU64::new(0));
     let mut io = ClientIo {
         inner: stream,
         activity: Arc::clone(&activity),
-        framing: FramingGuard::new(limits.max_header_bytes, limits.max_headers)
-            .with_max_body(framing_max_body),
-        header_timeout: limits.header_timeout,
-        timed_head: None,
-        head_deadline: None,
-        rejected: None,
-        peer: info.peer,
         read_ahead: Vec::new(),
         read_ahead_at: 0,
     };
@@ -463,7 +441,7 @@ where
     // HTTP/2 with prior knowledge or HTTP/1, from the first bytes. A new
     // connection must bring them within `header_timeout` from accept (as
     // HAProxy's `timeout http-request` counts from accept); the heads after
-    // them are timed by `ClientIo` from their first byte.
+    // them are timed by the HTTP/1 server (`server::Settings::header_timeout`).
     let h2 = {
         let sniff = io.sniff();
         tokio::pin!(sniff);
@@ -592,121 +570,31 @@ impl CloseWatch<'_> {
 /// HTTP/2 (prior knowledge).
 ///
 /// 4 KiB holds a typical browser request head, so the first request
-/// usually arrives in one `recvfrom`, the [`FramingGuard`] checks its head
-/// in place (not copied piece by piece), and hyper's first read gets the
-/// whole head. (hyper-util's automatic detection read the 24 bytes of the
-/// HTTP/2 preface first: one more `recvfrom` per connection, and hyper's
-/// 8 KiB read buffer then grew to 16 KiB by a copying `realloc`.)
+/// usually arrives in one `recvfrom` and the HTTP/1 server's first read
+/// gets the whole head. (hyper-util's automatic detection read the 24
+/// bytes of the HTTP/2 preface first: one more `recvfrom` per connection.)
 const FIRST_READ: usize = 4096;
 
 /// The client socket as the HTTP server sees it.
 ///
 /// * counts read and write calls that moved bytes, so the idle check needs
 ///   no clock reads on the data path;
-/// * runs the [`FramingGuard`] over every byte read: an ambiguous request
-///   is cut off before the HTTP parser sees it, and the connection answers
-///   `400` and closes once the parser is done with earlier requests;
-/// * times each HTTP/1 request head that does not arrive in one read, from
-///   the read that brings its first byte: when the parser waits for more of
-///   it past `header_timeout`, the read fails (`TimedOut`) and the
-///   connection closes. Between requests nothing is timed here (the idle
-///   check is the caller's), and a head read whole costs no clock read;
 /// * reads the first bytes itself ([`ClientIo::sniff`]) to choose the
 ///   protocol, and hands them out on the first reads.
-struct ClientIo<S: AsyncWrite + Unpin> {
+struct ClientIo<S> {
     inner: S,
     activity: Arc<AtomicU64>,
-    framing: FramingGuard,
-    /// Time allowed for one request head from its first byte.
-    header_timeout: Duration,
-    /// The head being timed, numbered as by [`FramingGuard::head_in_progress`].
-    timed_head: Option<u64>,
-    /// The timed head's deadline. Allocated for the first head that needs
-    /// one and reused: most connections never need one.
-    head_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Bytes of [`REJECT_RESPONSE`] written so far, once a request was refused.
-    rejected: Option<usize>,
-    peer: SocketAddr,
-    /// Bytes read by [`ClientIo::sniff`] the parser has not taken yet
-    /// (already checked by the guard), from `read_ahead_at`.
+    /// Bytes read by [`ClientIo::sniff`] the server has not taken yet,
+    /// from `read_ahead_at`.
     read_ahead: Vec<u8>,
     read_ahead_at: usize,
-}
-
-impl<S: AsyncWrite + Unpin> ClientIo<S> {
-    /// Where writing the 400 starts once the guard refused a read that
-    /// began after `heads_before` complete heads. A refused head is
-    /// answered with it; bytes refused inside a body whose head the server
-    /// already has end that body early, and the server answers the request
-    /// itself (one answer per request), so the 400 is skipped.
-    fn rejection_start(&self, heads_before: u64) -> usize {
-        if self.framing.in_body() && self.framing.heads() == heads_before {
-            REJECT_RESPONSE.len()
-        } else {
-            0
-        }
-    }
-
-    /// Writes what is left of the 400 without blocking (best effort).
-    fn flush_rejection(&mut self, cx: Option<&mut Context<'_>>) -> Poll<()> {
-        let Some(written) = self.rejected.as_mut() else {
-            return Poll::Ready(());
-        };
-        // Without a task (on drop), write what the socket takes right now.
-        let mut noop = Context::from_waker(futures_util::task::noop_waker_ref());
-        let cx = cx.unwrap_or(&mut noop);
-        while *written < REJECT_RESPONSE.len() {
-            let rest = &REJECT_RESPONSE[*written..];
-            let r = match Pin::new(&mut self.inner).poll_write(cx, rest) {
-                Poll::Ready(r) => r,
-                Poll::Pending => return Poll::Pending,
-            };
-            match r {
-                Ok(n) if n > 0 => *written += n,
-                _ => {
-                    *written = REJECT_RESPONSE.len();
-                }
-            }
-        }
-        Poll::Ready(())
-    }
-
-    /// Starts the head clock when the bytes just read end inside a request
-    /// head that is not timed yet (its first byte came with them), and
-    /// stops it when no head is in progress.
-    fn time_head(&mut self) {
-        let head = self.framing.head_in_progress();
-        if head == self.timed_head {
-            return;
-        }
-        self.timed_head = head;
-        if head.is_none() {
-            // A stale deadline may still wake the task once; the next read
-            // sees no head timed.
-            return;
-        }
-        let deadline = tokio::time::Instant::now() + self.header_timeout;
-        match self.head_deadline.as_mut() {
-            Some(sleep) => sleep.as_mut().reset(deadline),
-            None => self.head_deadline = Some(Box::pin(tokio::time::sleep_until(deadline))),
-        }
-    }
-
-    /// Whether the timed head is past its deadline; if not, the task is
-    /// woken at the deadline.
-    fn head_overdue(&mut self, cx: &mut Context<'_>) -> bool {
-        match (self.timed_head, self.head_deadline.as_mut()) {
-            (Some(_), Some(sleep)) => sleep.as_mut().poll(cx).is_ready(),
-            _ => false,
-        }
-    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
     /// Reads until the first bytes tell whether the client speaks HTTP/2
     /// with prior knowledge (`true`: they are the HTTP/2 preface) or
     /// HTTP/1 (`false`; also at end of stream). The bytes read stay for
-    /// the HTTP parser.
+    /// the HTTP server.
     async fn sniff(&mut self) -> io::Result<bool> {
         loop {
             let have = &self.read_ahead[self.read_ahead_at..];
@@ -717,9 +605,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
             if n == H2_PREFACE.len() {
                 return Ok(true);
             }
-            if self.rejected.is_some() {
-                return Ok(false);
-            }
             let got = std::future::poll_fn(|cx| self.poll_read_ahead(cx)).await?;
             if got == 0 {
                 return Ok(false);
@@ -727,9 +612,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
         }
     }
 
-    /// Reads up to [`FIRST_READ`] bytes into a stack buffer, runs the
-    /// guard over them as one piece and keeps what it lets through in
-    /// `read_ahead`. Returns how many bytes were read (0 at end of stream).
+    /// Reads up to [`FIRST_READ`] bytes into a stack buffer and keeps them
+    /// in `read_ahead`. Returns how many bytes were read (0 at end of
+    /// stream).
     fn poll_read_ahead(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         // Uninitialised: zeroing 4 KiB per connection was a measurable
         // share of a new connection's cost, and `ReadBuf` tracks what the
@@ -738,27 +623,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
         let mut buf = ReadBuf::uninit(&mut first);
         std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, &mut buf))?;
         let filled = buf.filled();
-        let read = filled.len();
-        if read == 0 {
-            return Poll::Ready(Ok(0));
+        if !filled.is_empty() {
+            self.activity.fetch_add(1, Ordering::Relaxed);
+            self.read_ahead.extend_from_slice(filled);
         }
-        self.activity.fetch_add(1, Ordering::Relaxed);
-        let mut keep = read;
-        let heads = self.framing.heads();
-        if let Err((before, reason)) = self.framing.feed(filled) {
-            tracing::info!(client = %self.peer, reason, "refused request with ambiguous framing");
-            self.rejected = Some(self.rejection_start(heads));
-            keep = before;
-        }
-        self.time_head();
-        self.read_ahead.extend_from_slice(&filled[..keep]);
-        Poll::Ready(Ok(read))
-    }
-}
-
-impl<S: AsyncWrite + Unpin> Drop for ClientIo<S> {
-    fn drop(&mut self) {
-        let _ = self.flush_rejection(None);
+        Poll::Ready(Ok(filled.len()))
     }
 }
 
@@ -780,31 +649,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
             }
             return Poll::Ready(Ok(()));
         }
-        if this.rejected.is_some() {
-            // End of stream for the parser: nothing after a refused head is read.
-            return Poll::Ready(Ok(()));
-        }
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        let filled = buf.filled().len();
-        if filled != before {
+        if buf.filled().len() != before {
             this.activity.fetch_add(1, Ordering::Relaxed);
-            let heads = this.framing.heads();
-            if let Err((keep, reason)) = this.framing.feed(&buf.filled()[before..]) {
-                tracing::info!(client = %this.peer, reason, "refused request with ambiguous framing");
-                this.rejected = Some(this.rejection_start(heads));
-                buf.set_filled(before + keep);
-            }
-            this.time_head();
-        } else if r.is_pending() && this.head_overdue(cx) {
-            // Checked only when the parser waits for bytes that are not
-            // there: a head pipelined behind a slow response, already in
-            // the socket buffer, is read rather than timed out.
-            tracing::debug!(client = %this.peer, "request head not complete within header_timeout");
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "request head not complete within header_timeout",
-            )));
         }
         r
     }
@@ -846,9 +694,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.flush_rejection(Some(cx)).is_pending() {
-            return Poll::Pending;
-        }
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -44,7 +44,7 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll, Waker};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
@@ -80,6 +80,9 @@ pub struct Settings {
     pub max_head: usize,
     /// Most header fields in one request head.
     pub max_headers: usize,
+    /// Time allowed for a request head that does not arrive in one read,
+    /// from the moment the connection first waits for the rest of it.
+    pub header_timeout: Duration,
 }
 
 /// A request body as the proxy reads it: HTTP/2's from hyper, HTTP/1's
@@ -396,6 +399,11 @@ pub struct Connection<S, F, Fut> {
     keep_alive: bool,
     /// Close once the request in flight is answered.
     closing: bool,
+    /// The deadline of the partial head in `buf`, if one is being timed.
+    /// Allocated for the first head that needs one and reused: most
+    /// connections never need one.
+    head_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    head_timed: bool,
 }
 
 impl<S, F, Fut> Connection<S, F, Fut>
@@ -420,7 +428,26 @@ where
             reading: None,
             keep_alive: true,
             closing: false,
+            head_timer: None,
+            head_timed: false,
         }
+    }
+
+    /// Whether the partial head in `buf` is past its `header_timeout`,
+    /// timed from the first time the connection waits for its rest (a
+    /// head that arrives whole is never timed). Registers the wake-up.
+    fn head_overdue(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.head_timed {
+            self.head_timed = true;
+            let deadline = tokio::time::Instant::now() + self.settings.header_timeout;
+            match self.head_timer.as_mut() {
+                Some(sleep) => sleep.as_mut().reset(deadline),
+                None => self.head_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        self.head_timer
+            .as_mut()
+            .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready())
     }
 
     /// Answers the request in flight, if any, then closes; an idle
@@ -575,6 +602,12 @@ where
         let Some(head) = parse_request(&mut self.buf, &self.settings)? else {
             return Ok(false);
         };
+        self.head_timed = false;
+        if head.body == BodyKind::Chunked && !chunked_prefix_is_valid(&self.buf) {
+            // What already arrived of the body is malformed: the request
+            // is refused before any of it is forwarded.
+            return Err(StatusCode::BAD_REQUEST);
+        }
         let mut request = head.request;
         let upgrade = head.upgrade.then(|| {
             let (tx, rx) = oneshot::channel();
@@ -690,7 +723,16 @@ where
                         self.state = State::Close;
                         continue;
                     }
-                    match ready!(self.poll_read_more(cx)) {
+                    let read = self.poll_read_more(cx);
+                    if read.is_pending() && !self.buf.is_empty() && self.head_overdue(cx) {
+                        tracing::debug!("request head not complete within header_timeout");
+                        self.state = State::Done;
+                        return Poll::Ready(Err(ServeError::Io(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "request head not complete within header_timeout",
+                        ))));
+                    }
+                    match ready!(read) {
                         Ok(0) => {
                             // The client closed, between requests or within
                             // a head: nothing to answer.
@@ -1067,6 +1109,23 @@ fn write_date(out: &mut Vec<u8>) {
     });
 }
 
+/// Whether the chunked body at the front of `buf` is well formed as far
+/// as it has arrived (it may be incomplete).
+fn chunked_prefix_is_valid(buf: &BytesMut) -> bool {
+    if buf.is_empty() {
+        return true;
+    }
+    let mut probe = BytesMut::from(&buf[..]);
+    let mut decoder = ChunkedDecoder::default();
+    loop {
+        match decoder.decode(&mut probe) {
+            Ok(Some(Piece::Data(_))) => {}
+            Ok(Some(Piece::Trailers(_) | Piece::End) | None) => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
 /// How a request's body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum BodyKind {
@@ -1159,26 +1218,31 @@ fn parse_request(
     let mut upgrade_field = false;
     let mut expect_continue = false;
     let mut trailers = false;
-    let mut host = false;
+    let mut host: Option<HeaderValue> = None;
+    let mut lengths = 0;
+    let mut codings = 0;
     for (name, name_len, value, value_len) in fields {
         let name = HeaderName::from_bytes(&head[name..name + name_len])
             .map_err(|_| StatusCode::BAD_REQUEST)?;
         let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
             .map_err(|_| StatusCode::BAD_REQUEST)?;
+        // One framing only (RFC 9112 §6.3): a second Content-Length, even
+        // an equal one, or a second Transfer-Encoding field is refused, as
+        // is a list in either; two hops could read them two ways.
         if name == header::CONTENT_LENGTH {
+            lengths += 1;
             let n = crate::upstream::h1::content_length(value.as_bytes().trim_ascii())
                 .ok_or(StatusCode::BAD_REQUEST)?;
-            if content_length.is_some_and(|l| l != n) {
-                return Err(StatusCode::BAD_REQUEST);
-            }
             content_length = Some(n);
         } else if name == header::TRANSFER_ENCODING {
-            let last = value
+            codings += 1;
+            let mut tokens = value
                 .as_bytes()
-                .rsplit(|&b| b == b',')
-                .next()
-                .unwrap_or_default();
-            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                .split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii);
+            let last = tokens.next_back().unwrap_or_default();
+            let chunked_before = tokens.any(|t| t.eq_ignore_ascii_case(b"chunked"));
+            chunked = Some(last.eq_ignore_ascii_case(b"chunked") && !chunked_before);
         } else if name == header::CONNECTION {
             for token in value.as_bytes().split(|&b| b == b',') {
                 let token = token.trim_ascii();
@@ -1187,7 +1251,12 @@ fn parse_request(
                 upgrade_token |= token.eq_ignore_ascii_case(b"upgrade");
             }
         } else if name == header::HOST {
-            host = true;
+            // RFC 9112 §3.2: more than one Host is a 400; two hops could
+            // route the request by different ones.
+            if host.is_some() {
+                return Err(StatusCode::BAD_REQUEST);
+            }
+            host = Some(value.clone());
         } else if name == header::UPGRADE {
             upgrade_field = true;
         } else if name == header::EXPECT {
@@ -1200,10 +1269,26 @@ fn parse_request(
         }
         headers.append(name, value);
     }
-    if version == Version::HTTP_11 && !host {
+    if lengths > 1 || codings > 1 {
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    match (&host, uri.authority()) {
         // RFC 9112 §3.2: a server must refuse an HTTP/1.1 request
         // without Host.
-        return Err(StatusCode::BAD_REQUEST);
+        (None, _) if version == Version::HTTP_11 => return Err(StatusCode::BAD_REQUEST),
+        // RFC 9112 §3.2.2: an absolute-form target wins over Host; a next
+        // hop that reads Host instead would route the request elsewhere.
+        (Some(host), Some(authority)) if method != Method::CONNECT => {
+            let target = authority.as_str();
+            let target = target.rsplit('@').next().unwrap_or(target);
+            if !target
+                .as_bytes()
+                .eq_ignore_ascii_case(host.as_bytes().trim_ascii())
+            {
+                return Err(StatusCode::BAD_REQUEST);
+            }
+        }
+        _ => {}
     }
     let body = match (chunked, content_length) {
         // Chunked must be the final coding of a request (RFC 9112 §6.3),
