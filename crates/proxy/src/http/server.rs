@@ -1325,6 +1325,7 @@ mod tests {
     const SETTINGS: Settings = Settings {
         max_head: 1024,
         max_headers: 10,
+        header_timeout: Duration::from_secs(10),
     };
 
     fn parse(bytes: &[u8]) -> Result<Option<RequestHead>, StatusCode> {
@@ -1379,11 +1380,6 @@ mod tests {
                 BodyKind::Empty,
                 true,
             ),
-            (
-                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\nContent-Length: 7\r\n\r\n",
-                BodyKind::Length(7),
-                true,
-            ),
         ];
         for (bytes, body, keep_alive) in cases {
             let head = parse(bytes).unwrap().unwrap();
@@ -1404,6 +1400,11 @@ mod tests {
         let cases: &[(&[u8], StatusCode)] = &[
             (b"GET / HTTP/1.1\r\nX : 1\r\n\r\n", StatusCode::BAD_REQUEST),
             (b"GET / HTTP/1.1\r\nX: 1\r\n\r\n", StatusCode::BAD_REQUEST),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", StatusCode::BAD_REQUEST),
+            (b"GET http://y/ HTTP/1.1\r\nHost: x\r\n\r\n", StatusCode::BAD_REQUEST),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\nContent-Length: 7\r\n\r\n", StatusCode::BAD_REQUEST),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", StatusCode::BAD_REQUEST),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", StatusCode::BAD_REQUEST),
             (b"GE@T / HTTP/1.1\r\n\r\n", StatusCode::BAD_REQUEST),
             (
                 b"GET / HTTP/2.0\r\n\r\n",
@@ -1441,6 +1442,29 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(bytes)
             );
+        }
+    }
+
+    #[test]
+    fn absolute_form_target_matching_host_is_accepted() {
+        let head = parse(b"GET http://user@x:8080/p HTTP/1.1\r\nHost: x:8080\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.request.uri().path(), "/p");
+    }
+
+    #[test]
+    fn chunked_prefix_check_refuses_only_malformed_bytes() {
+        for ok in [
+            &b""[..],
+            b"5\r\nhel",
+            b"5;x=1\r\nhello\r\n0\r\n\r\nGARBAGE",
+            b"0\r\n",
+        ] {
+            assert!(chunked_prefix_is_valid(&BytesMut::from(ok)), "{ok:?}");
+        }
+        for bad in [&b"zz\r\n"[..], b"5\r\nhelloXX", b"-1\r\n"] {
+            assert!(!chunked_prefix_is_valid(&BytesMut::from(bad)), "{bad:?}");
         }
     }
 
