@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use fulcrum_config::{HttpLimits, ListenerConfig, Protocol};
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
@@ -271,6 +272,7 @@ async fn accept_with(
             max_head: limits.max_header_bytes,
             max_headers: limits.max_headers,
             header_timeout: limits.header_timeout,
+            tls: tls.is_some(),
         },
         http2: http2::Builder::new(TokioExecutor::new()),
     };
@@ -433,8 +435,7 @@ where
     let mut io = ClientIo {
         inner: stream,
         activity: Arc::clone(&activity),
-        read_ahead: Vec::new(),
-        read_ahead_at: 0,
+        read_ahead: BytesMut::new(),
     };
     let mut ticker = crate::clock::idle_ticker(idle);
     let mut seen = 0;
@@ -515,7 +516,10 @@ where
         let mut conn = Box::pin(builder.http2.serve_connection(TokioIo::new(io), service));
         watch.drive(conn.as_mut(), |c| c.graceful_shutdown()).await;
     } else {
-        let mut conn = server::Connection::new(io, builder.http1, serve);
+        // The bytes read to choose the protocol become the server's first
+        // read, not copied again.
+        let first = io.read_ahead.split();
+        let mut conn = server::Connection::new(io, first, builder.http1, serve);
         watch
             .drive(Pin::new(&mut conn), |c| c.get_mut().graceful_shutdown())
             .await;
@@ -584,10 +588,8 @@ const FIRST_READ: usize = 4096;
 struct ClientIo<S> {
     inner: S,
     activity: Arc<AtomicU64>,
-    /// Bytes read by [`ClientIo::sniff`] the server has not taken yet,
-    /// from `read_ahead_at`.
-    read_ahead: Vec<u8>,
-    read_ahead_at: usize,
+    /// Bytes read by [`ClientIo::sniff`] the server has not taken yet.
+    read_ahead: BytesMut,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
@@ -597,7 +599,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
     /// the HTTP server.
     async fn sniff(&mut self) -> io::Result<bool> {
         loop {
-            let have = &self.read_ahead[self.read_ahead_at..];
+            let have = &self.read_ahead[..];
             let n = have.len().min(H2_PREFACE.len());
             if have[..n] != H2_PREFACE[..n] {
                 return Ok(false);
@@ -638,14 +640,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.read_ahead_at < this.read_ahead.len() {
-            let rest = &this.read_ahead[this.read_ahead_at..];
-            let n = rest.len().min(buf.remaining());
-            buf.put_slice(&rest[..n]);
-            this.read_ahead_at += n;
-            if this.read_ahead_at == this.read_ahead.len() {
-                this.read_ahead = Vec::new();
-                this.read_ahead_at = 0;
+        if !this.read_ahead.is_empty() {
+            let n = this.read_ahead.len().min(buf.remaining());
+            buf.put_slice(&this.read_ahead.split_to(n));
+            if this.read_ahead.is_empty() {
+                this.read_ahead = BytesMut::new();
             }
             return Poll::Ready(Ok(()));
         }

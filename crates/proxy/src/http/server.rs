@@ -70,6 +70,9 @@ const STACK_HEADER_SLOTS: usize = 128;
 /// where they are.
 const COPY_LIMIT: usize = 4 * 1024;
 
+/// What the answer buffer starts with.
+const OUT_START: usize = 1024;
+
 /// Bytes gathered before they are written while the body keeps coming.
 const GATHER_LIMIT: usize = 64 * 1024;
 
@@ -83,6 +86,11 @@ pub struct Settings {
     /// Time allowed for a request head that does not arrive in one read,
     /// from the moment the connection first waits for the rest of it.
     pub header_timeout: Duration,
+    /// Connections are TLS: closing one sends `close_notify` (a shutdown
+    /// of the stream). A plain TCP connection is just closed: the FIN
+    /// goes with the close, and a shutdown first would only cost a system
+    /// call.
+    pub tls: bool,
 }
 
 /// A request body as the proxy reads it: HTTP/2's from hyper, HTTP/1's
@@ -412,14 +420,15 @@ where
     F: FnMut(Request<ClientBody>) -> Fut,
     Fut: Future<Output = Response<ProxyBody>>,
 {
-    /// Serves `io` with `service` under `settings`.
-    pub fn new(io: S, settings: Settings, service: F) -> Self {
+    /// Serves `io` with `service` under `settings`; `first` holds bytes
+    /// already read from `io`.
+    pub fn new(io: S, first: BytesMut, settings: Settings, service: F) -> Self {
         Connection {
             io: Some(io),
             service,
             in_flight: None,
             settings,
-            buf: BytesMut::new(),
+            buf: first,
             out: Vec::new(),
             written: 0,
             big: Bytes::new(),
@@ -777,8 +786,11 @@ where
                 }
                 State::Close => {
                     ready!(self.poll_write_out(cx))?;
-                    // Best effort: the client may have gone already.
-                    let _ = ready!(Pin::new(self.io()).poll_shutdown(cx));
+                    ready!(Pin::new(self.io()).poll_flush(cx))?;
+                    if self.settings.tls {
+                        // Best effort: the client may have gone already.
+                        let _ = ready!(Pin::new(self.io()).poll_shutdown(cx));
+                    }
                     self.state = State::Done;
                     return Poll::Ready(Ok(()));
                 }
@@ -803,6 +815,11 @@ where
             }
         }
         let exchange = self.exchange.as_ref().expect("a request is in flight");
+        if self.out.capacity() == 0 {
+            // Room for a typical answer head and a small body: grown step
+            // by step, it would be reallocated five times.
+            self.out.reserve(OUT_START);
+        }
         let hint = body.size_hint();
         let encoding = encode_head(
             &parts,
@@ -1326,6 +1343,7 @@ mod tests {
         max_head: 1024,
         max_headers: 10,
         header_timeout: Duration::from_secs(10),
+        tls: false,
     };
 
     fn parse(bytes: &[u8]) -> Result<Option<RequestHead>, StatusCode> {
