@@ -313,3 +313,261 @@ fn decode_h1_chunked<'a>(
         }
     }
 }
+
+/// The HTTP/1 server's reading of a client connection
+/// (`fulcrum_proxy::http::server`), as its connection reads one: request
+/// heads with `parse_request` (through `parse_request_for_fuzzing`), each
+/// body by its length or with the `ChunkedDecoder`, the bytes arriving in
+/// reads appended to one buffer, until a head is refused, a body is
+/// malformed or the input runs out. The connection would stop after a
+/// request that closes or upgrades it; the harness reads on, so the
+/// parser also meets whatever follows. The first byte picks the options:
+/// its low seven bits the read size (1 to 128 bytes), its high bit the
+/// listener's limits (`FUZZ_SMALL_LIMITS`, which fuzz inputs reach, or
+/// `FUZZ_LARGE_LIMITS`, whose header slots are on the heap).
+///
+/// Invariants: a head is taken from the front of the buffer, never longer
+/// than `max_head`, with at most `max_headers` fields, HTTP/1.0 or 1.1,
+/// with `Host` if 1.1; a request is chunked exactly when it has
+/// `Transfer-Encoding`, and then has no `Content-Length` and is HTTP/1.1;
+/// a head that needs more bytes leaves the buffer as it was; the decoder
+/// never returns an empty data piece nor more data than it consumed.
+///
+/// The same bytes are read again in one read, and both readings must agree
+/// on every request (method, target, version, field count, body,
+/// trailers) and on how the connection ended. The exceptions are the size
+/// limits checked while a head or a chunk line is incomplete: a cut
+/// reading can be stopped by them (431, or the decoder's "too long")
+/// where the whole one goes on to another error; both still refuse.
+pub fn server_h1(data: &[u8]) {
+    let Some((&options, stream)) = data.split_first() else {
+        return;
+    };
+    let read_size = usize::from(options & 0x7f) + 1;
+    let settings = if options & 0x80 == 0 {
+        FUZZ_SMALL_LIMITS
+    } else {
+        FUZZ_LARGE_LIMITS
+    };
+    let cut = read_h1_requests(stream, &settings, read_size);
+    let whole = read_h1_requests(stream, &settings, stream.len().max(1));
+    assert_eq!(
+        cut.requests, whole.requests,
+        "reads of {read_size} bytes and one read disagree"
+    );
+    if !H1End::limit_explains(&cut.end, &whole.end) {
+        assert_eq!(
+            cut.end, whole.end,
+            "reads of {read_size} bytes and one read end differently"
+        );
+    }
+}
+
+/// Limits small enough for fuzz inputs to exceed.
+const FUZZ_SMALL_LIMITS: fulcrum_proxy::http::server::Settings =
+    fulcrum_proxy::http::server::Settings {
+        max_head: 512,
+        max_headers: 8,
+        // Neither is read by `parse_request`.
+        header_timeout: std::time::Duration::from_secs(10),
+        tls: false,
+    };
+
+/// The listener's default head size, and more header slots than the
+/// parser keeps on the stack.
+const FUZZ_LARGE_LIMITS: fulcrum_proxy::http::server::Settings =
+    fulcrum_proxy::http::server::Settings {
+        max_head: 64 * 1024,
+        max_headers: 200,
+        // Neither is read by `parse_request`.
+        header_timeout: std::time::Duration::from_secs(10),
+        tls: false,
+    };
+
+/// What the HTTP/1 server made of a client's bytes.
+#[derive(Debug, PartialEq)]
+struct H1Connection {
+    requests: Vec<H1Request>,
+    end: H1End,
+}
+
+/// One request as the server read it.
+#[derive(Debug, PartialEq)]
+struct H1Request {
+    method: http::Method,
+    target: String,
+    version: http::Version,
+    fields: usize,
+    /// The body bytes read, all of them if the body ended.
+    body: Vec<u8>,
+    /// The trailer fields of a chunked body that had some.
+    trailers: Option<http::HeaderMap>,
+}
+
+/// How the reading stopped.
+#[derive(Debug, PartialEq)]
+enum H1End {
+    /// The input ran out, inside a body or not, with these bytes buffered
+    /// (a partial head or chunk line).
+    NeedMore { in_body: bool, buffered: Vec<u8> },
+    /// A head was refused with this status.
+    Refused(http::StatusCode),
+    /// A chunked body was malformed.
+    InvalidBody(String),
+}
+
+impl H1End {
+    /// Whether a size limit checked on incomplete input explains why a cut
+    /// reading and a whole one end differently.
+    fn limit_explains(a: &H1End, b: &H1End) -> bool {
+        let limit = |end: &H1End| match end {
+            H1End::Refused(status) => *status == http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            H1End::InvalidBody(reason) => {
+                reason.contains("too long") || reason.contains("too large")
+            }
+            H1End::NeedMore { .. } => false,
+        };
+        let same_kind = matches!(
+            (a, b),
+            (H1End::Refused(_), H1End::Refused(_)) | (H1End::InvalidBody(_), H1End::InvalidBody(_))
+        );
+        same_kind && (limit(a) || limit(b))
+    }
+}
+
+/// How the rest of a request body is delimited.
+enum H1BodyLeft {
+    Length(u64),
+    Chunked(fulcrum_proxy::upstream::h1::ChunkedDecoder),
+}
+
+/// Reads `stream` as the server's connection does, `read_size` bytes per
+/// read: after each read, whatever the buffer holds is parsed (heads) or
+/// decoded (bodies) until more bytes are needed.
+fn read_h1_requests(
+    stream: &[u8],
+    settings: &fulcrum_proxy::http::server::Settings,
+    read_size: usize,
+) -> H1Connection {
+    use fulcrum_proxy::http::server::parse_request_for_fuzzing;
+    use fulcrum_proxy::upstream::h1::{ChunkedDecoder, Piece};
+    use http::header;
+
+    let mut reads = stream.chunks(read_size);
+    let mut buf = bytes::BytesMut::new();
+    let mut requests: Vec<H1Request> = Vec::new();
+    let mut body: Option<H1BodyLeft> = None;
+    let end = loop {
+        // Whether the buffer gave something; if not, read more.
+        let took = match body.as_mut() {
+            None => {
+                let before = buf.clone();
+                match parse_request_for_fuzzing(&mut buf, settings) {
+                    Ok(None) => {
+                        assert_eq!(buf, before, "a partial head consumed bytes");
+                        false
+                    }
+                    Ok(Some(request)) => {
+                        let length = *request.body();
+                        assert!(
+                            buf.len() < before.len() && before.ends_with(&buf),
+                            "a head was not consumed from the front"
+                        );
+                        let head_len = before.len() - buf.len();
+                        assert!(
+                            head_len <= settings.max_head,
+                            "a head of {head_len} bytes accepted (max_head {})",
+                            settings.max_head
+                        );
+                        let headers = request.headers();
+                        assert!(headers.len() <= settings.max_headers);
+                        let version = request.version();
+                        assert!(
+                            version == http::Version::HTTP_11 || version == http::Version::HTTP_10
+                        );
+                        if version == http::Version::HTTP_11 {
+                            assert!(headers.contains_key(header::HOST), "HTTP/1.1 without Host");
+                        }
+                        assert_eq!(
+                            length.is_none(),
+                            headers.contains_key(header::TRANSFER_ENCODING),
+                            "chunked exactly when Transfer-Encoding is sent"
+                        );
+                        if length.is_none() {
+                            assert!(!headers.contains_key(header::CONTENT_LENGTH));
+                            assert_eq!(version, http::Version::HTTP_11);
+                        }
+                        body = match length {
+                            Some(0) => None,
+                            Some(n) => Some(H1BodyLeft::Length(n)),
+                            None => Some(H1BodyLeft::Chunked(ChunkedDecoder::default())),
+                        };
+                        requests.push(H1Request {
+                            method: request.method().clone(),
+                            target: request.uri().to_string(),
+                            version,
+                            fields: headers.len(),
+                            body: Vec::new(),
+                            trailers: None,
+                        });
+                        true
+                    }
+                    Err(status) => break H1End::Refused(status),
+                }
+            }
+            Some(H1BodyLeft::Length(left)) => {
+                if buf.is_empty() {
+                    false
+                } else {
+                    let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    *left -= n as u64;
+                    let data = buf.split_to(n);
+                    requests
+                        .last_mut()
+                        .expect("a body follows a head")
+                        .body
+                        .extend_from_slice(&data);
+                    if *left == 0 {
+                        body = None;
+                    }
+                    true
+                }
+            }
+            Some(H1BodyLeft::Chunked(decoder)) => {
+                let fed = buf.len();
+                let piece = decoder.decode(&mut buf);
+                assert!(buf.len() <= fed, "the decoder grew its buffer");
+                let request = requests.last_mut().expect("a body follows a head");
+                match piece {
+                    Ok(None) => false,
+                    Ok(Some(Piece::Data(d))) => {
+                        assert!(!d.is_empty(), "an empty data piece");
+                        assert!(d.len() <= fed - buf.len(), "more data than was consumed");
+                        request.body.extend_from_slice(&d);
+                        true
+                    }
+                    Ok(Some(Piece::Trailers(t))) => {
+                        request.trailers = Some(t);
+                        body = None;
+                        true
+                    }
+                    Ok(Some(Piece::End)) => {
+                        body = None;
+                        true
+                    }
+                    Err(e) => break H1End::InvalidBody(e.to_string()),
+                }
+            }
+        };
+        if !took {
+            let Some(read) = reads.next() else {
+                break H1End::NeedMore {
+                    in_body: body.is_some(),
+                    buffered: buf.to_vec(),
+                };
+            };
+            buf.extend_from_slice(read);
+        }
+    };
+    H1Connection { requests, end }
+}

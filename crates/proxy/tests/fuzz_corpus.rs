@@ -92,6 +92,11 @@ fn fuzz_corpus_upstream_h1_never_panics() {
 }
 
 #[test]
+fn fuzz_corpus_server_h1_never_panics() {
+    run("server_h1", server_h1);
+}
+
+#[test]
 fn fuzz_corpus_seeds_are_meaningful() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus");
     let minimal = std::fs::read_to_string(dir.join("config/minimal")).unwrap();
@@ -135,4 +140,66 @@ fn fuzz_corpus_seeds_are_meaningful() {
         Some((_, ChunkedEnding::Invalid(_)))
     ));
     assert!(answer("length_conflict").head.is_err());
+    let requests = |seed: &str| {
+        let data = std::fs::read(dir.join("server_h1").join(seed)).unwrap();
+        let settings = if data[0] & 0x80 == 0 {
+            FUZZ_SMALL_LIMITS
+        } else {
+            FUZZ_LARGE_LIMITS
+        };
+        read_h1_requests(&data[1..], &settings, data.len())
+    };
+    let between_requests = H1End::NeedMore {
+        in_body: false,
+        buffered: Vec::new(),
+    };
+    let pipelined = requests("pipelined_gets");
+    assert_eq!(pipelined.requests.len(), 3);
+    assert_eq!(pipelined.end, between_requests);
+    let post = requests("post_length");
+    assert_eq!(post.requests.len(), 2);
+    assert_eq!(post.requests[0].body, b"hello");
+    let trailers = requests("chunked_trailers");
+    assert_eq!(trailers.requests[0].body, b"abc");
+    assert_eq!(
+        trailers.requests[0].trailers.as_ref().map(|t| t.len()),
+        Some(2)
+    );
+    assert_eq!(trailers.end, between_requests);
+    let extensions = requests("chunked_extensions");
+    assert_eq!(extensions.requests.len(), 2);
+    assert_eq!(extensions.requests[0].body, b"abcdefgh");
+    assert_eq!(requests("http10_keep_alive").requests.len(), 3);
+    assert_eq!(requests("large_limits").requests[0].fields, 141);
+    assert_eq!(
+        requests("absolute_form").requests[0].target,
+        "http://example.com:8080/p/q?r=s"
+    );
+    assert!(matches!(
+        requests("truncated_body").end,
+        H1End::NeedMore { in_body: true, .. }
+    ));
+    assert!(matches!(
+        requests("bad_chunk_size").end,
+        H1End::InvalidBody(_)
+    ));
+    for (seed, status) in [
+        ("bad_version", http::StatusCode::HTTP_VERSION_NOT_SUPPORTED),
+        ("space_before_colon", http::StatusCode::BAD_REQUEST),
+        ("no_host", http::StatusCode::BAD_REQUEST),
+        ("cl_and_te", http::StatusCode::BAD_REQUEST),
+        ("te_not_last", http::StatusCode::BAD_REQUEST),
+        (
+            "head_too_large",
+            http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        ),
+        (
+            "too_many_headers",
+            http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        ),
+    ] {
+        let reading = requests(seed);
+        assert!(reading.requests.is_empty(), "{seed}");
+        assert_eq!(reading.end, H1End::Refused(status), "{seed}");
+    }
 }

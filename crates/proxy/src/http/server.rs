@@ -1335,6 +1335,26 @@ fn parse_request(
     }))
 }
 
+/// `parse_request` in plain data, for the fuzz harness
+/// (`fuzz/harness.rs`), which drives it as a connection does and compares
+/// readings of the same bytes: the request, whose body says how long the
+/// real one is (`Some(0)` for none, `None` for chunked). Not for use by the
+/// proxy.
+#[doc(hidden)]
+pub fn parse_request_for_fuzzing(
+    buf: &mut BytesMut,
+    settings: &Settings,
+) -> Result<Option<Request<Option<u64>>>, StatusCode> {
+    Ok(parse_request(buf, settings)?.map(|head| {
+        let length = match head.body {
+            BodyKind::Empty => Some(0),
+            BodyKind::Length(n) => Some(n),
+            BodyKind::Chunked => None,
+        };
+        head.request.map(|()| length)
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
