@@ -93,22 +93,6 @@ pub fn orca(data: &[u8]) {
     }
 }
 
-/// The HTTP/1 framing guard over a client byte stream. The first byte picks
-/// the read size, so the same stream is also tried cut at odd places.
-pub fn framing(data: &[u8]) {
-    let Some((&step, stream)) = data.split_first() else {
-        return;
-    };
-    let step = usize::from(step % 64) + 1;
-    let mut guard = fulcrum_proxy::framing::FramingGuard::new(8 * 1024, 100);
-    for chunk in stream.chunks(step) {
-        if let Err((keep, _)) = guard.feed(chunk) {
-            assert!(keep <= chunk.len(), "kept more bytes than were fed");
-            break;
-        }
-    }
-}
-
 /// The HTTP/1 client's reading of a backend's answer
 /// (`fulcrum_proxy::upstream::h1`): heads with `parse_head` (informational
 /// answers skipped), then, for a chunked body, the `ChunkedDecoder`, the

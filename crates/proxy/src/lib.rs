@@ -27,7 +27,6 @@ pub mod admission;
 pub mod backend_tls;
 pub mod body;
 pub mod clock;
-pub mod framing;
 pub mod geoip;
 pub mod headers;
 pub mod health;

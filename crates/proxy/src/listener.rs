@@ -40,7 +40,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use crate::framing::H2_PREFACE;
 use crate::http::server::{self, ClientBody};
 use crate::http::{handle, ConnInfo};
 use crate::listener_set::ListenerSet;
@@ -569,6 +568,9 @@ impl CloseWatch<'_> {
         }
     }
 }
+
+/// The first bytes of an HTTP/2 connection with prior knowledge (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Size of the connection's first read, which decides between HTTP/1 and
 /// HTTP/2 (prior knowledge).

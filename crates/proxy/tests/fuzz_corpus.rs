@@ -82,11 +82,6 @@ fn fuzz_corpus_orca_never_panics() {
 }
 
 #[test]
-fn fuzz_corpus_framing_never_panics() {
-    run("framing", framing);
-}
-
-#[test]
 fn fuzz_corpus_upstream_h1_never_panics() {
     run("upstream_h1", upstream_h1);
 }

@@ -19,10 +19,14 @@
 //!   (vectored, never copied);
 //! * pipelined requests are served in order, one at a time.
 //!
-//! Framing follows RFC 9112 §6: a request body is `Content-Length` or
-//! chunked (a `Transfer-Encoding` not ending in `chunked` is refused with
-//! 400, as are conflicting lengths; the framing guard in front of the
-//! parser refuses ambiguous framing before it gets here). An answer keeps
+//! Framing follows RFC 9112 §6, strictly, as a proxy must (two hops that
+//! read a request two ways are request smuggling): a request body is
+//! `Content-Length` or chunked; both, a second `Content-Length` or
+//! `Transfer-Encoding` field, a list or sign in a length, a
+//! `Transfer-Encoding` not ending in (or repeating) `chunked`, more than one
+//! `Host`, no `Host` in HTTP/1.1, and an absolute-form target disagreeing
+//! with `Host` are refused with 400, as is a chunked body whose bytes in
+//! hand are malformed (before anything is forwarded). An answer keeps
 //! its `Content-Length`; without one it gets one when its size is known,
 //! and otherwise is chunked (HTTP/1.1 clients) or ends with the connection
 //! (HTTP/1.0). No body follows `HEAD`, 1xx, 204 or 304. An HTTP/1.0 client

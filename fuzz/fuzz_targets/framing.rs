@@ -1,6 +1,0 @@
-#![no_main]
-#![allow(dead_code)]
-
-include!("../harness.rs");
-
-libfuzzer_sys::fuzz_target!(|data: &[u8]| framing(data));
