@@ -64,7 +64,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// A `match` on the (lowercase) name compares lengths first, so most
 /// names are ruled out by one comparison instead of eight `HeaderName`
 /// comparisons.
-fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+pub(crate) fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     let i = match name.as_str() {
         "connection" => 0,
         "te" => 1,

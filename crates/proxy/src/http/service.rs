@@ -498,7 +498,9 @@ fn forward(
     if cluster.config.load_reports {
         record_load_report(&rparts.headers, &backend.state.load, finished);
     }
-    headers::remove_hop_by_hop(&mut rparts.headers);
+    if !rbody.hop_by_hop_removed() {
+        headers::remove_hop_by_hop(&mut rparts.headers);
+    }
     headers::append_via(&mut rparts.headers, Version::HTTP_11);
     // The proxy speaks its own version to the client (RFC 9110 §6.2); an
     // HTTP/1.0 backend's version would end the client's keep-alive.

@@ -290,6 +290,17 @@ pub enum UpstreamBody {
 /// An error reading an answer's body.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
+impl UpstreamBody {
+    /// Whether the answer's hop-by-hop fields were left out as its head was
+    /// read (then [`crate::headers::remove_hop_by_hop`] has nothing to do).
+    pub fn hop_by_hop_removed(&self) -> bool {
+        match self {
+            UpstreamBody::Hyper(_) => false,
+            UpstreamBody::Own(b) => b.hop_by_hop_removed(),
+        }
+    }
+}
+
 impl From<Incoming> for UpstreamBody {
     fn from(body: Incoming) -> Self {
         UpstreamBody::Hyper(body)
