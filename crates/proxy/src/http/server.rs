@@ -74,6 +74,13 @@ const STACK_HEADER_SLOTS: usize = 128;
 /// where they are.
 const COPY_LIMIT: usize = 4 * 1024;
 
+/// How long a connection closing with request bytes unread keeps reading
+/// and dropping them (NGINX's lingering close). Closing a socket with
+/// unread bytes makes the kernel send a reset, which can destroy the
+/// answer (a 413 to a large upload) before the client reads it; this way
+/// the client gets the answer and a clean end of stream first.
+const LINGER: Duration = Duration::from_secs(2);
+
 /// What the answer buffer starts with.
 const OUT_START: usize = 1024;
 
@@ -372,6 +379,9 @@ enum State {
     },
     /// Writing what is left (an error answer), then closing.
     Close,
+    /// The answer is out and the write side shut; what the client still
+    /// sends is read and dropped until it closes or [`LINGER`] ends.
+    Linger,
     /// Finished.
     Done,
 }
@@ -416,6 +426,9 @@ pub struct Connection<S, F, Fut> {
     /// connections never need one.
     head_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     head_timed: bool,
+    /// Close with a lingering read ([`State::Linger`]): request bytes may
+    /// be left unread.
+    linger: bool,
 }
 
 impl<S, F, Fut> Connection<S, F, Fut>
@@ -443,6 +456,15 @@ where
             closing: false,
             head_timer: None,
             head_timed: false,
+            linger: false,
+        }
+    }
+
+    /// Arms the connection's timer for `deadline` (allocated once).
+    fn arm_timer(&mut self, deadline: tokio::time::Instant) {
+        match self.head_timer.as_mut() {
+            Some(sleep) => sleep.as_mut().reset(deadline),
+            None => self.head_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
         }
     }
 
@@ -452,11 +474,7 @@ where
     fn head_overdue(&mut self, cx: &mut Context<'_>) -> bool {
         if !self.head_timed {
             self.head_timed = true;
-            let deadline = tokio::time::Instant::now() + self.settings.header_timeout;
-            match self.head_timer.as_mut() {
-                Some(sleep) => sleep.as_mut().reset(deadline),
-                None => self.head_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            }
+            self.arm_timer(tokio::time::Instant::now() + self.settings.header_timeout);
         }
         self.head_timer
             .as_mut()
@@ -535,9 +553,10 @@ where
             if p.dropped {
                 drop(p);
                 // Nobody reads the rest: the connection cannot carry
-                // another request.
+                // another request, and closes lingering.
                 self.reading = None;
                 self.keep_alive = false;
+                self.linger = true;
                 return Poll::Ready(Ok(false));
             }
             if !p.want || p.ready.is_some() {
@@ -607,6 +626,7 @@ where
             deliver(&reading.pipe, Err(error), true, cx);
         }
         self.keep_alive = false;
+        self.linger = true;
     }
 
     /// Parses the next request head from `buf` and starts the service on
@@ -680,6 +700,8 @@ where
         write_date(&mut self.out);
         self.out.extend_from_slice(b"\r\n");
         self.keep_alive = false;
+        // The refused head may be followed by more bytes (its body).
+        self.linger = true;
         self.state = State::Close;
     }
 
@@ -690,6 +712,7 @@ where
         if self.reading.take().is_some() {
             // The body was not read to its end.
             self.keep_alive = false;
+            self.linger = true;
         }
         if let Some(tx) = exchange.and_then(|e| e.upgrade) {
             let io = self.io.take().expect("the stream is only taken at the end");
@@ -791,12 +814,34 @@ where
                 State::Close => {
                     ready!(self.poll_write_out(cx))?;
                     ready!(Pin::new(self.io()).poll_flush(cx))?;
-                    if self.settings.tls {
+                    if self.settings.tls || self.linger {
                         // Best effort: the client may have gone already.
                         let _ = ready!(Pin::new(self.io()).poll_shutdown(cx));
                     }
+                    if self.linger {
+                        self.arm_timer(tokio::time::Instant::now() + LINGER);
+                        self.state = State::Linger;
+                        continue;
+                    }
                     self.state = State::Done;
                     return Poll::Ready(Ok(()));
+                }
+                State::Linger => {
+                    let timer = self.head_timer.as_mut().expect("armed on entry");
+                    if timer.as_mut().poll(cx).is_ready() {
+                        self.state = State::Done;
+                        return Poll::Ready(Ok(()));
+                    }
+                    let mut stack = [MaybeUninit::<u8>::uninit(); READ_SIZE];
+                    let mut dropped = ReadBuf::uninit(&mut stack);
+                    match ready!(Pin::new(self.io()).poll_read(cx, &mut dropped)) {
+                        Ok(()) if !dropped.filled().is_empty() => {}
+                        // The client's end of stream, or an error: done.
+                        _ => {
+                            self.state = State::Done;
+                            return Poll::Ready(Ok(()));
+                        }
+                    }
                 }
                 State::Done => return Poll::Ready(Ok(())),
             }
