@@ -42,6 +42,7 @@
 //! [`OnUpgrade`] in its extensions; when the answer is `101`, the
 //! connection is handed over through it once the head is written.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io::{self, Write as _};
 use std::mem::MaybeUninit;
@@ -435,7 +436,7 @@ impl<S, F, Fut> Connection<S, F, Fut>
 where
     S: Stream,
     F: FnMut(Request<ClientBody>) -> Fut,
-    Fut: Future<Output = Response<ProxyBody>>,
+    Fut: Future<Output = Result<Response<ProxyBody>, Infallible>>,
 {
     /// Serves `io` with `service` under `settings`; `first` holds bytes
     /// already read from `io`.
@@ -790,7 +791,7 @@ where
                         .as_mut()
                         .as_pin_mut()
                         .expect("a request is in flight");
-                    if let Poll::Ready(response) = fut.poll(cx) {
+                    if let Poll::Ready(Ok(response)) = fut.poll(cx) {
                         if let Some(slot) = self.in_flight.as_mut() {
                             slot.set(None);
                         }
@@ -973,7 +974,7 @@ impl<S, F, Fut> Future for Connection<S, F, Fut>
 where
     S: Stream,
     F: FnMut(Request<ClientBody>) -> Fut + Unpin,
-    Fut: Future<Output = Response<ProxyBody>>,
+    Fut: Future<Output = Result<Response<ProxyBody>, Infallible>>,
 {
     type Output = Result<(), ServeError>;
 
