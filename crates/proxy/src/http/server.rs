@@ -879,6 +879,7 @@ where
             self.closing,
             &mut self.out,
         );
+        crate::headers::recycle(parts.headers);
         self.state = State::Write {
             body,
             encoding,
@@ -1276,7 +1277,7 @@ fn parse_request(
     })?;
     // Room for the fields the proxy adds on the way (X-Forwarded-For,
     // -Proto, -Host, Via): a map that grows rehashes every field.
-    let mut headers = HeaderMap::with_capacity(fields.len() + 4);
+    let mut headers = crate::headers::map_with_capacity(fields.len() + 4);
     let mut chunked = None;
     let mut content_length: Option<u64> = None;
     let mut close = false;

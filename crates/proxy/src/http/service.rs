@@ -373,6 +373,7 @@ async fn forward_to(
                     }
                 }
                 let response = forward(cluster, id, response, guard, decisions, finished);
+                headers::recycle(std::mem::take(&mut parts.headers));
                 return Ok(stick(cluster, id, pinned, response));
             }
             Ok(Err(e)) => {

@@ -527,7 +527,7 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Exch
     let head = buf.split_to(len).freeze();
     // Room for the fields the proxy adds (Via, a sticky cookie): a map
     // that grows rehashes every field.
-    let mut headers = HeaderMap::with_capacity(fields.len() + 2);
+    let mut headers = crate::headers::map_with_capacity(fields.len() + 2);
     let mut delimiters = Delimiters::default();
     // Hop-by-hop fields describe this connection and are never forwarded:
     // they are noted for the framing and left out here, rather than
