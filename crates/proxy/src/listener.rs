@@ -10,13 +10,13 @@
 //! The two timers count different things, as HAProxy's `timeout
 //! http-request` and `timeout http-keep-alive` do. `header_timeout` bounds
 //! the wait for a new connection's first bytes (from accept) and one
-//! HTTP/1 request head from the read that brings its first byte to the
-//! read that completes it (a slowloris trickling a head is closed), and
+//! HTTP/1 request head from the moment the server first waits for the rest
+//! of it to the read that completes it (a slowloris trickling a head is
+//! closed), and
 //! `idle_timeout` alone bounds a kept-alive connection waiting for its next
-//! request. hyper's own header read timeout is off: it starts as soon as
-//! hyper waits for the next head, so it would close every idle keep-alive
-//! connection after `header_timeout`. HTTP/2 has no request heads of this
-//! kind (its frames are bounded by h2's own limits).
+//! request: the HTTP/1 server (`http::server`) times only a head of which
+//! some bytes have arrived. HTTP/2 has no request heads of this kind (its
+//! frames are bounded by h2's own limits).
 //!
 //! Shutdown stops accepting, asks every connection to finish its current
 //! requests and close, and waits up to a grace period.
