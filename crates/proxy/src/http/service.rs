@@ -5,7 +5,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::http::server::ClientBody;
 use fulcrum_balance::selector::pick_or_fall_back;
 use fulcrum_balance::{BackendId, InFlightGuard, Outcome, PickContext};
 use fulcrum_config::HashKey;
@@ -15,6 +14,7 @@ use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 
 use super::error::ProxyError;
 use super::routing;
+use super::server::ClientBody;
 use super::upgrade;
 use crate::admission;
 use crate::body::{BodyLimits, ProxyBody, RequestBody, Upload};
