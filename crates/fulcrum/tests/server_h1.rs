@@ -17,8 +17,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::raw_backend::{
-    proxy_for, read_chunked, read_exact, read_through, After, RawBackend, Received, Reply, OK,
-    PATIENCE, PIECE_GAP,
+    proxy_for, read_chunked, read_exact, read_through, split_head, After, RawBackend, Received,
+    Reply, OK, PATIENCE, PIECE_GAP,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -116,14 +116,10 @@ impl Client {
             .await
             .unwrap_or_else(|| panic!("no answer head; got {:?}", self.leftover()));
         let head = String::from_utf8(head).expect("answer heads are ASCII");
-        let mut lines = head.trim_end_matches("\r\n").split("\r\n");
-        let status_line = lines.next().unwrap().to_owned();
-        let headers: Vec<(String, String)> = lines
-            .map(|l| {
-                let (name, value) = l.split_once(':').expect("a header line has a colon");
-                (name.to_ascii_lowercase(), value.trim().to_owned())
-            })
-            .collect();
+        let (status_line, mut headers) = split_head(&head);
+        for (name, _) in &mut headers {
+            name.make_ascii_lowercase();
+        }
         let mut response = Response {
             status_line,
             headers,

@@ -26,6 +26,24 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     HeaderName::from_static("proxy-connection"),
 ];
 
+/// The elements of a comma-separated field value (`Connection`, `TE`,
+/// `Transfer-Encoding`, a listed `Content-Length`), trimmed of
+/// whitespace.
+pub(crate) fn tokens(value: &HeaderValue) -> impl DoubleEndedIterator<Item = &[u8]> {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+}
+
+/// Writes one `name: value` line of an HTTP/1 head.
+pub(crate) fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Header maps kept per thread for reuse ([`map_with_capacity`]).
 const SPARE_MAPS: usize = 32;
 

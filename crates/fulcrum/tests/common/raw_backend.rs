@@ -246,19 +246,25 @@ async fn echo(stream: &mut TcpStream, mut pending: Vec<u8>) {
     }
 }
 
-/// Reads one request (head, then the body its framing announces); `None`
-/// when the connection ends or stays silent for [`PATIENCE`].
-async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Received> {
-    let head = read_through(stream, buf, b"\r\n\r\n").await?;
-    let head = String::from_utf8(head).expect("request heads here are ASCII");
+/// A head's first line and its fields (names as sent, values trimmed).
+pub fn split_head(head: &str) -> (String, Vec<(String, String)>) {
     let mut lines = head.trim_end_matches("\r\n").split("\r\n");
-    let line = lines.next()?.to_owned();
-    let headers: Vec<(String, String)> = lines
+    let first = lines.next().unwrap_or_default().to_owned();
+    let fields = lines
         .map(|l| {
             let (name, value) = l.split_once(':').expect("a header line has a colon");
             (name.to_owned(), value.trim().to_owned())
         })
         .collect();
+    (first, fields)
+}
+
+/// Reads one request (head, then the body its framing announces); `None`
+/// when the connection ends or stays silent for [`PATIENCE`].
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Received> {
+    let head = read_through(stream, buf, b"\r\n\r\n").await?;
+    let head = String::from_utf8(head).expect("request heads here are ASCII");
+    let (line, headers) = split_head(&head);
     let mut request = Received {
         line,
         headers,

@@ -59,6 +59,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 
 use crate::body::ProxyBody;
+use crate::headers::{tokens, write_field};
 use crate::upstream::h1::{ChunkedDecoder, Piece};
 use crate::upstream::BodyError;
 
@@ -422,10 +423,10 @@ pub struct Connection<S, F, Fut> {
     keep_alive: bool,
     /// Close once the request in flight is answered.
     closing: bool,
-    /// The deadline of the partial head in `buf`, if one is being timed.
-    /// Allocated for the first head that needs one and reused: most
-    /// connections never need one.
-    head_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The deadline of the partial head in `buf` (`header_timeout`), or of
+    /// the lingering close. Allocated the first time one is needed and
+    /// reused: most connections never need one.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     head_timed: bool,
     /// Close with a lingering read ([`State::Linger`]): request bytes may
     /// be left unread.
@@ -455,7 +456,7 @@ where
             reading: None,
             keep_alive: true,
             closing: false,
-            head_timer: None,
+            timer: None,
             head_timed: false,
             linger: false,
         }
@@ -463,9 +464,9 @@ where
 
     /// Arms the connection's timer for `deadline` (allocated once).
     fn arm_timer(&mut self, deadline: tokio::time::Instant) {
-        match self.head_timer.as_mut() {
+        match self.timer.as_mut() {
             Some(sleep) => sleep.as_mut().reset(deadline),
-            None => self.head_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
         }
     }
 
@@ -477,7 +478,7 @@ where
             self.head_timed = true;
             self.arm_timer(tokio::time::Instant::now() + self.settings.header_timeout);
         }
-        self.head_timer
+        self.timer
             .as_mut()
             .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready())
     }
@@ -828,7 +829,7 @@ where
                     return Poll::Ready(Ok(()));
                 }
                 State::Linger => {
-                    let timer = self.head_timer.as_mut().expect("armed on entry");
+                    let timer = self.timer.as_mut().expect("armed on entry");
                     if timer.as_mut().poll(cx).is_ready() {
                         self.state = State::Done;
                         return Poll::Ready(Ok(()));
@@ -1057,10 +1058,7 @@ fn end_chunked(crlf_due: &mut bool, out: &mut Vec<u8>, trailers: Option<&HeaderM
     pay_crlf(crlf_due, out);
     out.extend_from_slice(b"0\r\n");
     for (name, value) in trailers.into_iter().flatten() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_field(out, name, value);
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -1102,16 +1100,12 @@ fn encode_head(
         } else if name == header::DATE {
             date = true;
         } else if name == header::CONNECTION {
-            for token in value.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
+            for token in tokens(value) {
                 close |= token.eq_ignore_ascii_case(b"close");
                 keep_alive_sent |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_field(out, name, value);
     }
     let bodiless = status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -1304,16 +1298,12 @@ fn parse_request(
             content_length = Some(n);
         } else if name == header::TRANSFER_ENCODING {
             codings += 1;
-            let mut tokens = value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .map(<[u8]>::trim_ascii);
-            let last = tokens.next_back().unwrap_or_default();
-            let chunked_before = tokens.any(|t| t.eq_ignore_ascii_case(b"chunked"));
+            let mut codings_named = tokens(&value);
+            let last = codings_named.next_back().unwrap_or_default();
+            let chunked_before = codings_named.any(|t| t.eq_ignore_ascii_case(b"chunked"));
             chunked = Some(last.eq_ignore_ascii_case(b"chunked") && !chunked_before);
         } else if name == header::CONNECTION {
-            for token in value.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
+            for token in tokens(&value) {
                 close |= token.eq_ignore_ascii_case(b"close");
                 keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
                 upgrade_token |= token.eq_ignore_ascii_case(b"upgrade");
@@ -1330,10 +1320,7 @@ fn parse_request(
         } else if name == header::EXPECT {
             expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         } else if name == header::TE {
-            trailers |= value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+            trailers |= tokens(&value).any(|t| t.eq_ignore_ascii_case(b"trailers"));
         }
         headers.append(name, value);
     }

@@ -45,6 +45,7 @@ use tokio_util::io::poll_read_buf;
 
 use super::Lease;
 use crate::body::{RequestBody, RequestBodyError};
+use crate::headers::{tokens, write_field};
 
 /// Most header fields an answer may carry: hyper's default, so a backend
 /// that worked through hyper still works.
@@ -438,10 +439,7 @@ fn encode_head(req: &request::Parts, framing: BodyFraming, out: &mut Vec<u8>) {
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &req.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_field(out, name, value);
     }
     let has_length = req.headers.contains_key(header::CONTENT_LENGTH);
     match framing {
@@ -570,8 +568,7 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Exch
 /// Whether a `Connection` value names only `close` and `keep-alive`
 /// (no other field to remove).
 fn only_close_or_keep_alive(value: &HeaderValue) -> bool {
-    value.as_bytes().split(|&b| b == b',').all(|t| {
-        let t = t.trim_ascii();
+    tokens(value).all(|t| {
         t.is_empty() || t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"keep-alive")
     })
 }
@@ -607,8 +604,8 @@ impl Delimiters {
     /// Notes one field. Copies of `Content-Length` must agree.
     fn see(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), ExchangeError> {
         if name == header::CONTENT_LENGTH {
-            for part in value.as_bytes().split(|&b| b == b',') {
-                let n = content_length(part.trim_ascii())
+            for part in tokens(value) {
+                let n = content_length(part)
                     .ok_or(ExchangeError::InvalidHead("invalid content-length"))?;
                 if self.content_length.is_some_and(|l| l != n) {
                     return Err(ExchangeError::InvalidHead("conflicting content-length"));
@@ -616,15 +613,10 @@ impl Delimiters {
                 self.content_length = Some(n);
             }
         } else if name == header::TRANSFER_ENCODING {
-            let last = value
-                .as_bytes()
-                .rsplit(|&b| b == b',')
-                .next()
-                .unwrap_or_default();
-            self.chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            let last = tokens(value).next_back().unwrap_or_default();
+            self.chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
         } else if name == header::CONNECTION {
-            for token in value.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
+            for token in tokens(value) {
                 self.close |= token.eq_ignore_ascii_case(b"close");
                 self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
