@@ -17,6 +17,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc: its per-thread free lists make the allocations of a new
+/// connection (task, buffers, registration) cheaper than glibc's malloc,
+/// which spent about 3 800 instructions per connection in `_int_malloc`,
+/// `_int_free` and `malloc_consolidate`.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Fulcrum: a load-balancing reverse proxy that schedules on live signals.
 #[derive(Parser, Debug)]
 #[command(name = "fulcrum", version, about, long_about = None)]
