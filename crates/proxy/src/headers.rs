@@ -44,6 +44,96 @@ pub(crate) fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderVa
     out.extend_from_slice(b"\r\n");
 }
 
+/// The [`HeaderName`] of a field name read from an HTTP/1 head.
+///
+/// The names most heads carry, spelled as clients and servers send them
+/// (`Content-Type`) or in lowercase, map straight to their constants: a
+/// length switch and one or two byte comparisons, against about 160
+/// instructions for [`HeaderName::from_bytes`], which lowercases the
+/// name into a buffer and then looks it up. Any other spelling or name
+/// goes through `from_bytes`, so the result is the same either way.
+pub(crate) fn field_name(raw: &[u8]) -> Result<HeaderName, header::InvalidHeaderName> {
+    use header::*;
+    let known = match raw.len() {
+        2 => match raw {
+            b"TE" | b"te" => Some(TE),
+            _ => None,
+        },
+        3 => match raw {
+            b"Via" | b"via" => Some(VIA),
+            b"Age" | b"age" => Some(AGE),
+            _ => None,
+        },
+        4 => match raw {
+            b"Host" | b"host" => Some(HOST),
+            b"Date" | b"date" => Some(DATE),
+            b"ETag" | b"Etag" | b"etag" => Some(ETAG),
+            b"Vary" | b"vary" => Some(VARY),
+            _ => None,
+        },
+        6 => match raw {
+            b"Accept" | b"accept" => Some(ACCEPT),
+            b"Server" | b"server" => Some(SERVER),
+            b"Cookie" | b"cookie" => Some(COOKIE),
+            b"Origin" | b"origin" => Some(ORIGIN),
+            b"Expect" | b"expect" => Some(EXPECT),
+            _ => None,
+        },
+        7 => match raw {
+            b"Referer" | b"referer" => Some(REFERER),
+            b"Upgrade" | b"upgrade" => Some(UPGRADE),
+            b"Expires" | b"expires" => Some(EXPIRES),
+            _ => None,
+        },
+        8 => match raw {
+            b"Location" | b"location" => Some(LOCATION),
+            _ => None,
+        },
+        10 => match raw {
+            b"Connection" | b"connection" => Some(CONNECTION),
+            b"User-Agent" | b"user-agent" => Some(USER_AGENT),
+            b"Set-Cookie" | b"set-cookie" => Some(SET_COOKIE),
+            _ => None,
+        },
+        12 => match raw {
+            b"Content-Type" | b"content-type" => Some(CONTENT_TYPE),
+            _ => None,
+        },
+        13 => match raw {
+            b"Cache-Control" | b"cache-control" => Some(CACHE_CONTROL),
+            b"Last-Modified" | b"last-modified" => Some(LAST_MODIFIED),
+            b"Accept-Ranges" | b"accept-ranges" => Some(ACCEPT_RANGES),
+            b"Authorization" | b"authorization" => Some(AUTHORIZATION),
+            b"If-None-Match" | b"if-none-match" => Some(IF_NONE_MATCH),
+            _ => None,
+        },
+        14 => match raw {
+            b"Content-Length" | b"content-length" => Some(CONTENT_LENGTH),
+            _ => None,
+        },
+        15 => match raw {
+            b"Accept-Encoding" | b"accept-encoding" => Some(ACCEPT_ENCODING),
+            b"Accept-Language" | b"accept-language" => Some(ACCEPT_LANGUAGE),
+            b"X-Forwarded-For" | b"x-forwarded-for" => Some(X_FORWARDED_FOR.clone()),
+            _ => None,
+        },
+        16 => match raw {
+            b"Content-Encoding" | b"content-encoding" => Some(CONTENT_ENCODING),
+            _ => None,
+        },
+        17 => match raw {
+            b"Transfer-Encoding" | b"transfer-encoding" => Some(TRANSFER_ENCODING),
+            b"If-Modified-Since" | b"if-modified-since" => Some(IF_MODIFIED_SINCE),
+            _ => None,
+        },
+        _ => None,
+    };
+    match known {
+        Some(name) => Ok(name),
+        None => HeaderName::from_bytes(raw),
+    }
+}
+
 /// Header maps kept per thread for reuse ([`map_with_capacity`]).
 const SPARE_MAPS: usize = 32;
 
@@ -287,6 +377,30 @@ fn format_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_names_match_the_general_parser_in_any_spelling() {
+        let names = "TE Via Age Host Date ETag Etag Vary Accept Server Cookie Origin Expect \
+            Referer Upgrade Expires Location Connection User-Agent Set-Cookie Content-Type \
+            Cache-Control Last-Modified Accept-Ranges Authorization If-None-Match \
+            Content-Length Accept-Encoding Accept-Language X-Forwarded-For Content-Encoding \
+            Transfer-Encoding If-Modified-Since Keep-Alive X-Custom Hots Content-Lengtx";
+        for name in names.split_whitespace().chain([""]) {
+            for spelling in [
+                name.to_string(),
+                name.to_ascii_lowercase(),
+                name.to_ascii_uppercase(),
+            ] {
+                let raw = spelling.as_bytes();
+                assert_eq!(
+                    field_name(raw).ok(),
+                    HeaderName::from_bytes(raw).ok(),
+                    "{spelling:?}"
+                );
+            }
+        }
+        assert!(field_name(b"Bad Name").is_err());
+    }
 
     #[test]
     fn recycled_maps_come_back_empty_and_large_ones_are_not_kept() {

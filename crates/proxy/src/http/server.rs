@@ -52,7 +52,7 @@ use std::task::{ready, Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http::{Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -1284,7 +1284,7 @@ fn parse_request(
     let mut lengths = 0;
     let mut codings = 0;
     for (name, name_len, value, value_len) in fields {
-        let name = HeaderName::from_bytes(&head[name..name + name_len])
+        let name = crate::headers::field_name(&head[name..name + name_len])
             .map_err(|_| StatusCode::BAD_REQUEST)?;
         let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
             .map_err(|_| StatusCode::BAD_REQUEST)?;

@@ -534,7 +534,7 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Exch
     // the exception: all is kept and removed later.
     let mut hop_by_hop_removed = true;
     for (name, name_len, value, value_len) in fields {
-        let name = HeaderName::from_bytes(&head[name..name + name_len])
+        let name = crate::headers::field_name(&head[name..name + name_len])
             .map_err(|_| ExchangeError::InvalidHead("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
             .map_err(|_| ExchangeError::InvalidHead("invalid header value"))?;
