@@ -113,14 +113,17 @@ pub fn upstream_h1(data: &[u8]) {
     };
     let head_request = options & 1 == 1;
     let read_size = usize::from(options >> 1) + 1;
-    let cut = read_h1_answer(answer, head_request, read_size);
-    let whole = read_h1_answer(answer, head_request, answer.len().max(1));
+    let cut = read_h1_answer(answer, head_request, read_size, false);
+    let whole = read_h1_answer(answer, head_request, answer.len().max(1), false);
     if !cut.hit_size_limit() && !whole.hit_size_limit() {
         assert_eq!(
             cut, whole,
             "reads of {read_size} bytes and one read disagree"
         );
     }
+    // Fields kept as the backend's bytes say what the map says.
+    let raw = read_h1_answer(answer, head_request, answer.len().max(1), true);
+    assert_eq!(raw, whole, "raw fields and the map disagree");
 }
 
 /// What the HTTP/1 client made of an answer.
@@ -168,8 +171,9 @@ impl H1Reading {
 }
 
 /// Reads `answer` as the client does, `read_size` bytes per read: after
-/// each read, heads are parsed until one is partial or final.
-fn read_h1_answer(answer: &[u8], head_request: bool, read_size: usize) -> H1Reading {
+/// each read, heads are parsed until one is partial or final. With `raw`,
+/// the fields are kept as bytes and then read into a map.
+fn read_h1_answer(answer: &[u8], head_request: bool, read_size: usize, raw: bool) -> H1Reading {
     use fulcrum_proxy::upstream::h1::{parse_head, Framing, Parsed};
 
     let mut reads = answer.chunks(read_size);
@@ -186,7 +190,7 @@ fn read_h1_answer(answer: &[u8], head_request: bool, read_size: usize) -> H1Read
         buf.extend_from_slice(read);
         loop {
             let before = buf.clone();
-            match parse_head(&mut buf, head_request) {
+            match parse_head(&mut buf, head_request, raw) {
                 Ok(Parsed::Partial) => {
                     assert_eq!(buf, before, "a partial head consumed bytes");
                     break;
@@ -249,7 +253,17 @@ fn read_h1_answer(answer: &[u8], head_request: bool, read_size: usize) -> H1Read
                 .extensions
                 .get::<hyper::ext::ReasonPhrase>()
                 .map(|r| r.as_bytes().to_vec()),
-            headers: head.parts.headers,
+            headers: match head.raw.as_ref().map(|r| r.to_header_map()) {
+                None => head.parts.headers,
+                Some(Ok(map)) => map,
+                Some(Err(e)) => {
+                    return H1Reading {
+                        informational,
+                        head: Err(e.to_string()),
+                        chunked: None,
+                    }
+                }
+            },
             framing: head.framing,
             keep_alive: head.keep_alive,
         }),

@@ -958,3 +958,51 @@ async fn a_large_upload_refused_from_its_head_still_gets_its_413() {
     let _ = upload.await;
     assert_eq!(lines(&backend), Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn backend_answer_fields_reach_the_client_in_order_less_the_hop_by_hop_ones() {
+    // Nothing on the way edits this answer, so its fields go out as the
+    // backend's bytes (`RawFields`): in their order, repeats kept, hop-by-
+    // hop ones left out, the backend's own Date kept, and Via after them.
+    let backend = RawBackend::start(|_, _| {
+        Reply::keep_open(
+            b"HTTP/1.1 200 OK\r\n\
+              Server: raw\r\n\
+              Connection: keep-alive\r\n\
+              Keep-Alive: timeout=5\r\n\
+              Set-Cookie: a=1\r\n\
+              X-Mixed: Value  With Spaces\r\n\
+              Proxy-Connection: keep-alive\r\n\
+              set-cookie: b=2\r\n\
+              Date: Thu, 01 Jan 2026 00:00:00 GMT\r\n\
+              Content-Length: 2\r\n\
+              \r\nok",
+        )
+    })
+    .await;
+    let proxy = proxy_for(&backend);
+    let mut client = Client::connect(proxy.addr("web")).await;
+    for path in ["/1", "/2"] {
+        client.send(get(path).as_bytes()).await;
+        let answer = client.answer().await;
+        assert_eq!(answer.status_line, "HTTP/1.1 200 OK");
+        let fields: Vec<(&str, &str)> = answer
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("server", "raw"),
+                ("set-cookie", "a=1"),
+                ("x-mixed", "Value  With Spaces"),
+                ("set-cookie", "b=2"),
+                ("date", "Thu, 01 Jan 2026 00:00:00 GMT"),
+                ("content-length", "2"),
+                ("via", "1.1 fulcrum"),
+            ]
+        );
+        assert_eq!(answer.body_text(), "ok");
+    }
+}

@@ -389,6 +389,15 @@ impl ProxyBody {
         }
     }
 
+    /// The backend's answer fields as it sent them, when they were not read
+    /// into the answer's header map (see [`crate::upstream::Upstream::send`]).
+    pub fn raw_fields(&self) -> Option<&crate::upstream::h1::RawFields> {
+        match self {
+            ProxyBody::Upstream { body, .. } => body.raw_fields(),
+            ProxyBody::Local { .. } => None,
+        }
+    }
+
     /// Keeps the cluster's admission `permit` until the body ends (a local
     /// body has already ended: the permit is released at once).
     pub fn with_permit(mut self, permit: Option<crate::admission::Permit>) -> Self {

@@ -30,10 +30,12 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 /// `Transfer-Encoding`, a listed `Content-Length`), trimmed of
 /// whitespace.
 pub(crate) fn tokens(value: &HeaderValue) -> impl DoubleEndedIterator<Item = &[u8]> {
-    value
-        .as_bytes()
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
+    tokens_of(value.as_bytes())
+}
+
+/// [`tokens`] of a value's bytes.
+pub(crate) fn tokens_of(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
 }
 
 /// Writes one `name: value` line of an HTTP/1 head.

@@ -114,7 +114,7 @@ fn fuzz_corpus_seeds_are_meaningful() {
     assert!(fulcrum_balance::orca::parse(&text).is_ok());
     let answer = |seed: &str| {
         let data = std::fs::read(dir.join("upstream_h1").join(seed)).unwrap();
-        read_h1_answer(&data[1..], data[0] & 1 == 1, data.len())
+        read_h1_answer(&data[1..], data[0] & 1 == 1, data.len(), false)
     };
     assert!(matches!(
         answer("chunked_trailers").chunked,

@@ -60,7 +60,7 @@ use tokio::sync::oneshot;
 
 use crate::body::ProxyBody;
 use crate::headers::{tokens, write_field};
-use crate::upstream::h1::{ChunkedDecoder, Piece};
+use crate::upstream::h1::{ChunkedDecoder, FieldKind, Piece, RawFields};
 use crate::upstream::BodyError;
 
 /// What one read asks the kernel for: a typical request head, or a
@@ -874,6 +874,7 @@ where
         let hint = body.size_hint();
         let encoding = encode_head(
             &parts,
+            body.raw_fields(),
             exchange,
             hint.exact(),
             &mut self.keep_alive,
@@ -1067,6 +1068,7 @@ fn end_chunked(crlf_due: &mut bool, out: &mut Vec<u8>, trailers: Option<&HeaderM
 /// framing. Clears `keep_alive` when the answer ends the connection.
 fn encode_head(
     parts: &http::response::Parts,
+    raw: Option<&RawFields>,
     exchange: &Exchange,
     exact: Option<u64>,
     keep_alive: &mut bool,
@@ -1090,6 +1092,19 @@ fn encode_head(
     let mut date = false;
     let mut close = false;
     let mut keep_alive_sent = false;
+    // The backend's fields as it sent them, first (never hop-by-hop), then
+    // the map's: the proxy's additions, or all fields of an answer whose
+    // fields were read into it.
+    for (name, value, kind) in raw.into_iter().flat_map(RawFields::iter) {
+        match kind {
+            FieldKind::ContentLength => length = crate::upstream::h1::content_length(value),
+            FieldKind::Date => date = true,
+            _ => {}
+        }
+        for part in [name, b": ", value, b"\r\n"] {
+            out.extend_from_slice(part);
+        }
+    }
     for (name, value) in &parts.headers {
         if name == header::TRANSFER_ENCODING {
             // The framing is this hop's to choose.
@@ -1578,8 +1593,53 @@ mod tests {
         };
         let mut keep_alive = true;
         let mut out = Vec::new();
-        let encoding = encode_head(&parts, &exchange, exact, &mut keep_alive, false, &mut out);
+        let encoding = encode_head(
+            &parts,
+            None,
+            &exchange,
+            exact,
+            &mut keep_alive,
+            false,
+            &mut out,
+        );
         (String::from_utf8(out).unwrap(), encoding, keep_alive)
+    }
+
+    #[test]
+    fn encode_head_writes_raw_fields_as_the_backend_sent_them() {
+        use crate::upstream::h1::{parse_head, Parsed};
+        let backend = b"HTTP/1.1 200 OK\r\nServer: x\r\nConnection: keep-alive\r\nContent-Length: 5\r\nDate: Thu, 26 Nov 2026 14:00:00 GMT\r\nX-A: 1\r\n\r\n";
+        let Ok(Parsed::Final(head)) =
+            parse_head(&mut bytes::BytesMut::from(&backend[..]), false, true)
+        else {
+            panic!("no final answer");
+        };
+        let mut parts = head.parts;
+        parts
+            .headers
+            .append(header::VIA, HeaderValue::from_static("1.1 fulcrum"));
+        let exchange = Exchange {
+            version: Version::HTTP_11,
+            head_request: false,
+            trailers: false,
+            upgrade: None,
+        };
+        let mut keep_alive = true;
+        let mut out = Vec::new();
+        let encoding = encode_head(
+            &parts,
+            head.raw.as_ref(),
+            &exchange,
+            None,
+            &mut keep_alive,
+            false,
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nServer: x\r\nContent-Length: 5\r\nDate: Thu, 26 Nov 2026 14:00:00 GMT\r\nX-A: 1\r\nvia: 1.1 fulcrum\r\n\r\n"
+        );
+        assert_eq!((encoding, keep_alive), (Encoding::Length(5), true));
     }
 
     #[test]

@@ -174,10 +174,24 @@ async fn proxy(
         ))
         .await
     } else {
+        // The answer's fields may go to the client as the backend's bytes
+        // (never read into a header map, `Upstream::send`) when nothing
+        // on the way reads or edits them: an HTTP/1 client (HTTP/2's
+        // encoder needs the map), no route edits of answer fields, no
+        // rate-limit fields (they replace same-named ones), no sticky
+        // cookie and no decision trail. Load reports and `Retry-After` are
+        // read from the bytes. The proxy's own additions (Via,
+        // Connection) are never in them.
+        let raw_answer = req.version() <= Version::HTTP_11
+            && limit.is_none()
+            && route.is_none_or(|r| r.response_headers().is_empty())
+            && cluster.sticky.is_none()
+            && !debug;
         let request = Routed {
             host,
             route,
             body_limits,
+            raw_answer,
         };
         forward_to(&cluster, conn, req, request, debug, client).await
     };
@@ -194,6 +208,8 @@ struct Routed<'r> {
     route: Option<&'r Route>,
     /// Size and rate limits of the request body.
     body_limits: BodyLimits,
+    /// Whether the answer's fields may stay as the backend's bytes.
+    raw_answer: bool,
 }
 
 /// Sends a routed request to `cluster`, retrying elsewhere when allowed.
@@ -209,6 +225,7 @@ async fn forward_to(
         host,
         route,
         body_limits,
+        raw_answer,
     } = routed;
     let (mut parts, body) = req.into_parts();
     headers::prepare_request_from(
@@ -318,7 +335,9 @@ async fn forward_to(
         let addr = &cluster.backend_addrs[id.index()];
         let guard = backend.state.load.start();
         let sent = response_within(
-            cluster.upstream.send(addr, &parts, request_body, started),
+            cluster
+                .upstream
+                .send(addr, &parts, request_body, started, raw_answer),
             try_timeout.min(remaining),
             retry_body.as_ref(),
         )
@@ -356,7 +375,11 @@ async fn forward_to(
                 // attractive through its Load error rate, without counting
                 // against its health.
                 let throttled = status == StatusCode::TOO_MANY_REQUESTS
-                    || response.headers().contains_key(header::RETRY_AFTER);
+                    || response.headers().contains_key(header::RETRY_AFTER)
+                    || response
+                        .body()
+                        .raw_fields()
+                        .is_some_and(|f| f.has_retry_after());
                 let load_outcome = if throttled { Outcome::Failure } else { outcome };
                 backend
                     .state
@@ -497,7 +520,14 @@ fn forward(
     let backend = cluster.set.get(id);
     let (mut rparts, rbody) = response.into_parts();
     if cluster.config.load_reports {
-        record_load_report(&rparts.headers, &backend.state.load, finished);
+        let report = match rbody.raw_fields() {
+            Some(raw) => raw.load_report(),
+            None => rparts
+                .headers
+                .get(&ENDPOINT_LOAD_METRICS)
+                .map(HeaderValue::as_bytes),
+        };
+        record_load_report(report, &backend.state.load, finished);
     }
     if !rbody.hop_by_hop_removed() {
         headers::remove_hop_by_hop(&mut rparts.headers);
@@ -537,16 +567,14 @@ pub static X_FULCRUM_DECISION: HeaderName = HeaderName::from_static("x-fulcrum-d
 /// ORCA load report response header.
 static ENDPOINT_LOAD_METRICS: HeaderName = HeaderName::from_static("endpoint-load-metrics");
 
-/// Feeds a backend's ORCA load report into its Load.
+/// Feeds a backend's ORCA load report (an `Endpoint-Load-Metrics` value)
+/// into its Load.
 fn record_load_report(
-    headers: &http::HeaderMap,
+    report: Option<&[u8]>,
     load: &fulcrum_balance::Load,
     now: fulcrum_balance::Nanos,
 ) {
-    let Some(value) = headers
-        .get(&ENDPOINT_LOAD_METRICS)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(value) = report.and_then(|v| std::str::from_utf8(v).ok()) else {
         return;
     };
     if let Some(u) = fulcrum_balance::orca::parse(value)

@@ -45,7 +45,7 @@ use tokio_util::io::poll_read_buf;
 
 use super::Lease;
 use crate::body::{RequestBody, RequestBodyError};
-use crate::headers::{tokens, write_field};
+use crate::headers::{tokens_of, write_field};
 
 /// Most header fields an answer may carry: hyper's default, so a backend
 /// that worked through hyper still works.
@@ -153,6 +153,9 @@ pub struct Head {
     /// read (`false` when `Connection` names other fields: then they are
     /// all kept, for [`crate::headers::remove_hop_by_hop`]).
     pub hop_by_hop_removed: bool,
+    /// The fields as the backend sent them, when they were not read into
+    /// `parts` ([`parse_head`] with `raw`).
+    pub raw: Option<RawFields>,
 }
 
 /// One HTTP/1.1 connection to a backend.
@@ -205,10 +208,14 @@ impl Conn {
     /// watched for: a backend may answer before it has read the whole
     /// upload (413, a redirect), and then the rest of the body is not sent
     /// and the connection is not reused.
+    ///
+    /// `raw`: the answer's fields may stay as the backend's bytes
+    /// ([`parse_head`]).
     pub async fn exchange(
         &mut self,
         req: &request::Parts,
         body: RequestBody,
+        raw: bool,
     ) -> Result<Head, ExchangeError> {
         let framing = if body.is_empty() {
             BodyFraming::None
@@ -235,7 +242,8 @@ impl Conn {
         // depends on it. Kept across polls: an upload that failed in one
         // poll has left `upload` empty in the next.
         let mut sent = upload.is_none();
-        std::future::poll_fn(|cx| self.poll_answer(cx, &mut upload, &mut sent, head_request)).await
+        std::future::poll_fn(|cx| self.poll_answer(cx, &mut upload, &mut sent, head_request, raw))
+            .await
     }
 
     /// Sends what the body has ready, then reads the answer.
@@ -245,6 +253,7 @@ impl Conn {
         upload: &mut Option<Upload>,
         sent: &mut bool,
         head_request: bool,
+        raw: bool,
     ) -> Poll<Result<Head, ExchangeError>> {
         loop {
             if let Some(up) = upload.as_mut() {
@@ -281,7 +290,7 @@ impl Conn {
                 Err(e) => return Poll::Ready(Err(e.into())),
             }
             loop {
-                match parse_head(&mut self.buf, head_request)? {
+                match parse_head(&mut self.buf, head_request, raw)? {
                     Parsed::Final(mut head) => {
                         head.keep_alive &= *sent;
                         return Poll::Ready(Ok(head));
@@ -479,7 +488,19 @@ pub enum Parsed {
 
 /// Parses one answer head from the front of `buf`, consuming it when it is
 /// complete.
-pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, ExchangeError> {
+///
+/// With `raw`, the fields are kept as the backend's bytes
+/// ([`RawFields`]) and the head's map is left empty: the caller has
+/// checked that nothing on the way to the client reads or edits them.
+/// Building the map (a name, a value and a hashed insert per field) and
+/// writing it out again was about 4 500 instructions for a typical
+/// answer. An answer whose `Connection` names other fields is read into
+/// the map either way, so they can be removed.
+pub fn parse_head(
+    buf: &mut BytesMut,
+    head_request: bool,
+    raw: bool,
+) -> Result<Parsed, ExchangeError> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -514,61 +535,183 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Exch
         .filter(|r| Some(*r) != status.canonical_reason());
     // The fields point into `buf`; their positions survive the freeze below,
     // so the values become slices of one shared buffer, copied nowhere.
+    // The framing and reuse rules are read from the bytes as they go.
     let base = buf.as_ptr() as usize;
-    let mut fields: Vec<(usize, usize, usize, usize)> = Vec::with_capacity(parsed.headers.len());
+    let mut fields: Vec<RawField> = Vec::with_capacity(parsed.headers.len());
+    let mut delimiters = Delimiters::default();
+    // Hop-by-hop fields describe this connection and are never forwarded:
+    // they are left out here, rather than inserted and then removed by
+    // name (about 1 000 instructions for a `Connection: keep-alive`). A
+    // `Connection` naming other fields is the exception: all is kept and
+    // removed later.
+    let mut hop_by_hop_removed = true;
     for h in parsed.headers.iter() {
-        let name = h.name.as_ptr() as usize - base;
-        let value = h.value.as_ptr() as usize - base;
-        fields.push((name, h.name.len(), value, h.value.len()));
+        let kind = FieldKind::of(h.name.as_bytes());
+        delimiters.see(kind, h.value)?;
+        if kind == FieldKind::Connection && !only_close_or_keep_alive(h.value) {
+            hop_by_hop_removed = false;
+        }
+        fields.push(RawField {
+            name: (h.name.as_ptr() as usize - base, h.name.len()),
+            value: (h.value.as_ptr() as usize - base, h.value.len()),
+            kind,
+        });
     }
     let reason = reason.map(|r| Bytes::copy_from_slice(r.as_bytes()));
     let head = buf.split_to(len).freeze();
-    // Room for the fields the proxy adds (Via, a sticky cookie): a map
-    // that grows rehashes every field.
-    let mut headers = crate::headers::map_with_capacity(fields.len() + 2);
-    let mut delimiters = Delimiters::default();
-    // Hop-by-hop fields describe this connection and are never forwarded:
-    // they are noted for the framing and left out here, rather than
-    // inserted and then removed by name (about 1 000 instructions for a
-    // `Connection: keep-alive`). A `Connection` naming other fields is
-    // the exception: all is kept and removed later.
-    let mut hop_by_hop_removed = true;
-    for (name, name_len, value, value_len) in fields {
-        let name = crate::headers::field_name(&head[name..name + name_len])
-            .map_err(|_| ExchangeError::InvalidHead("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
-            .map_err(|_| ExchangeError::InvalidHead("invalid header value"))?;
-        delimiters.see(&name, &value)?;
-        if hop_by_hop_removed && crate::headers::hop_by_hop_index(&name).is_some() {
-            if name != header::CONNECTION || only_close_or_keep_alive(&value) {
-                continue;
-            }
-            hop_by_hop_removed = false;
-        }
-        headers.append(name, value);
-    }
     let framing = delimiters.framing(status, head_request);
     let keep_alive = delimiters.keep_alive(version) && framing != Framing::Close;
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
-    *response.headers_mut() = headers;
     if let Some(reason) = reason.and_then(|r| hyper::ext::ReasonPhrase::try_from(r).ok()) {
         response.extensions_mut().insert(reason);
     }
-    let (parts, ()) = response.into_parts();
+    let (mut parts, ()) = response.into_parts();
+    let raw = if raw && hop_by_hop_removed {
+        fields.retain(|f| !f.kind.hop_by_hop());
+        Some(RawFields { head, fields })
+    } else {
+        // Room for the fields the proxy adds (Via, a sticky cookie): a map
+        // that grows rehashes every field.
+        let mut headers = crate::headers::map_with_capacity(fields.len() + 2);
+        for f in &fields {
+            if hop_by_hop_removed && f.kind.hop_by_hop() {
+                continue;
+            }
+            let (name, value) = f.field(&head)?;
+            headers.append(name, value);
+        }
+        parts.headers = headers;
+        None
+    };
     Ok(Parsed::Final(Head {
         parts,
         framing,
         keep_alive,
         hop_by_hop_removed,
+        raw,
     }))
+}
+
+/// What the proxy must know of an answer field, from its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FieldKind {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    /// Another hop-by-hop field ([`crate::headers::remove_hop_by_hop`]'s list).
+    HopByHop,
+    Date,
+    RetryAfter,
+    /// `Endpoint-Load-Metrics`, an ORCA load report.
+    LoadReport,
+    Other,
+}
+
+impl FieldKind {
+    /// The kind of a field name, in any letter case.
+    pub(crate) fn of(name: &[u8]) -> FieldKind {
+        let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+        match name.len() {
+            2 if is(b"te") => FieldKind::HopByHop,
+            4 if is(b"date") => FieldKind::Date,
+            7 if is(b"upgrade") => FieldKind::HopByHop,
+            10 if is(b"connection") => FieldKind::Connection,
+            10 if is(b"keep-alive") => FieldKind::HopByHop,
+            11 if is(b"retry-after") => FieldKind::RetryAfter,
+            14 if is(b"content-length") => FieldKind::ContentLength,
+            16 if is(b"proxy-connection") => FieldKind::HopByHop,
+            17 if is(b"transfer-encoding") => FieldKind::TransferEncoding,
+            18 if is(b"proxy-authenticate") => FieldKind::HopByHop,
+            19 if is(b"proxy-authorization") => FieldKind::HopByHop,
+            21 if is(b"endpoint-load-metrics") => FieldKind::LoadReport,
+            _ => FieldKind::Other,
+        }
+    }
+
+    fn hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            FieldKind::Connection | FieldKind::TransferEncoding | FieldKind::HopByHop
+        )
+    }
+}
+
+/// One field of an answer head: where its name and value are in the head.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RawField {
+    name: (usize, usize),
+    value: (usize, usize),
+    kind: FieldKind,
+}
+
+impl RawField {
+    fn name<'h>(&self, head: &'h [u8]) -> &'h [u8] {
+        &head[self.name.0..self.name.0 + self.name.1]
+    }
+
+    fn value<'h>(&self, head: &'h [u8]) -> &'h [u8] {
+        &head[self.value.0..self.value.0 + self.value.1]
+    }
+
+    /// The field as a map entry; the value shares `head`.
+    fn field(&self, head: &Bytes) -> Result<(HeaderName, HeaderValue), ExchangeError> {
+        let name = crate::headers::field_name(self.name(head))
+            .map_err(|_| ExchangeError::InvalidHead("invalid header name"))?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(self.value.0..self.value.0 + self.value.1))
+                .map_err(|_| ExchangeError::InvalidHead("invalid header value"))?;
+        Ok((name, value))
+    }
+}
+
+/// An answer's end-to-end fields as the backend sent them (hop-by-hop
+/// fields left out), for a client connection that writes them as they
+/// are ([`parse_head`] with `raw`).
+#[derive(Debug)]
+pub struct RawFields {
+    head: Bytes,
+    fields: Vec<RawField>,
+}
+
+impl RawFields {
+    /// The fields in the order they came: name, value and kind.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8], FieldKind)> {
+        self.fields
+            .iter()
+            .map(|f| (f.name(&self.head), f.value(&self.head), f.kind))
+    }
+
+    /// Whether the answer has a `Retry-After` field.
+    pub fn has_retry_after(&self) -> bool {
+        self.fields.iter().any(|f| f.kind == FieldKind::RetryAfter)
+    }
+
+    /// The value of the first `Endpoint-Load-Metrics` field (ORCA).
+    pub fn load_report(&self) -> Option<&[u8]> {
+        self.fields
+            .iter()
+            .find(|f| f.kind == FieldKind::LoadReport)
+            .map(|f| f.value(&self.head))
+    }
+
+    /// The fields as a header map, as [`parse_head`] without `raw` reads
+    /// them.
+    pub fn to_header_map(&self) -> Result<HeaderMap, ExchangeError> {
+        let mut map = HeaderMap::with_capacity(self.fields.len());
+        for f in &self.fields {
+            let (name, value) = f.field(&self.head)?;
+            map.append(name, value);
+        }
+        Ok(map)
+    }
 }
 
 /// Whether a `Connection` value names only `close` and `keep-alive`
 /// (no other field to remove).
-fn only_close_or_keep_alive(value: &HeaderValue) -> bool {
-    tokens(value).all(|t| {
+fn only_close_or_keep_alive(value: &[u8]) -> bool {
+    crate::headers::tokens_of(value).all(|t| {
         t.is_empty() || t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"keep-alive")
     })
 }
@@ -602,24 +745,29 @@ struct Delimiters {
 
 impl Delimiters {
     /// Notes one field. Copies of `Content-Length` must agree.
-    fn see(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), ExchangeError> {
-        if name == header::CONTENT_LENGTH {
-            for part in tokens(value) {
-                let n = content_length(part)
-                    .ok_or(ExchangeError::InvalidHead("invalid content-length"))?;
-                if self.content_length.is_some_and(|l| l != n) {
-                    return Err(ExchangeError::InvalidHead("conflicting content-length"));
+    fn see(&mut self, kind: FieldKind, value: &[u8]) -> Result<(), ExchangeError> {
+        match kind {
+            FieldKind::ContentLength => {
+                for part in tokens_of(value) {
+                    let n = content_length(part)
+                        .ok_or(ExchangeError::InvalidHead("invalid content-length"))?;
+                    if self.content_length.is_some_and(|l| l != n) {
+                        return Err(ExchangeError::InvalidHead("conflicting content-length"));
+                    }
+                    self.content_length = Some(n);
                 }
-                self.content_length = Some(n);
             }
-        } else if name == header::TRANSFER_ENCODING {
-            let last = tokens(value).next_back().unwrap_or_default();
-            self.chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
-        } else if name == header::CONNECTION {
-            for token in tokens(value) {
-                self.close |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            FieldKind::TransferEncoding => {
+                let last = tokens_of(value).next_back().unwrap_or_default();
+                self.chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
             }
+            FieldKind::Connection => {
+                for token in tokens_of(value) {
+                    self.close |= token.eq_ignore_ascii_case(b"close");
+                    self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                }
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -851,6 +999,8 @@ pub struct ResponseBody {
     lease: Option<Lease>,
     /// See [`Head::hop_by_hop_removed`].
     hop_by_hop_removed: bool,
+    /// See [`Head::raw`].
+    raw: Option<RawFields>,
 }
 
 impl ResponseBody {
@@ -859,9 +1009,14 @@ impl ResponseBody {
         self.hop_by_hop_removed
     }
 
+    /// See [`Head::raw`].
+    pub fn raw_fields(&self) -> Option<&RawFields> {
+        self.raw.as_ref()
+    }
+
     /// The body framed by `head` on `conn`. An empty body ends at once and
-    /// gives the connection back.
-    pub fn new(conn: Box<Conn>, head: &Head, lease: Lease) -> Self {
+    /// gives the connection back. `raw` is the head's [`Head::raw`].
+    pub fn new(conn: Box<Conn>, head: &Head, lease: Lease, raw: Option<RawFields>) -> Self {
         let remaining = match head.framing {
             Framing::Empty => Remaining::Done,
             Framing::Length(n) => Remaining::Length(n),
@@ -873,6 +1028,7 @@ impl ResponseBody {
             remaining,
             lease: head.keep_alive.then_some(lease),
             hop_by_hop_removed: head.hop_by_hop_removed,
+            raw,
         };
         if matches!(body.remaining, Remaining::Done) {
             body.finish();
@@ -1036,7 +1192,7 @@ mod tests {
     use super::*;
 
     fn head(bytes: &[u8], head_request: bool) -> Result<Head, ExchangeError> {
-        match parse_head(&mut BytesMut::from(bytes), head_request)? {
+        match parse_head(&mut BytesMut::from(bytes), head_request, false)? {
             Parsed::Final(head) => Ok(head),
             other => panic!("not a final head: {other:?}"),
         }
@@ -1066,9 +1222,97 @@ mod tests {
     }
 
     #[test]
+    fn raw_fields_are_the_backends_bytes_less_the_hop_by_hop_ones() {
+        let bytes = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nConnection: keep-alive\r\nContent-Length: 5\r\nSet-Cookie: a=1\r\nKeep-Alive: timeout=5\r\nX-Custom: 1\r\nset-cookie: b=2\r\nDate: Thu, 26 Nov 2026 14:00:00 GMT\r\n\r\nhello";
+        let Ok(Parsed::Final(raw)) = parse_head(&mut BytesMut::from(&bytes[..]), false, true)
+        else {
+            panic!("no final answer");
+        };
+        let Ok(Parsed::Final(map)) = parse_head(&mut BytesMut::from(&bytes[..]), false, false)
+        else {
+            panic!("no final answer");
+        };
+        assert_eq!((raw.framing, raw.keep_alive), (map.framing, map.keep_alive));
+        assert_eq!(raw.framing, Framing::Length(5));
+        assert!(raw.parts.headers.is_empty(), "the map is left empty");
+        let fields = raw.raw.expect("raw fields");
+        let seen: Vec<_> = fields
+            .iter()
+            .map(|(n, v, k)| {
+                (
+                    std::str::from_utf8(n).unwrap(),
+                    std::str::from_utf8(v).unwrap(),
+                    k,
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("Server", "nginx", FieldKind::Other),
+                ("Content-Length", "5", FieldKind::ContentLength),
+                ("Set-Cookie", "a=1", FieldKind::Other),
+                ("X-Custom", "1", FieldKind::Other),
+                ("set-cookie", "b=2", FieldKind::Other),
+                ("Date", "Thu, 26 Nov 2026 14:00:00 GMT", FieldKind::Date),
+            ]
+        );
+        assert_eq!(fields.to_header_map().unwrap(), map.parts.headers);
+        assert!(!fields.has_retry_after());
+        assert_eq!(fields.load_report(), None);
+        assert!(map.raw.is_none());
+    }
+
+    #[test]
+    fn raw_fields_give_way_to_the_map_when_connection_names_fields() {
+        let bytes = b"HTTP/1.1 503 Busy\r\nConnection: x-hop\r\nX-Hop: 1\r\nRetry-After: 3\r\nContent-Length: 0\r\n\r\n";
+        let Ok(Parsed::Final(h)) = parse_head(&mut BytesMut::from(&bytes[..]), false, true) else {
+            panic!("no final answer");
+        };
+        assert!(h.raw.is_none());
+        assert!(!h.hop_by_hop_removed);
+        assert_eq!(h.parts.headers["x-hop"], "1");
+        let bytes = b"HTTP/1.1 503 Busy\r\nretry-after: 3\r\nEndpoint-Load-Metrics: TEXT cpu_utilization=0.5\r\nContent-Length: 0\r\n\r\n";
+        let Ok(Parsed::Final(h)) = parse_head(&mut BytesMut::from(&bytes[..]), false, true) else {
+            panic!("no final answer");
+        };
+        let raw = h.raw.expect("raw fields");
+        assert!(raw.has_retry_after());
+        assert_eq!(raw.load_report(), Some(&b"TEXT cpu_utilization=0.5"[..]));
+    }
+
+    #[test]
+    fn field_kinds_ignore_letter_case() {
+        for (name, kind) in [
+            ("Content-Length", FieldKind::ContentLength),
+            ("TRANSFER-ENCODING", FieldKind::TransferEncoding),
+            ("connection", FieldKind::Connection),
+            ("Keep-Alive", FieldKind::HopByHop),
+            ("TE", FieldKind::HopByHop),
+            ("Upgrade", FieldKind::HopByHop),
+            ("Proxy-Connection", FieldKind::HopByHop),
+            ("Proxy-Authenticate", FieldKind::HopByHop),
+            ("proxy-authorization", FieldKind::HopByHop),
+            ("DATE", FieldKind::Date),
+            ("Retry-After", FieldKind::RetryAfter),
+            ("endpoint-load-metrics", FieldKind::LoadReport),
+            ("Content-Type", FieldKind::Other),
+            ("Trailer", FieldKind::Other),
+        ] {
+            assert_eq!(FieldKind::of(name.as_bytes()), kind, "{name}");
+            let hop =
+                crate::headers::hop_by_hop_index(&HeaderName::from_bytes(name.as_bytes()).unwrap());
+            assert_eq!(kind.hop_by_hop(), hop.is_some(), "{name}");
+        }
+    }
+
+    #[test]
     fn parse_head_consumes_only_the_head() {
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"[..]);
-        assert!(matches!(parse_head(&mut buf, false), Ok(Parsed::Final(_))));
+        assert!(matches!(
+            parse_head(&mut buf, false, false),
+            Ok(Parsed::Final(_))
+        ));
         assert_eq!(&buf[..], b"hello");
     }
 
@@ -1076,7 +1320,10 @@ mod tests {
     fn parse_head_waits_for_a_partial_head() {
         let partial = b"HTTP/1.1 200 OK\r\nContent-Len";
         let mut buf = BytesMut::from(&partial[..]);
-        assert!(matches!(parse_head(&mut buf, false), Ok(Parsed::Partial)));
+        assert!(matches!(
+            parse_head(&mut buf, false, false),
+            Ok(Parsed::Partial)
+        ));
         assert_eq!(buf.len(), partial.len());
     }
 
@@ -1086,10 +1333,10 @@ mod tests {
             &b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"[..],
         );
         assert!(matches!(
-            parse_head(&mut buf, false),
+            parse_head(&mut buf, false, false),
             Ok(Parsed::Informational)
         ));
-        let Ok(Parsed::Final(h)) = parse_head(&mut buf, false) else {
+        let Ok(Parsed::Final(h)) = parse_head(&mut buf, false, false) else {
             panic!("no final answer");
         };
         assert_eq!(h.parts.status, StatusCode::NO_CONTENT);

@@ -299,6 +299,15 @@ impl UpstreamBody {
             UpstreamBody::Own(b) => b.hop_by_hop_removed(),
         }
     }
+
+    /// The answer's fields as the backend sent them, when they were not
+    /// read into its header map ([`Upstream::send`] with `raw`).
+    pub fn raw_fields(&self) -> Option<&h1::RawFields> {
+        match self {
+            UpstreamBody::Hyper(_) => None,
+            UpstreamBody::Own(b) => b.raw_fields(),
+        }
+    }
 }
 
 impl From<Incoming> for UpstreamBody {
@@ -421,13 +430,17 @@ impl Upstream {
     /// closed before any byte of an answer to an idempotent request without
     /// a body (the keep-alive race: the backend closed it as the request
     /// left). Nothing else is sent twice. `now` is the time of the attempt
-    /// (the caller has read the clock already).
+    /// (the caller has read the clock already). `raw`: the answer's fields
+    /// may stay as the backend's bytes, out of its header map
+    /// ([`h1::parse_head`]); only a caller that passes the answer to an
+    /// HTTP/1 client untouched may ask for that.
     pub async fn send(
         &self,
         addr: &BackendAddr,
         head: &request::Parts,
         body: RequestBody,
         now: Instant,
+        raw: bool,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let retry_on_race = body.is_empty() && is_idempotent(&head.method);
         let mut body = Some(body);
@@ -437,7 +450,7 @@ impl Upstream {
             }
             let Some(this) = body.take() else { break };
             let spare = retry_on_race.then(|| this.reclaim()).flatten();
-            match conn.exchange(head, this).await {
+            match conn.exchange(head, this, raw).await {
                 Ok(answer) => return Ok(self.answer(addr, conn, answer)),
                 Err(e) if e.closed_before_answer() && spare.is_some() => {
                     tracing::trace!(backend = %addr.authority(), error = %e, "pooled connection closed by the backend; retrying on another");
@@ -454,7 +467,7 @@ impl Upstream {
         let stream = Box::pin(self.open(addr.authority())).await?;
         let mut conn = Box::new(Conn::new(stream));
         let answer = conn
-            .exchange(head, body)
+            .exchange(head, body, raw)
             .await
             .map_err(UpstreamError::Exchange)?;
         Ok(self.answer(addr, conn, answer))
@@ -471,7 +484,9 @@ impl Upstream {
             addr: addr.clone(),
             pool: Arc::clone(&self.pool),
         };
-        let body = h1::ResponseBody::new(conn, &head, lease);
+        let mut head = head;
+        let raw = head.raw.take();
+        let body = h1::ResponseBody::new(conn, &head, lease, raw);
         Response::from_parts(head.parts, UpstreamBody::Own(body))
     }
 
