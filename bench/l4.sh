@@ -16,10 +16,14 @@
 # The pump: iperf3 (one stream, sender with -Z sendfile so it costs little
 # CPU), bounded by -n bytes and by `timeout`; its server is the sink behind
 # every target. Each round runs every target once, interleaved, so drift
-# hits all alike. Reports medians of: MB/s (received by the sink), the
-# proxy's CPU seconds per GB (utime+stime from /proc/PID/stat) and the whole
-# machine's busy CPU seconds per GB (/proc/stat, all cores, including the
-# pump and anything else running). Needs iperf3 and haproxy; installs them
+# hits all alike. Reports medians of: MB/s (received by the sink) and CPU
+# seconds per GB of the proxy (utime+stime from /proc/PID/stat), of the
+# sending pump (rusage), of the sink (/proc/PID/stat), of those three
+# ("all": what the benchmark itself costs) and of the whole machine (busy
+# ticks of all cores from /proc/stat, including anything else running, and
+# process start-up around each run). On loopback the kernel's TCP work is
+# charged to the processes that send, so "all" shows what an extra hop
+# costs; with both cores busy, throughput is about 2 cores / "all". Needs iperf3 and haproxy; installs them
 # with apt-get when missing (and libnginx-mod-stream for the nginx target).
 set -euo pipefail
 ROUNDS=${1:-5}
@@ -67,6 +71,7 @@ if [ "$PUMP" = iperf3 ]; then
 else
   python3 bench/l4_pump.py sink "$SINK" & PIDS+=($!)
 fi
+SINKPID=$!
 OPEN=($SINK)
 
 start_fulcrum() { # $1 target name, $2 binary
@@ -74,6 +79,8 @@ start_fulcrum() { # $1 target name, $2 binary
   cat > "$TMP/$1.toml" <<TOML
 [runtime]
 worker_threads = $THREADS
+[admin]
+bind = "127.0.0.1:0"
 [[listener]]
 name = "l4"
 bind = "127.0.0.1:$p"
@@ -146,40 +153,53 @@ TCK=$(getconf CLK_TCK)
 cpu() { [ "$1" = 0 ] && { echo 0; return; }; awk '{print $14+$15}' "/proc/$1/stat"; }
 # Busy ticks of the whole machine: all of /proc/stat's cpu line but idle and iowait.
 busy() { awk '$1=="cpu"{print $2+$3+$4+$7+$8+$9; exit}' /proc/stat; }
-pump() { # $1 port -> "bytes seconds"
+pump() { # $1 port -> "bytes seconds client-cpu-ticks"
   if [ "$PUMP" = iperf3 ]; then
-    timeout "$RUN_LIMIT" iperf3 -c 127.0.0.1 -p "$1" -n "$BYTES" -Z -J --connect-timeout 5000 >"$TMP/run.json"
-    python3 - "$TMP/run.json" "$BYTES" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))["end"]["sum_received"]
+    python3 - "$1" "$BYTES" "$RUN_LIMIT" "$TCK" <<'PY'
+import json, resource, subprocess, sys
+port, nbytes, limit, tck = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+out = subprocess.run(
+    ["iperf3", "-c", "127.0.0.1", "-p", port, "-n", str(nbytes), "-Z", "-J",
+     "--connect-timeout", "5000"],
+    capture_output=True, timeout=limit, check=True).stdout
+r = json.loads(out)["end"]["sum_received"]
 # iperf3 stops its receiver's clock when the sender reports the end, so the
 # last bytes in flight may go uncounted; a large shortfall is an error.
-if r["bytes"] < 0.9 * int(sys.argv[2]):
-    sys.exit(f"sink received {r['bytes']} of {sys.argv[2]} bytes")
-print(r["bytes"], r["seconds"])
+if r["bytes"] < 0.9 * nbytes:
+    sys.exit(f"sink received {r['bytes']} of {nbytes} bytes")
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(r["bytes"], r["seconds"], round((u.ru_utime + u.ru_stime) * tck))
 PY
   else
-    timeout "$RUN_LIMIT" python3 bench/l4_pump.py send "127.0.0.1:$1" "$BYTES"
+    python3 - "$1" "$BYTES" "$RUN_LIMIT" "$TCK" <<'PY'
+import resource, subprocess, sys
+port, nbytes, limit, tck = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+out = subprocess.run(["python3", "bench/l4_pump.py", "send", "127.0.0.1:" + port, nbytes],
+                     capture_output=True, text=True, timeout=limit, check=True).stdout
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(out.strip(), round((u.ru_utime + u.ru_stime) * tck))
+PY
   fi
 }
 for r in $(seq "$ROUNDS"); do
   for t in "${ALL[@]}"; do
-    c0=$(cpu "${PID[$t]}"); m0=$(busy)
-    read -r b s < <(pump "${ADDR[$t]}")
-    c1=$(cpu "${PID[$t]}"); m1=$(busy)
-    awk -v t="$t" -v b="$b" -v s="$s" -v c=$((c1 - c0)) -v m=$((m1 - m0)) -v k="$TCK" \
-      'BEGIN { printf "%s %.1f %.3f %.3f\n", t, b / s / 1e6, (c / k) / (b / 1e9), (m / k) / (b / 1e9) }' >> "$TMP/runs"
+    c0=$(cpu "${PID[$t]}"); k0=$(cpu "$SINKPID"); m0=$(busy)
+    read -r b s p < <(pump "${ADDR[$t]}")
+    c1=$(cpu "${PID[$t]}"); k1=$(cpu "$SINKPID"); m1=$(busy)
+    awk -v t="$t" -v b="$b" -v s="$s" -v c=$((c1 - c0)) -v p="$p" -v r=$((k1 - k0)) -v m=$((m1 - m0)) -v k="$TCK" \
+      'BEGIN { g = b / 1e9; printf "%s %.1f %.3f %.3f %.3f %.3f %.3f\n", t, b / s / 1e6, c / k / g, p / k / g, r / k / g, (c + p + r) / k / g, m / k / g }' >> "$TMP/runs"
   done
 done
 [ -n "${L4_RUNS:-}" ] && cp "$TMP/runs" "$L4_RUNS"
 
 median() { awk -v t="$1" -v f="$2" '$1==t{print $f}' "$TMP/runs" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 echo "# L4 throughput, $PUMP pump, $ROUNDS rounds x $MIB MiB, medians ($(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg))"
-printf '%-16s %10s %10s %12s %10s\n' target "MB/s" "CPU s/GB" "machine s/GB" "x direct"
+echo "# CPU seconds per GB: the proxy, the sending pump, the sink, those three, the whole machine"
+printf '%-16s %8s %8s %8s %8s %8s %8s %8s\n' target "MB/s" "x direct" proxy sender sink all machine
 DIRECT=$(median direct 2)
 for t in "${ALL[@]}"; do
-  mbs=$(median "$t" 2); cpg=$(median "$t" 3); mach=$(median "$t" 4)
+  mbs=$(median "$t" 2); cpg=$(median "$t" 3); snd=$(median "$t" 4); snk=$(median "$t" 5); all=$(median "$t" 6); mach=$(median "$t" 7)
   [ "$t" = direct ] && cpg="-"
   ratio=$([ -n "$DIRECT" ] && awk -v a="$mbs" -v d="$DIRECT" 'BEGIN{printf "%.2f", a/d}' || echo "-")
-  printf '%-16s %10s %10s %12s %10s\n' "$t" "$mbs" "$cpg" "$mach" "$ratio"
+  printf '%-16s %8s %8s %8s %8s %8s %8s %8s\n' "$t" "$mbs" "$ratio" "$cpg" "$snd" "$snk" "$all" "$mach"
 done
