@@ -12,6 +12,8 @@
 #   L4_EXTRA="name=/path/to/fulcrum ..."  more Fulcrum builds to run as extra
 #                           targets in the same interleaved rounds (A/B runs)
 #   L4_THREADS=1            worker threads of every proxy
+#   L4_IPERF3="-l 1M"       more iperf3 client arguments (default: none,
+#                           i.e. 128 KiB writes)
 #
 # The pump: iperf3 (one stream, sender with -Z sendfile so it costs little
 # CPU), bounded by -n bytes and by `timeout`; its server is the sink behind
@@ -155,12 +157,12 @@ cpu() { [ "$1" = 0 ] && { echo 0; return; }; awk '{print $14+$15}' "/proc/$1/sta
 busy() { awk '$1=="cpu"{print $2+$3+$4+$7+$8+$9; exit}' /proc/stat; }
 pump() { # $1 port -> "bytes seconds client-cpu-ticks"
   if [ "$PUMP" = iperf3 ]; then
-    python3 - "$1" "$BYTES" "$RUN_LIMIT" "$TCK" <<'PY'
+    python3 - "$1" "$BYTES" "$RUN_LIMIT" "$TCK" "${L4_IPERF3:-}" <<'PY'
 import json, resource, subprocess, sys
 port, nbytes, limit, tck = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 out = subprocess.run(
     ["iperf3", "-c", "127.0.0.1", "-p", port, "-n", str(nbytes), "-Z", "-J",
-     "--connect-timeout", "5000"],
+     "--connect-timeout", "5000"] + sys.argv[5].split(),
     capture_output=True, timeout=limit, check=True).stdout
 r = json.loads(out)["end"]["sum_received"]
 # iperf3 stops its receiver's clock when the sender reports the end, so the
@@ -195,11 +197,14 @@ done
 median() { awk -v t="$1" -v f="$2" '$1==t{print $f}' "$TMP/runs" | sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 echo "# L4 throughput, $PUMP pump, $ROUNDS rounds x $MIB MiB, medians ($(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg))"
 echo "# CPU seconds per GB: the proxy, the sending pump, the sink, those three, the whole machine"
-printf '%-16s %8s %8s %8s %8s %8s %8s %8s\n' target "MB/s" "x direct" proxy sender sink all machine
+echo "# x direct: ratio of the medians; per round: median of each round's ratio to that round's direct run"
+printf '%-16s %8s %8s %9s %8s %8s %8s %8s %8s\n' target "MB/s" "x direct" "per round" proxy sender sink all machine
 DIRECT=$(median direct 2)
 for t in "${ALL[@]}"; do
   mbs=$(median "$t" 2); cpg=$(median "$t" 3); snd=$(median "$t" 4); snk=$(median "$t" 5); all=$(median "$t" 6); mach=$(median "$t" 7)
   [ "$t" = direct ] && cpg="-"
   ratio=$([ -n "$DIRECT" ] && awk -v a="$mbs" -v d="$DIRECT" 'BEGIN{printf "%.2f", a/d}' || echo "-")
-  printf '%-16s %8s %8s %8s %8s %8s %8s %8s\n' "$t" "$mbs" "$ratio" "$cpg" "$snd" "$snk" "$all" "$mach"
+  per=$(awk -v t="$t" '{ n[$1]++ } $1=="direct" { d[n[$1]] = $2 } $1==t && d[n[$1]] { print $2 / d[n[$1]] }' "$TMP/runs" \
+    | sort -n | awk '{a[NR]=$1} END{ if (NR) printf "%.2f", a[int((NR+1)/2)]; else print "-" }')
+  printf '%-16s %8s %8s %9s %8s %8s %8s %8s %8s\n' "$t" "$mbs" "$ratio" "$per" "$cpg" "$snd" "$snk" "$all" "$mach"
 done
