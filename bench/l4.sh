@@ -166,8 +166,9 @@ out = subprocess.run(
     capture_output=True, timeout=limit, check=True).stdout
 r = json.loads(out)["end"]["sum_received"]
 # iperf3 stops its receiver's clock when the sender reports the end, so the
-# last bytes in flight may go uncounted; a large shortfall is an error.
-if r["bytes"] < 0.9 * nbytes:
+# last bytes in flight may go uncounted (up to the socket buffers of both
+# connections, tens of MiB); a larger shortfall is an error.
+if r["bytes"] < min(0.9 * nbytes, nbytes - (80 << 20)):
     sys.exit(f"sink received {r['bytes']} of {nbytes} bytes")
 u = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(r["bytes"], r["seconds"], round((u.ru_utime + u.ru_stime) * tck))
