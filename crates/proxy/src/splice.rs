@@ -28,7 +28,7 @@
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use rustix::net::Shutdown;
 use rustix::pipe::{fcntl_setpipe_size, pipe_with, splice, PipeFlags, SpliceFlags};
@@ -97,12 +97,12 @@ pub async fn copy_bidirectional(
     tokio::try_join!(pump(a, b, activity), pump(b, a, activity))
 }
 
-/// Whether splice works here (a pipe can be made); callers fall back to a
-/// user-space copy otherwise. Checked once per process: the pipe made for
-/// the check goes to the pool.
+/// Whether splice works here (a pipe can be had); callers fall back to a
+/// user-space copy otherwise. Asked per connection, so running out of file
+/// descriptors for pipes falls back too; with a pooled pipe it costs no
+/// system call, and a pipe made for the check stays in the pool.
 pub fn available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| Pipe::take().map(Pipe::give_back).is_ok())
+    Pipe::take().map(Pipe::give_back).is_ok()
 }
 
 async fn pump(from: &TcpStream, to: &TcpStream, activity: &AtomicU64) -> io::Result<u64> {
