@@ -155,7 +155,7 @@ pub struct Head {
     pub hop_by_hop_removed: bool,
     /// The fields as the backend sent them, when they were not read into
     /// `parts` ([`parse_head`] with `raw`).
-    pub raw: Option<RawFields>,
+    pub raw: Option<Box<RawFields>>,
 }
 
 /// One HTTP/1.1 connection to a backend.
@@ -570,7 +570,9 @@ pub fn parse_head(
     let (mut parts, ()) = response.into_parts();
     let raw = if raw && hop_by_hop_removed {
         fields.retain(|f| !f.kind.hop_by_hop());
-        Some(RawFields { head, fields })
+        // Boxed: the answer is moved several times on its way to the
+        // client, and is otherwise 48 bytes larger for every answer.
+        Some(Box::new(RawFields { head, fields }))
     } else {
         // Room for the fields the proxy adds (Via, a sticky cookie): a map
         // that grows rehashes every field.
@@ -1000,7 +1002,7 @@ pub struct ResponseBody {
     /// See [`Head::hop_by_hop_removed`].
     hop_by_hop_removed: bool,
     /// See [`Head::raw`].
-    raw: Option<RawFields>,
+    raw: Option<Box<RawFields>>,
 }
 
 impl ResponseBody {
@@ -1011,12 +1013,12 @@ impl ResponseBody {
 
     /// See [`Head::raw`].
     pub fn raw_fields(&self) -> Option<&RawFields> {
-        self.raw.as_ref()
+        self.raw.as_deref()
     }
 
     /// The body framed by `head` on `conn`. An empty body ends at once and
     /// gives the connection back. `raw` is the head's [`Head::raw`].
-    pub fn new(conn: Box<Conn>, head: &Head, lease: Lease, raw: Option<RawFields>) -> Self {
+    pub fn new(conn: Box<Conn>, head: &Head, lease: Lease, raw: Option<Box<RawFields>>) -> Self {
         let remaining = match head.framing {
             Framing::Empty => Remaining::Done,
             Framing::Length(n) => Remaining::Length(n),
