@@ -1591,6 +1591,17 @@ mod tests {
             response = response.header(*k, *v);
         }
         let (parts, ()) = response.body(()).unwrap().into_parts();
+        encode_parts(&parts, None, version, head_request, exact)
+    }
+
+    /// [`encode_head`] of `parts` and `raw` fields for a keep-alive client.
+    fn encode_parts(
+        parts: &http::response::Parts,
+        raw: Option<&RawFields>,
+        version: Version,
+        head_request: bool,
+        exact: Option<u64>,
+    ) -> (String, Encoding, bool) {
         let exchange = Exchange {
             version,
             head_request,
@@ -1600,8 +1611,8 @@ mod tests {
         let mut keep_alive = true;
         let mut out = Vec::new();
         let encoding = encode_head(
-            &parts,
-            None,
+            parts,
+            raw,
             &exchange,
             exact,
             &mut keep_alive,
@@ -1624,25 +1635,10 @@ mod tests {
         parts
             .headers
             .append(header::VIA, HeaderValue::from_static("1.1 fulcrum"));
-        let exchange = Exchange {
-            version: Version::HTTP_11,
-            head_request: false,
-            trailers: false,
-            upgrade: None,
-        };
-        let mut keep_alive = true;
-        let mut out = Vec::new();
-        let encoding = encode_head(
-            &parts,
-            head.raw.as_deref(),
-            &exchange,
-            None,
-            &mut keep_alive,
-            false,
-            &mut out,
-        );
+        let (text, encoding, keep_alive) =
+            encode_parts(&parts, head.raw.as_deref(), Version::HTTP_11, false, None);
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            text,
             "HTTP/1.1 200 OK\r\nServer: x\r\nContent-Length: 5\r\nDate: Thu, 26 Nov 2026 14:00:00 GMT\r\nX-A: 1\r\nvia: 1.1 fulcrum\r\n\r\n"
         );
         assert_eq!((encoding, keep_alive), (Encoding::Length(5), true));
