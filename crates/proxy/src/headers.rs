@@ -40,9 +40,14 @@ pub(crate) fn tokens_of(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> 
 
 /// Writes one `name: value` line of an HTTP/1 head.
 pub(crate) fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
-    out.extend_from_slice(name.as_str().as_bytes());
+    write_field_bytes(out, name.as_str().as_bytes(), value.as_bytes());
+}
+
+/// [`write_field`] of a name and value as bytes (a backend's own fields).
+pub(crate) fn write_field_bytes(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
     out.extend_from_slice(b": ");
-    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 

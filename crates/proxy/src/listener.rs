@@ -12,10 +12,9 @@
 //! the wait for a new connection's first bytes (from accept) and one
 //! HTTP/1 request head from the moment the server first waits for the rest
 //! of it to the read that completes it (a slowloris trickling a head is
-//! closed), and
-//! `idle_timeout` alone bounds a kept-alive connection waiting for its next
-//! request: the HTTP/1 server (`http::server`) times only a head of which
-//! some bytes have arrived. HTTP/2 has no request heads of this kind (its
+//! closed), and `idle_timeout` alone bounds a kept-alive connection
+//! waiting for its next request: the HTTP/1 server (`http::server`) times
+//! only a head of which some bytes have arrived. HTTP/2 has no request heads of this kind (its
 //! frames are bounded by h2's own limits).
 //!
 //! Shutdown stops accepting, asks every connection to finish its current

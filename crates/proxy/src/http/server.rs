@@ -59,7 +59,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 
 use crate::body::ProxyBody;
-use crate::headers::{tokens, write_field};
+use crate::headers::{tokens, write_field, write_field_bytes};
 use crate::upstream::h1::{ChunkedDecoder, FieldKind, Piece, RawFields};
 use crate::upstream::BodyError;
 
@@ -1107,9 +1107,7 @@ fn encode_head(
             FieldKind::Date => date = true,
             _ => {}
         }
-        for part in [name, b": ", value, b"\r\n"] {
-            out.extend_from_slice(part);
-        }
+        write_field_bytes(out, name, value);
     }
     for (name, value) in &parts.headers {
         if name == header::TRANSFER_ENCODING {

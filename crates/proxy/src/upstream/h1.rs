@@ -640,7 +640,8 @@ impl FieldKind {
     }
 }
 
-/// One field of an answer head: where its name and value are in the head.
+/// One field of an answer head: where its name and value are in the head
+/// (start, length).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RawField {
     name: (usize, usize),
@@ -648,22 +649,26 @@ pub(crate) struct RawField {
     kind: FieldKind,
 }
 
+/// The bytes a `(start, length)` position covers.
+fn span((start, len): (usize, usize)) -> std::ops::Range<usize> {
+    start..start + len
+}
+
 impl RawField {
     fn name<'h>(&self, head: &'h [u8]) -> &'h [u8] {
-        &head[self.name.0..self.name.0 + self.name.1]
+        &head[span(self.name)]
     }
 
     fn value<'h>(&self, head: &'h [u8]) -> &'h [u8] {
-        &head[self.value.0..self.value.0 + self.value.1]
+        &head[span(self.value)]
     }
 
     /// The field as a map entry; the value shares `head`.
     fn field(&self, head: &Bytes) -> Result<(HeaderName, HeaderValue), ExchangeError> {
         let name = crate::headers::field_name(self.name(head))
             .map_err(|_| ExchangeError::InvalidHead("invalid header name"))?;
-        let value =
-            HeaderValue::from_maybe_shared(head.slice(self.value.0..self.value.0 + self.value.1))
-                .map_err(|_| ExchangeError::InvalidHead("invalid header value"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(span(self.value)))
+            .map_err(|_| ExchangeError::InvalidHead("invalid header value"))?;
         Ok((name, value))
     }
 }
@@ -1016,9 +1021,10 @@ impl ResponseBody {
         self.raw.as_deref()
     }
 
-    /// The body framed by `head` on `conn`. An empty body ends at once and
-    /// gives the connection back. `raw` is the head's [`Head::raw`].
-    pub fn new(conn: Box<Conn>, head: &Head, lease: Lease, raw: Option<Box<RawFields>>) -> Self {
+    /// The body framed by `head` on `conn`; it takes the head's raw fields
+    /// ([`Head::raw`]). An empty body ends at once and gives the
+    /// connection back.
+    pub fn new(conn: Box<Conn>, head: &mut Head, lease: Lease) -> Self {
         let remaining = match head.framing {
             Framing::Empty => Remaining::Done,
             Framing::Length(n) => Remaining::Length(n),
@@ -1030,7 +1036,7 @@ impl ResponseBody {
             remaining,
             lease: head.keep_alive.then_some(lease),
             hop_by_hop_removed: head.hop_by_hop_removed,
-            raw,
+            raw: head.raw.take(),
         };
         if matches!(body.remaining, Remaining::Done) {
             body.finish();

@@ -478,15 +478,13 @@ impl Upstream {
         &self,
         addr: &BackendAddr,
         conn: Box<Conn>,
-        head: h1::Head,
+        mut head: h1::Head,
     ) -> Response<UpstreamBody> {
         let lease = Lease {
             addr: addr.clone(),
             pool: Arc::clone(&self.pool),
         };
-        let mut head = head;
-        let raw = head.raw.take();
-        let body = h1::ResponseBody::new(conn, &head, lease, raw);
+        let body = h1::ResponseBody::new(conn, &mut head, lease);
         Response::from_parts(head.parts, UpstreamBody::Own(body))
     }
 
