@@ -476,15 +476,19 @@ where
     };
     let max_requests = limits.max_requests_per_connection;
     let served = AtomicU64::new(0);
+    let info = Arc::new(info);
     let serve = move |req: hyper::Request<ClientBody>| {
         let runtime = Arc::clone(&runtime);
-        let info = info.clone();
+        let info = Arc::clone(&info);
         // HTTP/1 connections are recycled after `max_requests_per_connection`
         // (HTTP/2 multiplexes; its streams are bounded by max_concurrent_streams).
         let last = req.version() <= http::Version::HTTP_11
             && served.fetch_add(1, Ordering::Relaxed) + 1 >= max_requests;
+        // Split here, outside the future: the future then holds the head
+        // once, and `handle` borrows it.
+        let (mut parts, body) = req.into_parts();
         async move {
-            let mut response = handle(runtime, info, req).await;
+            let mut response = handle(&runtime, &info, &mut parts, body).await;
             if last {
                 response.headers_mut().insert(
                     http::header::CONNECTION,

@@ -10,7 +10,7 @@ use fulcrum_balance::{BackendId, InFlightGuard, Outcome, PickContext};
 use fulcrum_config::HashKey;
 use http::header::HeaderName;
 use http::uri::{PathAndQuery, Scheme};
-use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{header, request, HeaderValue, Request, Response, StatusCode, Uri, Version};
 
 use super::error::ProxyError;
 use super::routing;
@@ -47,12 +47,18 @@ pub struct ConnInfo {
 }
 
 /// Proxies one request. Never fails: errors become responses.
+///
+/// The request's head is borrowed, not moved: a future holds every
+/// argument it was given for its whole life, so a head (224 bytes) passed
+/// by value down `handle`, `proxy` and `forward_to` would be stored once
+/// per level, and the whole future is copied as a request starts.
 pub async fn handle(
-    runtime: Arc<Runtime>,
-    conn: ConnInfo,
-    req: Request<ClientBody>,
+    runtime: &Runtime,
+    conn: &ConnInfo,
+    parts: &mut request::Parts,
+    body: ClientBody,
 ) -> Response<ProxyBody> {
-    match proxy(&runtime, &conn, req).await {
+    match proxy(runtime, conn, parts, body).await {
         Ok(response) => response,
         Err(e) => {
             tracing::debug!(listener = %conn.listener, client = %conn.peer, error = %e, "request answered by proxy");
@@ -64,16 +70,17 @@ pub async fn handle(
 async fn proxy(
     runtime: &Runtime,
     conn: &ConnInfo,
-    mut req: Request<ClientBody>,
+    req: &mut request::Parts,
+    body: ClientBody,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    check_framing(&req)?;
+    check_framing(req)?;
     let snapshot = runtime.snapshot();
     let listener = snapshot
         .listeners
         .get(&*conn.listener)
         .ok_or(ProxyError::NoRoute)?;
     let listener = Arc::clone(listener);
-    check_uri(&req, &listener.config.limits)?;
+    check_uri(req, &listener.config.limits)?;
     let ip = conn.peer.ip();
     let config = &listener.config;
     if !crate::routes::admits(&config.allow, &config.deny, ip) {
@@ -82,13 +89,13 @@ async fn proxy(
     if !config.trusted_proxies.iter().any(|n| n.contains(ip)) {
         // Only trusted proxies may say who the client is; from anyone else
         // the header is dropped, and the peer's address alone is sent.
-        req.headers_mut().remove(&headers::X_FORWARDED_FOR);
+        req.headers.remove(&headers::X_FORWARDED_FOR);
     }
-    let host = authority(&req);
+    let host = authority(req);
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
     let matched = listener
         .routes
-        .select(host_str, req.method(), req.uri(), req.headers())
+        .select(host_str, &req.method, &req.uri, &req.headers)
         .ok_or(ProxyError::NoRoute)?;
     let route = matched.route;
     // The route's own access lists and body limit, after the listener's.
@@ -99,7 +106,7 @@ async fn proxy(
     if let Some(max) = route.and_then(|r| r.max_body_bytes()) {
         body_limits.max_bytes = max;
     }
-    check_declared_body(&req, body_limits.max_bytes)?;
+    check_declared_body(req, body_limits.max_bytes)?;
     let route_priority = route.and_then(|r| r.priority());
     let mut limit = None;
     if let Some(limiter) = route.and_then(|r| r.rate_limit()) {
@@ -107,7 +114,7 @@ async fn proxy(
         // and the hot path moves this one several times per request; the
         // rarely taken branches (rate limiting, which may wait on Redis,
         // admission, upgrades) must not make every request's future larger.
-        let verdict = Box::pin(limiter.check(conn.peer.ip(), req.headers())).await;
+        let verdict = Box::pin(limiter.check(conn.peer.ip(), &req.headers)).await;
         if !verdict.allowed {
             return Ok(routing::finish(
                 route,
@@ -118,7 +125,7 @@ async fn proxy(
         limit = Some(verdict);
     }
     if let Some((redirect, route)) = route.and_then(|r| Some((r.redirect()?, r))) {
-        let response = redirect.response(conn.tls, host_str, req.uri(), route.rewrite());
+        let response = redirect.response(conn.tls, host_str, &req.uri, route.rewrite());
         return Ok(routing::finish(Some(route), limit, Ok(response)));
     }
     let cluster = Arc::clone(
@@ -129,7 +136,7 @@ async fn proxy(
     );
     // The decision trail is for operators: only clients in `debug_from` get it.
     let debug = req
-        .headers()
+        .headers
         .get(&X_FULCRUM_DEBUG)
         .is_some_and(|v| v.as_bytes() == b"1")
         && listener
@@ -141,14 +148,14 @@ async fn proxy(
     // in priority order, or be shed (503 + Retry-After).
     let rank = cluster.admission.as_ref().map(|a| {
         let trusted = admission::trusted(&listener.config.priority_from, conn.peer.ip());
-        a.classify(route_priority, req.headers(), trusted)
+        a.classify(route_priority, &req.headers, trusted)
     });
     // Geo: the client's position, from a trusted header, else from the
     // listener's GeoIP database.
     let client = (cluster.config.algorithm == fulcrum_balance::Algorithm::Geo)
         .then(|| {
             let trusted = admission::trusted(&listener.config.location_from, conn.peer.ip());
-            geoip::client_location(req.headers(), trusted, &cluster.set)
+            geoip::client_location(&req.headers, trusted, &cluster.set)
                 .or_else(|| listener.geoip.as_ref()?.locate(conn.peer.ip()))
         })
         .flatten();
@@ -163,11 +170,13 @@ async fn proxy(
         },
         _ => None,
     };
-    let result = if upgrade::requested(&req) {
+    let result = if upgrade::requested(req) {
+        // Rare: the head is taken whole (an empty one is left behind).
+        let head = std::mem::replace(req, Request::new(()).into_parts().0);
         Box::pin(upgrade::forward(
             &cluster,
             conn,
-            req,
+            Request::from_parts(head, body),
             host,
             route,
             body_limits,
@@ -182,7 +191,7 @@ async fn proxy(
         // cookie and no decision trail. Load reports and `Retry-After` are
         // read from the bytes. The proxy's own additions (Via,
         // Connection) are never in them.
-        let raw_answer = req.version() <= Version::HTTP_11
+        let raw_answer = req.version <= Version::HTTP_11
             && limit.is_none()
             && route.is_none_or(|r| r.response_headers().is_empty())
             && cluster.sticky.is_none()
@@ -193,7 +202,7 @@ async fn proxy(
             body_limits,
             raw_answer,
         };
-        forward_to(&cluster, conn, req, request, debug, client).await
+        forward_to(&cluster, conn, req, body, request, debug, client).await
     };
     // The admission slot is held until the response body is done.
     let result = result.map(|response| response.map(|b| b.with_permit(permit)));
@@ -216,7 +225,8 @@ struct Routed<'r> {
 async fn forward_to(
     cluster: &ClusterSnapshot,
     conn: &ConnInfo,
-    req: Request<ClientBody>,
+    parts: &mut request::Parts,
+    body: ClientBody,
     routed: Routed<'_>,
     debug: bool,
     client: Option<fulcrum_balance::selector::GeoPoint>,
@@ -227,7 +237,6 @@ async fn forward_to(
         body_limits,
         raw_answer,
     } = routed;
-    let (mut parts, body) = req.into_parts();
     headers::prepare_request_from(
         &mut parts.headers,
         parts.version,
@@ -247,7 +256,7 @@ async fn forward_to(
         cluster.config.algorithm,
         fulcrum_balance::Algorithm::RingHash | fulcrum_balance::Algorithm::Maglev
     )
-    .then(|| request_key(&cluster.config.hash_key, &parts, conn))
+    .then(|| request_key(&cluster.config.hash_key, parts, conn))
     .flatten();
     let mut decisions = debug.then(String::new);
     let mut body = Some(RequestBody::new(body, body_limits));
@@ -257,7 +266,8 @@ async fn forward_to(
     let mut rng = fastrand::Rng::new();
     let mut last_error = None;
     // The last retryable answer (502/503/504), returned if no retry does better.
-    let mut held: Option<(Response<UpstreamBody>, InFlightGuard, BackendId)> = None;
+    // Boxed: it is rarely needed, and the future would carry its 224 bytes.
+    let mut held: Option<Box<(Response<UpstreamBody>, InFlightGuard, BackendId)>> = None;
     let mut only_connect_failures = true;
     // Whether the last attempt failed before reaching the backend.
     let mut connect_failed = false;
@@ -334,14 +344,16 @@ async fn forward_to(
         let retry_body = request_body.reclaim();
         let addr = &cluster.backend_addrs[id.index()];
         let guard = backend.state.load.start();
-        let sent = response_within(
-            cluster
-                .upstream
-                .send(addr, &parts, request_body, started, raw_answer),
-            try_timeout.min(remaining),
-            retry_body.as_ref(),
-        )
-        .await;
+        let sent = {
+            let send = std::pin::pin!(cluster.upstream.send(
+                addr,
+                parts,
+                request_body,
+                started,
+                raw_answer
+            ));
+            response_within(send, try_timeout.min(remaining), retry_body.as_ref()).await
+        };
         if !matches!(sent, Ok(Ok(_))) {
             // A body the proxy cut off (too large, too slow) is the
             // client's doing: answer 413/408 and blame no backend.
@@ -390,7 +402,7 @@ async fn forward_to(
                 if gateway_error && attempts < max_attempts {
                     if let Some(b) = replayable(retry_body, idempotent, false) {
                         tracing::debug!(cluster = %cluster.name(), backend = %backend.address, %status, "retrying elsewhere");
-                        held = Some((response, guard, id));
+                        held = Some(Box::new((response, guard, id)));
                         body = Some(b);
                         continue;
                     }
@@ -434,7 +446,7 @@ async fn forward_to(
             }
         }
     }
-    if let Some((response, guard, id)) = held {
+    if let Some((response, guard, id)) = held.map(|h| *h) {
         let response = forward(cluster, id, response, guard, decisions, clock::now());
         return Ok(stick(cluster, id, pinned, response));
     }
@@ -464,15 +476,17 @@ async fn forward_to(
 /// the backend cannot be expected to answer, and a slow upload is the body
 /// limits' business (408), not a backend failure. A backend that stops
 /// reading the body stops its progress, so it still times out.
+///
+/// `send` is pinned by the caller: a future taken by value would be held
+/// twice, as argument and as pinned local.
 async fn response_within<F: std::future::Future>(
-    send: F,
+    mut send: std::pin::Pin<&mut F>,
     limit: std::time::Duration,
     body: Option<&RequestBody>,
 ) -> Result<F::Output, tokio::time::error::Elapsed> {
-    tokio::pin!(send);
     let mut until = tokio::time::Instant::now() + limit;
     loop {
-        match tokio::time::timeout_at(until, &mut send).await {
+        match tokio::time::timeout_at(until, send.as_mut()).await {
             Ok(out) => return Ok(out),
             Err(elapsed) => {
                 let now = tokio::time::Instant::now();
@@ -587,7 +601,7 @@ fn record_load_report(
 
 /// Hashes the cluster's request key. Fixed SipHash keys, so every Fulcrum
 /// instance maps a key to the same backend.
-fn request_key(key: &HashKey, parts: &http::request::Parts, conn: &ConnInfo) -> Option<u64> {
+fn request_key(key: &HashKey, parts: &request::Parts, conn: &ConnInfo) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     match key {
@@ -613,9 +627,9 @@ fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
 
 /// Refuses requests whose body length could be read two ways (RFC 9112
 /// §6.3): a proxy that forwards them enables request smuggling.
-fn check_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
-    let h = req.headers();
-    if req.version() <= Version::HTTP_11 {
+fn check_framing(req: &request::Parts) -> Result<(), ProxyError> {
+    let h = &req.headers;
+    if req.version <= Version::HTTP_11 {
         let te = h.contains_key(header::TRANSFER_ENCODING);
         let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
         let first = lengths.next();
@@ -638,7 +652,7 @@ fn check_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
         // (RFC 9113 §8.2); a Host that disagrees with `:authority` is
         // left to us (§8.3.1): two hops could route by different ones.
         let mut hosts = h.get_all(header::HOST).iter();
-        if let (Some(host), Some(authority)) = (hosts.next(), req.uri().authority()) {
+        if let (Some(host), Some(authority)) = (hosts.next(), req.uri.authority()) {
             if hosts.next().is_some()
                 || !host
                     .as_bytes()
@@ -654,8 +668,8 @@ fn check_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
 }
 
 /// Refuses request targets beyond the listener's `max_uri_bytes` (414).
-fn check_uri<B>(req: &Request<B>, limits: &fulcrum_config::HttpLimits) -> Result<(), ProxyError> {
-    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+fn check_uri(req: &request::Parts, limits: &fulcrum_config::HttpLimits) -> Result<(), ProxyError> {
+    let target = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
     if target > limits.max_uri_bytes {
         return Err(ProxyError::UriTooLong {
             limit: limits.max_uri_bytes,
@@ -667,9 +681,9 @@ fn check_uri<B>(req: &Request<B>, limits: &fulcrum_config::HttpLimits) -> Result
 /// Refuses a declared body (`Content-Length`) beyond `max` bytes (413)
 /// before anything is sent upstream. A body without a declared length is
 /// measured as it streams ([`RequestBody`]).
-fn check_declared_body<B>(req: &Request<B>, max: u64) -> Result<(), ProxyError> {
+fn check_declared_body(req: &request::Parts, max: u64) -> Result<(), ProxyError> {
     let declared = req
-        .headers()
+        .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
@@ -680,11 +694,11 @@ fn check_declared_body<B>(req: &Request<B>, max: u64) -> Result<(), ProxyError> 
 }
 
 /// The request's authority: the Host header, or the URI's (HTTP/2 `:authority`).
-fn authority<B>(req: &Request<B>) -> Option<HeaderValue> {
-    if let Some(h) = req.headers().get(header::HOST) {
+fn authority(req: &request::Parts) -> Option<HeaderValue> {
+    if let Some(h) = req.headers.get(header::HOST) {
         return Some(h.clone());
     }
-    req.uri()
+    req.uri
         .authority()
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
 }

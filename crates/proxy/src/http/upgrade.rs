@@ -34,11 +34,11 @@ use crate::routes::Route;
 use crate::state::ClusterSnapshot;
 
 /// Whether the request asks to switch protocols (HTTP/1.1 only).
-pub fn requested<B>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
+pub fn requested(req: &http::request::Parts) -> bool {
+    req.version == Version::HTTP_11
+        && req.headers.contains_key(header::UPGRADE)
         && req
-            .headers()
+            .headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
@@ -199,12 +199,12 @@ pub(super) async fn forward(
 mod tests {
     use super::*;
 
-    fn req(version: Version, headers: &[(&str, &str)]) -> Request<()> {
+    fn req(version: Version, headers: &[(&str, &str)]) -> http::request::Parts {
         let mut r = Request::builder().version(version).uri("/ws");
         for (k, v) in headers {
             r = r.header(*k, *v);
         }
-        r.body(()).unwrap()
+        r.body(()).unwrap().into_parts().0
     }
 
     #[test]
