@@ -219,6 +219,21 @@ fn read_h1_answer(answer: &[u8], head_request: bool, read_size: usize, raw: bool
             }
         }
     };
+    if let Some(raw) = head.raw.as_ref() {
+        if let Ok(map) = raw.to_header_map() {
+            // The fields as the client is sent them read back as they came.
+            let mut written = b"HTTP/1.1 200 OK\r\n".to_vec();
+            raw.write_to(&mut written, |_, _| {});
+            written.extend_from_slice(b"\r\n");
+            match parse_head(&mut bytes::BytesMut::from(&written[..]), false, false) {
+                Ok(Parsed::Final(again)) => {
+                    assert_eq!(again.parts.headers, map, "written raw fields read back differently")
+                }
+                Ok(_) => panic!("written raw fields are not a whole head"),
+                Err(e) => panic!("written raw fields do not parse: {e}"),
+            }
+        }
+    }
     let status = head.parts.status;
     assert!(
         status.as_u16() >= 200,

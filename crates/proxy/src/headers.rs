@@ -200,6 +200,12 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
             present |= 1 << i;
         }
     }
+    remove_present_hop_by_hop(headers, present);
+}
+
+/// Removes the hop-by-hop headers whose bits (positions in
+/// [`HOP_BY_HOP`]) are set in `present`.
+fn remove_present_hop_by_hop(headers: &mut HeaderMap, present: u16) {
     if present == 0 {
         return;
     }
@@ -256,14 +262,18 @@ fn remove_connection_options(headers: &mut HeaderMap) {
 }
 
 /// Removes each header named in a `Connection` value (`keep-alive` is in
-/// the fixed list already).
+/// the fixed list already). `close` names no field (RFC 9110 §7.6.1; the
+/// field name `Close` is reserved), so it costs no lookup.
 fn remove_named(headers: &mut HeaderMap, value: &HeaderValue) {
     let Ok(value) = value.to_str() else {
         return;
     };
     for token in value.split(',') {
         let token = token.trim();
-        if !token.is_empty() && !token.eq_ignore_ascii_case("keep-alive") {
+        if !token.is_empty()
+            && !token.eq_ignore_ascii_case("keep-alive")
+            && !token.eq_ignore_ascii_case("close")
+        {
             headers.remove(token);
         }
     }
@@ -284,7 +294,8 @@ pub fn append_via(headers: &mut HeaderMap, version: Version) {
     headers.append(header::VIA, via(version));
 }
 
-/// Rewrites a client request's headers for the backend.
+/// Rewrites a client request's headers for the backend: hop-by-hop
+/// fields out, forwarding fields in ([`Forwarding`]).
 ///
 /// `host` is the request's authority (Host header or HTTP/2 `:authority`).
 pub fn prepare_request(
@@ -294,7 +305,7 @@ pub fn prepare_request(
     host: Option<&HeaderValue>,
     tls: bool,
 ) {
-    prepare_request_from(headers, version, &forwarded_for(client), host, tls);
+    Forwarding::take(headers, version, &forwarded_for(client), host, tls).insert_into(headers);
 }
 
 /// The client's `X-Forwarded-For` entry (its address as text).
@@ -309,44 +320,123 @@ pub fn forwarded_for(client: IpAddr) -> HeaderValue {
         .expect("an IP address is a valid header value")
 }
 
-/// [`prepare_request`] with the client's prebuilt [`forwarded_for`] entry.
-pub fn prepare_request_from(
-    headers: &mut HeaderMap,
-    version: Version,
-    forwarded_for: &HeaderValue,
-    host: Option<&HeaderValue>,
+/// The fields the proxy adds to a request it forwards: `X-Forwarded-For`
+/// (the client appended to a list a trusted proxy sent), `-Proto`,
+/// `-Host`, `Via`, and `Host` when the client named the authority only in
+/// HTTP/2's `:authority`.
+///
+/// [`Forwarding::take`] takes the request's own copies of them (and its
+/// hop-by-hop fields) out of its map. Then either the HTTP/1 encoder
+/// writes them after the request's fields ([`Forwarding::write`]), or
+/// [`Forwarding::insert_into`] puts them in the map, for a request whose
+/// fields are edited or read after this (route edits, hashing by a
+/// field). Writing them costs no hashed insert, and the request's map
+/// does not grow to take four more fields.
+#[derive(Debug)]
+pub struct Forwarding {
+    forwarded_for: HeaderValue,
     tls: bool,
-) {
-    use http::header::Entry;
-    remove_hop_by_hop(headers);
-    // Each name is looked up once (`entry`), not read and then inserted.
-    match headers.entry(&X_FORWARDED_FOR) {
-        Entry::Occupied(mut existing) => {
-            let ip = forwarded_for.as_bytes();
-            let first = existing.get().as_bytes();
-            let mut v = Vec::with_capacity(first.len() + 2 + ip.len());
-            v.extend_from_slice(first);
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(ip);
-            if let Ok(v) = HeaderValue::from_bytes(&v) {
-                existing.insert(v);
+    host: Option<HeaderValue>,
+    /// Whether `Host` must be added (the request has none).
+    add_host: bool,
+    version: Version,
+}
+
+/// What [`Forwarding::take`] looks for besides hop-by-hop fields, as bits
+/// after [`HOP_BY_HOP`]'s.
+const FORWARDED_FOR_BIT: u16 = 1 << 8;
+const FORWARDED_PROTO_BIT: u16 = 1 << 9;
+const FORWARDED_HOST_BIT: u16 = 1 << 10;
+const HOST_BIT: u16 = 1 << 11;
+
+impl Forwarding {
+    /// Removes from `headers` the hop-by-hop fields and the fields this
+    /// proxy sets, and returns what it will set. One pass over the names
+    /// finds which are present; only those are looked up. A request's
+    /// `X-Forwarded-For` (left only if its sender is trusted) is extended
+    /// with `forwarded_for`, the client's entry.
+    pub fn take(
+        headers: &mut HeaderMap,
+        version: Version,
+        forwarded_for: &HeaderValue,
+        host: Option<&HeaderValue>,
+        tls: bool,
+    ) -> Forwarding {
+        let mut present = 0u16;
+        for name in headers.keys() {
+            present |= match hop_by_hop_index(name) {
+                Some(i) => 1 << i,
+                None => match name.as_str() {
+                    "x-forwarded-for" => FORWARDED_FOR_BIT,
+                    "x-forwarded-proto" => FORWARDED_PROTO_BIT,
+                    "x-forwarded-host" => FORWARDED_HOST_BIT,
+                    "host" => HOST_BIT,
+                    _ => 0,
+                },
+            };
+        }
+        remove_present_hop_by_hop(headers, present & 0xff);
+        let mut entry = forwarded_for.clone();
+        if present & FORWARDED_FOR_BIT != 0 {
+            if let Some(prior) = headers.remove(&X_FORWARDED_FOR) {
+                let ip = forwarded_for.as_bytes();
+                let mut v = Vec::with_capacity(prior.len() + 2 + ip.len());
+                v.extend_from_slice(prior.as_bytes());
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(ip);
+                entry = HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).unwrap_or(prior);
             }
         }
-        Entry::Vacant(slot) => {
-            slot.insert(forwarded_for.clone());
+        if present & FORWARDED_PROTO_BIT != 0 {
+            headers.remove(&X_FORWARDED_PROTO);
+        }
+        // Without an authority the request's own `X-Forwarded-Host` stays.
+        if host.is_some() && present & FORWARDED_HOST_BIT != 0 {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+        Forwarding {
+            forwarded_for: entry,
+            tls,
+            host: host.cloned(),
+            add_host: present & HOST_BIT == 0,
+            version,
         }
     }
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if tls { "https" } else { "http" }),
-    );
-    if let Some(host) = host {
-        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
-        if let Entry::Vacant(slot) = headers.entry(header::HOST) {
-            slot.insert(host.clone());
+
+    fn proto(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
         }
     }
-    append_via(headers, version);
+
+    /// Writes the fields as lines of an HTTP/1 head.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        write_field(out, &X_FORWARDED_FOR, &self.forwarded_for);
+        write_field_bytes(out, b"x-forwarded-proto", self.proto().as_bytes());
+        if let Some(host) = &self.host {
+            write_field(out, &X_FORWARDED_HOST, host);
+            if self.add_host {
+                write_field(out, &header::HOST, host);
+            }
+        }
+        write_field(out, &header::VIA, &via(self.version));
+    }
+
+    /// Puts the fields in `headers` (taken by [`Forwarding::take`]).
+    pub fn insert_into(self, headers: &mut HeaderMap) {
+        let proto = HeaderValue::from_static(self.proto());
+        headers.insert(X_FORWARDED_FOR.clone(), self.forwarded_for);
+        headers.insert(X_FORWARDED_PROTO.clone(), proto);
+        if let Some(host) = self.host {
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+            if self.add_host {
+                headers.insert(header::HOST, host);
+            }
+        }
+        append_via(headers, self.version);
+    }
 }
 
 /// Writes `ip` into `buf` without allocating and returns the used part.
@@ -478,6 +568,108 @@ mod tests {
         h.insert("x-two", HeaderValue::from_static("2"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("x-keep", HeaderValue::from_static("yes"));
+        remove_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-keep"]);
+    }
+
+    #[test]
+    fn forwarding_written_or_inserted_gives_the_same_fields() {
+        // The fields of a head, by name, each name's values in order
+        // (the order of different names carries no meaning).
+        fn fields(head: &[u8]) -> Vec<(String, String)> {
+            let mut lines: Vec<(String, String)> = std::str::from_utf8(head)
+                .unwrap()
+                .split_terminator("\r\n")
+                .map(|line| {
+                    let (name, value) = line.split_once(": ").unwrap();
+                    (name.to_owned(), value.to_owned())
+                })
+                .collect();
+            lines.sort_by(|a, b| a.0.cmp(&b.0));
+            lines
+        }
+        fn write_map(map: &HeaderMap, out: &mut Vec<u8>) {
+            for (name, value) in map {
+                write_field(out, name, value);
+            }
+        }
+        let requests: [&[(&str, &str)]; 4] = [
+            &[("host", "a.example")],
+            &[],
+            &[
+                ("host", "a.example"),
+                ("x-forwarded-for", "10.0.0.1"),
+                ("x-forwarded-proto", "https"),
+                ("via", "1.0 other"),
+                ("connection", "close, x-secret"),
+                ("x-secret", "1"),
+                ("x-forwarded-for", "10.0.0.2"),
+                ("x-forwarded-host", "spoofed"),
+                ("accept", "*/*"),
+            ],
+            &[
+                ("x-forwarded-host", "kept without an authority"),
+                ("te", "trailers"),
+            ],
+        ];
+        let client = forwarded_for("192.0.2.7".parse().unwrap());
+        let authority = HeaderValue::from_static("a.example");
+        for request in requests {
+            for host in [Some(&authority), None] {
+                for tls in [false, true] {
+                    let mut map = HeaderMap::new();
+                    for (name, value) in request {
+                        map.append(*name, HeaderValue::from_static(value));
+                    }
+                    let mut inserted = map.clone();
+                    Forwarding::take(&mut inserted, Version::HTTP_11, &client, host, tls)
+                        .insert_into(&mut inserted);
+                    let mut expected = Vec::new();
+                    write_map(&inserted, &mut expected);
+                    let forwarding =
+                        Forwarding::take(&mut map, Version::HTTP_11, &client, host, tls);
+                    let mut written = Vec::new();
+                    write_map(&map, &mut written);
+                    forwarding.write(&mut written);
+                    assert_eq!(
+                        fields(&written),
+                        fields(&expected),
+                        "{request:?} {host:?} {tls}"
+                    );
+                }
+            }
+        }
+        // The values themselves, for the third request.
+        let mut map = HeaderMap::new();
+        for (name, value) in requests[2] {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        let forwarding =
+            Forwarding::take(&mut map, Version::HTTP_11, &client, Some(&authority), false);
+        let mut written = Vec::new();
+        write_map(&map, &mut written);
+        forwarding.write(&mut written);
+        assert_eq!(
+            fields(&written),
+            [
+                ("accept", "*/*"),
+                ("host", "a.example"),
+                ("via", "1.0 other"),
+                ("via", "1.1 fulcrum"),
+                ("x-forwarded-for", "10.0.0.1, 192.0.2.7"),
+                ("x-forwarded-host", "a.example"),
+                ("x-forwarded-proto", "http"),
+            ]
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        );
+    }
+
+    #[test]
+    fn connection_close_removes_the_connection_field_only() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Close"));
         h.insert("x-keep", HeaderValue::from_static("yes"));
         remove_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();

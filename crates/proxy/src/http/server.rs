@@ -59,7 +59,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 
 use crate::body::ProxyBody;
-use crate::headers::{tokens, write_field, write_field_bytes};
+use crate::headers::{tokens, write_field};
 use crate::upstream::h1::{ChunkedDecoder, FieldKind, Piece, RawFields};
 use crate::upstream::BodyError;
 
@@ -1101,13 +1101,12 @@ fn encode_head(
     // The backend's fields as it sent them, first (never hop-by-hop), then
     // the map's: the proxy's additions, or all fields of an answer whose
     // fields were read into it.
-    for (name, value, kind) in raw.into_iter().flat_map(RawFields::iter) {
-        match kind {
+    if let Some(raw) = raw {
+        raw.write_to(out, |kind, value| match kind {
             FieldKind::ContentLength => length = crate::upstream::h1::content_length(value),
             FieldKind::Date => date = true,
             _ => {}
-        }
-        write_field_bytes(out, name, value);
+        });
     }
     for (name, value) in &parts.headers {
         if name == header::TRANSFER_ENCODING {

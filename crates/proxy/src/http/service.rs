@@ -237,13 +237,24 @@ async fn forward_to(
         body_limits,
         raw_answer,
     } = routed;
-    headers::prepare_request_from(
+    let forwarding = headers::Forwarding::take(
         &mut parts.headers,
         parts.version,
         &conn.forwarded_for,
         host.as_ref(),
         conn.tls,
     );
+    // The forwarding fields are written by the upstream encoder, unless
+    // something reads or edits the fields after this: the route's edits
+    // (which may name them) or a hash of a field.
+    let forwarding = if route.is_none_or(|r| r.request_headers().is_empty())
+        && !matches!(cluster.config.hash_key, HashKey::Header(_))
+    {
+        Some(forwarding)
+    } else {
+        forwarding.insert_into(&mut parts.headers);
+        None
+    };
     parts.version = Version::HTTP_11;
     let path = parts
         .uri
@@ -348,6 +359,7 @@ async fn forward_to(
             let send = std::pin::pin!(cluster.upstream.send(
                 addr,
                 parts,
+                forwarding.as_ref(),
                 request_body,
                 started,
                 raw_answer

@@ -45,7 +45,7 @@ use tokio_util::io::poll_read_buf;
 
 use super::Lease;
 use crate::body::{RequestBody, RequestBodyError};
-use crate::headers::{tokens_of, write_field};
+use crate::headers::{tokens_of, write_field, Forwarding};
 
 /// Most header fields an answer may carry: hyper's default, so a backend
 /// that worked through hyper still works.
@@ -214,6 +214,7 @@ impl Conn {
     pub async fn exchange(
         &mut self,
         req: &request::Parts,
+        forwarding: Option<&Forwarding>,
         body: RequestBody,
         raw: bool,
     ) -> Result<Head, ExchangeError> {
@@ -224,7 +225,7 @@ impl Conn {
         } else {
             BodyFraming::Chunked
         };
-        encode_head(req, framing, &mut self.out);
+        encode_head(req, forwarding, framing, &mut self.out);
         self.answer_bytes = 0;
         let mut upload = None;
         if framing == BodyFraming::None {
@@ -439,8 +440,14 @@ impl Upload {
     }
 }
 
-/// Writes `req`'s head (origin-form target, fields as they are) into `out`.
-fn encode_head(req: &request::Parts, framing: BodyFraming, out: &mut Vec<u8>) {
+/// Writes `req`'s head (origin-form target, fields as they are, then the
+/// `forwarding` fields) into `out`.
+fn encode_head(
+    req: &request::Parts,
+    forwarding: Option<&Forwarding>,
+    framing: BodyFraming,
+    out: &mut Vec<u8>,
+) {
     out.clear();
     out.extend_from_slice(req.method.as_str().as_bytes());
     out.push(b' ');
@@ -449,6 +456,9 @@ fn encode_head(req: &request::Parts, framing: BodyFraming, out: &mut Vec<u8>) {
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &req.headers {
         write_field(out, name, value);
+    }
+    if let Some(forwarding) = forwarding {
+        forwarding.write(out);
     }
     let has_length = req.headers.contains_key(header::CONTENT_LENGTH);
     match framing {
@@ -598,16 +608,22 @@ pub fn parse_head(
 
 /// What the proxy must know of an answer field, from its name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum FieldKind {
+pub enum FieldKind {
+    /// `Content-Length`.
     ContentLength,
+    /// `Transfer-Encoding`.
     TransferEncoding,
+    /// `Connection`.
     Connection,
     /// Another hop-by-hop field ([`crate::headers::remove_hop_by_hop`]'s list).
     HopByHop,
+    /// `Date`.
     Date,
+    /// `Retry-After`.
     RetryAfter,
     /// `Endpoint-Load-Metrics`, an ORCA load report.
     LoadReport,
+    /// Any other field.
     Other,
 }
 
@@ -683,11 +699,36 @@ pub struct RawFields {
 }
 
 impl RawFields {
-    /// The fields in the order they came: name, value and kind.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8], FieldKind)> {
-        self.fields
-            .iter()
-            .map(|f| (f.name(&self.head), f.value(&self.head), f.kind))
+    /// Writes the fields as `name: value` lines of an HTTP/1 head, calling
+    /// `see` with each field's kind and value.
+    ///
+    /// A line the backend spelled exactly so (`name: value` and CRLF) is
+    /// copied as it came, and a run of such lines with nothing left out
+    /// between them is copied at once: a typical answer's fields are one
+    /// or two copies instead of four per field.
+    pub fn write_to(&self, out: &mut Vec<u8>, mut see: impl FnMut(FieldKind, &[u8])) {
+        let head = &self.head[..];
+        // The pending run of verbatim lines, as a range of `head`.
+        let mut run = 0..0;
+        for f in &self.fields {
+            let (name, value) = (span(f.name), span(f.value));
+            see(f.kind, &head[value.clone()]);
+            let line_end = value.end + 2;
+            let verbatim = head.get(name.end..value.start) == Some(b": ")
+                && head.get(value.end..line_end) == Some(b"\r\n");
+            if verbatim && run.end == name.start && !run.is_empty() {
+                run.end = line_end;
+                continue;
+            }
+            out.extend_from_slice(&head[run]);
+            if verbatim {
+                run = name.start..line_end;
+            } else {
+                run = 0..0;
+                crate::headers::write_field_bytes(out, &head[name], &head[value]);
+            }
+        }
+        out.extend_from_slice(&head[run]);
     }
 
     /// Whether the answer has a `Retry-After` field.
@@ -1244,31 +1285,52 @@ mod tests {
         assert_eq!(raw.framing, Framing::Length(5));
         assert!(raw.parts.headers.is_empty(), "the map is left empty");
         let fields = raw.raw.expect("raw fields");
-        let seen: Vec<_> = fields
-            .iter()
-            .map(|(n, v, k)| {
-                (
-                    std::str::from_utf8(n).unwrap(),
-                    std::str::from_utf8(v).unwrap(),
-                    k,
-                )
-            })
-            .collect();
+        let mut seen = Vec::new();
+        let mut written = Vec::new();
+        fields.write_to(&mut written, |kind, value| {
+            seen.push((kind, std::str::from_utf8(value).unwrap().to_owned()));
+        });
         assert_eq!(
-            seen,
+            std::str::from_utf8(&written).unwrap(),
+            "Server: nginx\r\nContent-Length: 5\r\nSet-Cookie: a=1\r\nX-Custom: 1\r\n\
+             set-cookie: b=2\r\nDate: Thu, 26 Nov 2026 14:00:00 GMT\r\n"
+        );
+        let kinds: Vec<_> = seen.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            kinds,
             [
-                ("Server", "nginx", FieldKind::Other),
-                ("Content-Length", "5", FieldKind::ContentLength),
-                ("Set-Cookie", "a=1", FieldKind::Other),
-                ("X-Custom", "1", FieldKind::Other),
-                ("set-cookie", "b=2", FieldKind::Other),
-                ("Date", "Thu, 26 Nov 2026 14:00:00 GMT", FieldKind::Date),
+                FieldKind::Other,
+                FieldKind::ContentLength,
+                FieldKind::Other,
+                FieldKind::Other,
+                FieldKind::Other,
+                FieldKind::Date,
             ]
         );
+        assert_eq!(seen[1].1, "5");
         assert_eq!(fields.to_header_map().unwrap(), map.parts.headers);
         assert!(!fields.has_retry_after());
         assert_eq!(fields.load_report(), None);
         assert!(map.raw.is_none());
+    }
+
+    #[test]
+    fn raw_fields_are_written_in_their_own_spelling_or_normalised() {
+        // Lines spelled `name: value` CRLF are copied as they came, in runs
+        // broken by a left-out field; others are written normalised.
+        let bytes = b"HTTP/1.1 200 OK\r\nA: 1\r\nB:2\r\nC:   3\r\nD: 4\r\nKeep-Alive: x\r\nE: 5\r\nF: 6\r\n\r\n";
+        let Ok(Parsed::Final(head)) = parse_head(&mut BytesMut::from(&bytes[..]), false, true)
+        else {
+            panic!("no final answer");
+        };
+        let mut written = Vec::new();
+        head.raw
+            .expect("raw fields")
+            .write_to(&mut written, |_, _| {});
+        assert_eq!(
+            std::str::from_utf8(&written).unwrap(),
+            "A: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\nF: 6\r\n"
+        );
     }
 
     #[test]
@@ -1561,13 +1623,13 @@ mod tests {
             .unwrap()
             .into_parts();
         let mut out = Vec::new();
-        encode_head(&get, BodyFraming::None, &mut out);
+        encode_head(&get, None, BodyFraming::None, &mut out);
         assert_eq!(
             out,
             b"GET /a?b=c HTTP/1.1\r\nhost: example\r\nx-two: 1\r\n\r\n"
         );
         get.method = Method::POST;
-        encode_head(&get, BodyFraming::None, &mut out);
+        encode_head(&get, None, BodyFraming::None, &mut out);
         assert_eq!(
             out,
             b"POST /a?b=c HTTP/1.1\r\nhost: example\r\nx-two: 1\r\ncontent-length: 0\r\n\r\n"

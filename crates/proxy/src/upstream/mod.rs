@@ -40,6 +40,7 @@ use tokio::net::TcpStream;
 
 use crate::backend_tls::{BackendTls, TlsSetup, UpstreamConnector};
 use crate::body::RequestBody;
+use crate::headers::Forwarding;
 
 pub mod h1;
 
@@ -438,6 +439,7 @@ impl Upstream {
         &self,
         addr: &BackendAddr,
         head: &request::Parts,
+        forwarding: Option<&Forwarding>,
         body: RequestBody,
         now: Instant,
         raw: bool,
@@ -450,7 +452,7 @@ impl Upstream {
             }
             let Some(this) = body.take() else { break };
             let spare = retry_on_race.then(|| this.reclaim()).flatten();
-            match conn.exchange(head, this, raw).await {
+            match conn.exchange(head, forwarding, this, raw).await {
                 Ok(answer) => return Ok(self.answer(addr, conn, answer)),
                 Err(e) if e.closed_before_answer() && spare.is_some() => {
                     tracing::trace!(backend = %addr.authority(), error = %e, "pooled connection closed by the backend; retrying on another");
@@ -467,7 +469,7 @@ impl Upstream {
         let stream = Box::pin(self.open(addr.authority())).await?;
         let mut conn = Box::new(Conn::new(stream));
         let answer = conn
-            .exchange(head, body, raw)
+            .exchange(head, forwarding, body, raw)
             .await
             .map_err(UpstreamError::Exchange)?;
         Ok(self.answer(addr, conn, answer))
