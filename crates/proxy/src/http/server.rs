@@ -1321,10 +1321,21 @@ fn parse_request(
             let chunked_before = codings_named.any(|t| t.eq_ignore_ascii_case(b"chunked"));
             chunked = Some(last.eq_ignore_ascii_case(b"chunked") && !chunked_before);
         } else if name == header::CONNECTION {
+            let mut other = false;
             for token in tokens(&value) {
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                let is_close = token.eq_ignore_ascii_case(b"close");
+                let is_keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
+                close |= is_close;
+                keep_alive |= is_keep_alive;
                 upgrade_token |= token.eq_ignore_ascii_case(b"upgrade");
+                other |= !(is_close || is_keep_alive || token.is_empty());
+            }
+            // A `Connection` of only `close` and `keep-alive` is this
+            // connection's business, read above, and names no field to
+            // remove: it stays out of the map (the proxy would otherwise
+            // look it up, parse it again and remove it).
+            if !other {
+                continue;
             }
         } else if name == header::HOST {
             // RFC 9112 §3.2: more than one Host is a 400; two hops could
@@ -1447,6 +1458,25 @@ mod tests {
         assert_eq!(&buf[..], b"GET /next HTTP/1.1\r\nHo");
         assert!(parse_request(&mut buf, &SETTINGS).unwrap().is_none());
         assert_eq!(&buf[..], b"GET /next HTTP/1.1\r\nHo");
+    }
+
+    #[test]
+    fn parse_request_keeps_connection_out_of_the_map_unless_it_names_fields() {
+        let head = parse(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Close\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!head.keep_alive);
+        assert!(!head.request.headers().contains_key(header::CONNECTION));
+        let head = parse(b"GET / HTTP/1.0\r\nConnection: keep-alive, \r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(head.keep_alive);
+        assert!(!head.request.headers().contains_key(header::CONNECTION));
+        for named in ["close, x-secret", "Upgrade"] {
+            let bytes = format!("GET / HTTP/1.1\r\nHost: x\r\nConnection: {named}\r\n\r\n");
+            let head = parse(bytes.as_bytes()).unwrap().unwrap();
+            assert_eq!(head.request.headers()[header::CONNECTION], named);
+        }
     }
 
     #[test]
