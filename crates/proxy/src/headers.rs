@@ -38,6 +38,14 @@ pub(crate) fn tokens_of(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> 
     value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
 }
 
+/// Whether a `Connection` value names only `close` and `keep-alive`: no
+/// other field to remove, nothing for anyone but this connection.
+pub(crate) fn only_close_or_keep_alive(value: &[u8]) -> bool {
+    tokens_of(value).all(|t| {
+        t.is_empty() || t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"keep-alive")
+    })
+}
+
 /// Writes one `name: value` line of an HTTP/1 head.
 pub(crate) fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     write_field_bytes(out, name.as_str().as_bytes(), value.as_bytes());

@@ -59,7 +59,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 
 use crate::body::ProxyBody;
-use crate::headers::{tokens, write_field};
+use crate::headers::{only_close_or_keep_alive, tokens, write_field};
 use crate::upstream::h1::{ChunkedDecoder, FieldKind, Piece, RawFields};
 use crate::upstream::BodyError;
 
@@ -1321,20 +1321,16 @@ fn parse_request(
             let chunked_before = codings_named.any(|t| t.eq_ignore_ascii_case(b"chunked"));
             chunked = Some(last.eq_ignore_ascii_case(b"chunked") && !chunked_before);
         } else if name == header::CONNECTION {
-            let mut other = false;
             for token in tokens(&value) {
-                let is_close = token.eq_ignore_ascii_case(b"close");
-                let is_keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
-                close |= is_close;
-                keep_alive |= is_keep_alive;
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
                 upgrade_token |= token.eq_ignore_ascii_case(b"upgrade");
-                other |= !(is_close || is_keep_alive || token.is_empty());
             }
             // A `Connection` of only `close` and `keep-alive` is this
             // connection's business, read above, and names no field to
             // remove: it stays out of the map (the proxy would otherwise
             // look it up, parse it again and remove it).
-            if !other {
+            if only_close_or_keep_alive(value.as_bytes()) {
                 continue;
             }
         } else if name == header::HOST {

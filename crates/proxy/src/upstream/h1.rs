@@ -45,7 +45,7 @@ use tokio_util::io::poll_read_buf;
 
 use super::Lease;
 use crate::body::{RequestBody, RequestBodyError};
-use crate::headers::{tokens_of, write_field, Forwarding};
+use crate::headers::{only_close_or_keep_alive, tokens_of, write_field, Forwarding};
 
 /// Most header fields an answer may carry: hyper's default, so a backend
 /// that worked through hyper still works.
@@ -754,14 +754,6 @@ impl RawFields {
         }
         Ok(map)
     }
-}
-
-/// Whether a `Connection` value names only `close` and `keep-alive`
-/// (no other field to remove).
-fn only_close_or_keep_alive(value: &[u8]) -> bool {
-    crate::headers::tokens_of(value).all(|t| {
-        t.is_empty() || t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"keep-alive")
-    })
 }
 
 fn invalid_head(e: httparse::Error) -> &'static str {

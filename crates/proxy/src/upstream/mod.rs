@@ -432,7 +432,9 @@ impl Upstream {
     /// closed before any byte of an answer to an idempotent request without
     /// a body (the keep-alive race: the backend closed it as the request
     /// left). Nothing else is sent twice. `now` is the time of the attempt
-    /// (the caller has read the clock already). `raw`: the answer's fields
+    /// (the caller has read the clock already). `forwarding`: the proxy's
+    /// forwarding fields, written after `head`'s when they are not in its
+    /// map ([`Forwarding`]). `raw`: the answer's fields
     /// may stay as the backend's bytes, out of its header map
     /// ([`h1::parse_head`]); only a caller that passes the answer to an
     /// HTTP/1 client untouched may ask for that.
