@@ -12,6 +12,12 @@ Method (see docs/benchmarks.md):
 - CPU time of the proxy process read from /proc/PID/stat (utime + stime)
   before and after each run -> CPU microseconds per request;
 - runs interleaved (A B C A B C ...), repeated, medians reported.
+
+Fulcrum's http listeners defer accepting a connection until its first bytes
+arrive (`defer_accept`, on by default); the anchors run as configured by
+default. `--anchors-defer` gives them the same option (NGINX `listen ...
+deferred`, HAProxy `bind ... defer-accept`). `--also NAME=BINARY` runs
+another Fulcrum build beside the first (A/B of a change, same load).
 Only 127.0.0.1 is used; every process started is stopped at the end.
 """
 import argparse, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
@@ -100,9 +106,9 @@ def certificate(tmp):
         f.write(open(cert).read() + open(key).read())
     return cert, key, pem
 
-def fulcrum(binary, tmp, port, tls_port, ups, tls):
+def fulcrum(binary, tmp, port, tls_port, ups, tls, name="fulcrum"):
     backends = ", ".join(f'{{ address = "127.0.0.1:{p}" }}' for p in ups)
-    conf = os.path.join(tmp, "fulcrum.toml")
+    conf = os.path.join(tmp, f"{name}.toml")
     with open(conf, "w") as f:
         f.write(f"""[runtime]
 worker_threads = 1
@@ -122,9 +128,10 @@ algorithm = "round-robin"
 backends = [{backends}]
 """)
     env_argv = [binary, "run", "-c", conf]
-    return Proc("fulcrum", env_argv, port, 0, tls_port)
+    return Proc(name, env_argv, port, 0, tls_port)
 
-def haproxy(tmp, port, tls_port, ups, tls):
+def haproxy(tmp, port, tls_port, ups, tls, defer=False):
+    opt = " defer-accept" if defer else ""
     servers = "\n".join(f"    server s{i} 127.0.0.1:{p}" for i, p in enumerate(ups))
     conf = os.path.join(tmp, "haproxy.cfg")
     with open(conf, "w") as f:
@@ -138,8 +145,8 @@ defaults
     timeout server 30s
     http-reuse always
 frontend web
-    bind 127.0.0.1:{port}
-    bind 127.0.0.1:{tls_port} ssl crt {tls[2]} alpn h2,http/1.1
+    bind 127.0.0.1:{port}{opt}
+    bind 127.0.0.1:{tls_port}{opt} ssl crt {tls[2]} alpn h2,http/1.1
     default_backend app
 backend app
     balance roundrobin
@@ -147,7 +154,8 @@ backend app
 """)
     return Proc("haproxy", ["haproxy", "-db", "-f", conf], port, 0, tls_port)
 
-def nginx_proxy(tmp, port, tls_port, ups, tls):
+def nginx_proxy(tmp, port, tls_port, ups, tls, defer=False):
+    opt = " deferred" if defer else ""
     servers = "\n".join(f"server 127.0.0.1:{p};" for p in ups)
     conf = os.path.join(tmp, "nginx-proxy.conf")
     with open(conf, "w") as f:
@@ -156,7 +164,7 @@ events {{ worker_connections 4096; }}
 http {{
   access_log off;
   upstream app {{ {servers} keepalive 64; }}
-  server {{ listen 127.0.0.1:{port}; listen 127.0.0.1:{tls_port} ssl http2; keepalive_requests 100000;
+  server {{ listen 127.0.0.1:{port}{opt}; listen 127.0.0.1:{tls_port}{opt} ssl http2; keepalive_requests 100000;
     ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]};
     location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}
 }}
@@ -235,9 +243,20 @@ def main():
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--scenarios", default="small,16k,close,h2tls")
     ap.add_argument("--proxies", default="fulcrum,haproxy,nginx")
+    ap.add_argument("--anchors-defer", action="store_true",
+                    help="HAProxy and NGINX also defer accepting until the client's first bytes, like Fulcrum")
+    ap.add_argument("--also", action="append", default=[], metavar="NAME=BINARY",
+                    help="another Fulcrum build run beside --fulcrum (interleaved, same load), reported as NAME")
     args = ap.parse_args()
     scenarios = args.scenarios.split(",")
     names = args.proxies.split(",")
+    builds = {"fulcrum": args.fulcrum}
+    for a in args.also:
+        name, _, binary = a.partition("=")
+        if not binary or name in names:
+            ap.error(f"--also {a}: expected NAME=BINARY with a new NAME")
+        builds[name] = binary
+        names.insert(names.index("fulcrum") + 1 if "fulcrum" in names else 0, name)
     tmp = tempfile.mkdtemp(prefix="fulcrum-bench-")
     os.chmod(tmp, 0o755)  # nginx workers run as another user
     ups = [free_port() for _ in range(3)]
@@ -249,9 +268,11 @@ def main():
         procs = {}
         for n in names:
             port, tls_port = free_port(), free_port()
-            p = {"fulcrum": lambda: fulcrum(args.fulcrum, tmp, port, tls_port, ups, tls),
-                 "haproxy": lambda: haproxy(tmp, port, tls_port, ups, tls),
-                 "nginx": lambda: nginx_proxy(tmp, port, tls_port, ups, tls)}[n]()
+            if n in builds:
+                p = fulcrum(builds[n], tmp, port, tls_port, ups, tls, n)
+            else:
+                p = {"haproxy": lambda: haproxy(tmp, port, tls_port, ups, tls, args.anchors_defer),
+                     "nginx": lambda: nginx_proxy(tmp, port, tls_port, ups, tls, args.anchors_defer)}[n]()
             started.append(p); procs[n] = p
         for rep in range(args.reps):
             for s in scenarios:

@@ -120,6 +120,8 @@ pub struct FileListener {
     pub deny: Option<Vec<String>>,
     /// Peers whose `X-Forwarded-For` is trusted (CIDRs or addresses).
     pub trusted_proxies: Option<Vec<String>>,
+    /// Accept a connection only once its first bytes arrived (`TCP_DEFER_ACCEPT`).
+    pub defer_accept: Option<bool>,
 }
 
 impl FileListener {
@@ -153,6 +155,7 @@ impl FileListener {
         "allow",
         "deny",
         "trusted_proxies",
+        "defer_accept",
     ];
 }
 

@@ -211,6 +211,9 @@ pub struct ListenerConfig {
     /// Peers whose `X-Forwarded-For` is kept and appended to; from any
     /// other peer the header is replaced by the peer's address.
     pub trusted_proxies: Vec<IpNet>,
+    /// Whether the kernel hands over a connection only once the client has
+    /// sent its first bytes (`TCP_DEFER_ACCEPT`); http listeners by default.
+    pub defer_accept: bool,
 }
 
 /// 65 536 UDP flows: one per client address, each one socket and a task; far

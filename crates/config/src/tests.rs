@@ -182,6 +182,7 @@ fn key_lists_match_the_file_shapes() {
         allow: Some(vec![]),
         deny: Some(vec![]),
         trusted_proxies: Some(vec![]),
+        defer_accept: Some(true),
     };
     assert_eq!(keys(&listener), sorted(file::FileListener::KEYS));
     let value_match = file::FileValueMatch {
@@ -511,6 +512,35 @@ fn parse_accepts_tcp_and_udp_listeners_with_l4_keys() {
     assert!(tcp.routes.is_empty());
     assert_eq!(c.listeners[1].max_flows, 100);
     assert_eq!(c.clusters["app"].proxy_protocol, Some(ProxyProtocol::V2));
+}
+
+#[test]
+fn defer_accept_defaults_on_for_http_off_for_tcp_and_is_refused_on_udp() {
+    let http = parse(GOOD, None).expect("valid");
+    assert!(http.listeners[0].defer_accept);
+    let off = GOOD.replace(
+        "protocol = \"http\"",
+        "protocol = \"http\"\ndefer_accept = false",
+    );
+    assert!(!parse(&off, None).expect("valid").listeners[0].defer_accept);
+    let l4 = parse(L4, None).expect("valid");
+    assert!(
+        !l4.listeners[0].defer_accept,
+        "tcp listeners may carry server-first protocols"
+    );
+    let on = L4.replace(
+        "protocol = \"tcp\"",
+        "protocol = \"tcp\"\ndefer_accept = true",
+    );
+    assert!(parse(&on, None).expect("valid").listeners[0].defer_accept);
+    let udp = L4.replace("max_flows = 100", "max_flows = 100\ndefer_accept = true");
+    let found = problems(&udp);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.key == "listener[1].defer_accept" && p.message.contains("udp")),
+        "{found:?}"
+    );
 }
 
 #[test]

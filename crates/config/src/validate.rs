@@ -223,6 +223,15 @@ impl Validator {
                 "missing; list the load balancers trusted to send PROXY headers, e.g. proxy_protocol_from = [\"10.0.0.0/8\"]",
             );
         }
+        if file.defer_accept.is_some() && protocol == Protocol::Udp {
+            self.problem(
+                key("defer_accept"),
+                "udp listeners accept no connections; remove `defer_accept`",
+            );
+        }
+        // HTTP and TLS clients speak first; a tcp listener may carry a
+        // protocol whose server speaks first (SMTP, MySQL), so it opts in.
+        let defer_accept = file.defer_accept.unwrap_or(protocol == Protocol::Http);
         let mut max_flows = DEFAULT_MAX_FLOWS;
         if let Some(n) = file.max_flows {
             if protocol != Protocol::Udp {
@@ -342,6 +351,7 @@ impl Validator {
             deny: self.networks(&key("deny"), file.deny.as_deref()),
             trusted_proxies: self
                 .networks(&key("trusted_proxies"), file.trusted_proxies.as_deref()),
+            defer_accept,
         }
     }
 

@@ -440,8 +440,12 @@ async fn max_connections_per_ip_refuses_the_extra_connection() {
     let backend = RecordingBackend::spawn().await;
     let proxy = proxy_to(backend.addr, "max_connections_per_ip = 2");
     let addr = proxy.addr("web");
-    let _a = TcpStream::connect(addr).await.unwrap();
-    let _b = TcpStream::connect(addr).await.unwrap();
+    // Each holds a half-sent head: a connection counts once it has spoken
+    // (http listeners defer accepting silent ones to the kernel).
+    let mut _a = TcpStream::connect(addr).await.unwrap();
+    let mut _b = TcpStream::connect(addr).await.unwrap();
+    _a.write_all(b"GET /a HTTP/1.1\r\n").await.unwrap();
+    _b.write_all(b"GET /b HTTP/1.1\r\n").await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (text, closed) = exchange(addr, b"GET /third HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()).await;
     assert!(closed && text.is_empty(), "{text}");
@@ -449,6 +453,59 @@ async fn max_connections_per_ip_refuses_the_extra_connection() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (text, _) = get_close(addr, "/again").await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
+
+/// `fulcrum_listener_connections_total{listener="web"}`: connections the
+/// proxy has accepted.
+async fn accepted(proxy: &Proxy) -> u64 {
+    let metrics = get(&client(), proxy.admin, "/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("fulcrum_listener_connections_total{listener=\"web\"}"))
+        .unwrap_or_else(|| panic!("no accepted count in {text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn defer_accept_leaves_silent_connections_to_the_kernel_until_they_speak() {
+    let _shared = TIMING.read().await;
+    let backend = RecordingBackend::spawn().await;
+    for deferred in [true, false] {
+        let extra = if deferred { "" } else { "defer_accept = false" };
+        let proxy = proxy_to(backend.addr, extra);
+        let mut silent = TcpStream::connect(proxy.addr("web")).await.unwrap();
+        if deferred {
+            // The kernel holds it for about a second before handing it over.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(
+                accepted(&proxy).await,
+                0,
+                "a silent connection was accepted"
+            );
+        } else {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while accepted(&proxy).await == 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(
+                accepted(&proxy).await,
+                1,
+                "defer_accept = false waits for data"
+            );
+        }
+        silent
+            .write_all(b"GET /spoke HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        tokio::time::timeout(Duration::from_secs(10), silent.read_to_string(&mut text))
+            .await
+            .expect("answered")
+            .unwrap();
+        assert!(text.starts_with("HTTP/1.1 200"), "{extra}: {text}");
+        assert_eq!(accepted(&proxy).await, 1);
+    }
 }
 
 // ---------------------------------------------------------------------------

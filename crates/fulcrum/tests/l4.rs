@@ -147,6 +147,34 @@ fn tcp_idle_connection_is_closed_after_idle_timeout() {
 }
 
 #[test]
+fn tcp_backend_that_speaks_first_greets_a_silent_client_at_once() {
+    // SMTP, MySQL and the like: the server speaks first. A tcp listener
+    // must not wait for the client's bytes before accepting (defer_accept
+    // is off unless asked for, unlike on http listeners).
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = l.local_addr().unwrap();
+    let _greeter = thread::spawn(move || {
+        for mut conn in l.incoming().take(1).flatten() {
+            let _ = conn.write_all(b"220 ready\r\n");
+            thread::sleep(Duration::from_secs(5));
+        }
+    });
+    let proxy = Proxy::run(&tcp_config(
+        "",
+        &cluster_block("app", "round-robin", &[(backend, 1)]),
+    ));
+    let mut s = TcpStream::connect(proxy.addr("l4")).unwrap();
+    // A deferred accept would hold this connection for at least the
+    // kernel's one-second SYN-ACK retransmission.
+    s.set_read_timeout(Some(Duration::from_millis(900)))
+        .unwrap();
+    let mut buf = [0u8; 11];
+    s.read_exact(&mut buf)
+        .expect("greeting arrives without the client sending first");
+    assert_eq!(&buf, b"220 ready\r\n");
+}
+
+#[test]
 fn tcp_max_connections_holds_extra_clients_until_one_leaves() {
     let backend = checksum_backend();
     let proxy = Proxy::run(&tcp_config(

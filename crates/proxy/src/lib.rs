@@ -7,7 +7,7 @@
 //!   [`Snapshot`] published through `ArcSwap`, and the per-backend learned
 //!   state that survives reloads;
 //! * [`listener`]: bound sockets, accept loops and graceful shutdown
-//!   ([`Server`]);
+//!   ([`Server`]); `defer_accept` wakes them only for clients that spoke;
 //! * [`http`]: the L7 request path (route, pick, forward, retry, upgrade);
 //! * [`routes`], [`rewrite`], [`ratelimit`], [`sticky`]: route matching,
 //!   route actions, per-route rate limits, sticky sessions;
@@ -27,6 +27,7 @@ pub mod admission;
 pub mod backend_tls;
 pub mod body;
 pub mod clock;
+mod defer_accept;
 pub mod geoip;
 pub mod headers;
 pub mod health;

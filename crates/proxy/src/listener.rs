@@ -291,6 +291,9 @@ async fn accept_with(
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let per_ip = Arc::new(PerIp::default());
     let mut nodelay = NoDelay::new(socket);
+    if let Err(e) = crate::defer_accept::set(socket, config.defer_accept) {
+        tracing::warn!(listener = %name, error = %e, "cannot set defer_accept; connections are accepted before they send");
+    }
     loop {
         let permit = Arc::clone(&permits)
             .acquire_owned()

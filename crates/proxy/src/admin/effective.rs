@@ -58,6 +58,7 @@ pub fn to_file(config: &Config) -> FileConfig {
                 allow: Some(l.allow.iter().map(|n| n.to_string()).collect()),
                 deny: Some(l.deny.iter().map(|n| n.to_string()).collect()),
                 trusted_proxies: Some(l.trusted_proxies.iter().map(|n| n.to_string()).collect()),
+                defer_accept: (l.protocol != Protocol::Udp).then_some(l.defer_accept),
                 debug_from: Some(l.debug_from.iter().map(|n| n.to_string()).collect()),
                 route: l
                     .routes
