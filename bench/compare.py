@@ -16,11 +16,14 @@ Method (see docs/benchmarks.md):
 Fulcrum's http listeners defer accepting a connection until its first bytes
 arrive (`defer_accept`, on by default); the anchors run as configured by
 default. `--anchors-defer` gives them the same option (NGINX `listen ...
-deferred`, HAProxy `bind ... defer-accept`). `--also NAME=BINARY` runs
+deferred`, HAProxy `bind ... defer-accept`). `--anchors-forwarding` has
+them send the origin the fields Fulcrum sends by default (X-Forwarded-For,
+-Proto, -Host and Via), so the origin does the same work for each proxy.
+`--also NAME=BINARY` runs
 another Fulcrum build beside the first (A/B of a change, same load).
 Only 127.0.0.1 is used; every process started is stopped at the end.
 """
-import argparse, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+import argparse, os, re, resource, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -130,8 +133,13 @@ backends = [{backends}]
     env_argv = [binary, "run", "-c", conf]
     return Proc(name, env_argv, port, 0, tls_port)
 
-def haproxy(tmp, port, tls_port, ups, tls, defer=False):
+def haproxy(tmp, port, tls_port, ups, tls, defer=False, forwarding=False):
     opt = " defer-accept" if defer else ""
+    fields = """    option forwardfor
+    http-request set-header X-Forwarded-Proto %[ssl_fc,iif(https,http)]
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request add-header Via "%[req.ver] haproxy"
+""" if forwarding else ""
     servers = "\n".join(f"    server s{i} 127.0.0.1:{p}" for i, p in enumerate(ups))
     conf = os.path.join(tmp, "haproxy.cfg")
     with open(conf, "w") as f:
@@ -148,14 +156,16 @@ frontend web
     bind 127.0.0.1:{port}{opt}
     bind 127.0.0.1:{tls_port}{opt} ssl crt {tls[2]} alpn h2,http/1.1
     default_backend app
-backend app
+{fields}backend app
     balance roundrobin
 {servers}
 """)
     return Proc("haproxy", ["haproxy", "-db", "-f", conf], port, 0, tls_port)
 
-def nginx_proxy(tmp, port, tls_port, ups, tls, defer=False):
+def nginx_proxy(tmp, port, tls_port, ups, tls, defer=False, forwarding=False):
     opt = " deferred" if defer else ""
+    fields = ("proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto $scheme; "
+              "proxy_set_header X-Forwarded-Host $host; proxy_set_header Via \"$server_protocol nginx\"; ") if forwarding else ""
     servers = "\n".join(f"server 127.0.0.1:{p};" for p in ups)
     conf = os.path.join(tmp, "nginx-proxy.conf")
     with open(conf, "w") as f:
@@ -166,7 +176,7 @@ http {{
   upstream app {{ {servers} keepalive 64; }}
   server {{ listen 127.0.0.1:{port}{opt}; listen 127.0.0.1:{tls_port}{opt} ssl http2; keepalive_requests 100000;
     ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]};
-    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}
+    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; {fields}}} }}
 }}
 """)
     return Proc("nginx", ["nginx", "-c", conf, "-p", tmp], port, 0, tls_port)
@@ -214,9 +224,15 @@ def run_once(proc, origin_proc, scenario, duration, conns):
     pids = proc.pids()
     opids = origin_proc.pids()
     obefore = cpu_ticks(opids)
+    lbefore = resource.getrusage(resource.RUSAGE_CHILDREN)
     r = run_load(proc, pids, path, extra, duration, conns)
+    lafter = resource.getrusage(resource.RUSAGE_CHILDREN)
     oafter = cpu_ticks(opids)
     r["origin_us"] = cpu_per_request(obefore, oafter, r["total"])["cpu_us"]
+    # The load generator (wrk or h2load, a waited-for child): its CPU per
+    # request shows whether a proxy's answers cost the client side more.
+    spent = (lafter.ru_utime - lbefore.ru_utime) + (lafter.ru_stime - lbefore.ru_stime)
+    r["load_us"] = spent * 1e6 / max(r["total"], 1)
     return r
 
 def run_load(proc, pids, path, extra, duration, conns):
@@ -245,6 +261,8 @@ def main():
     ap.add_argument("--proxies", default="fulcrum,haproxy,nginx")
     ap.add_argument("--anchors-defer", action="store_true",
                     help="HAProxy and NGINX also defer accepting until the client's first bytes, like Fulcrum")
+    ap.add_argument("--anchors-forwarding", action="store_true",
+                    help="HAProxy and NGINX also send X-Forwarded-For/-Proto/-Host and Via to the origin, like Fulcrum")
     ap.add_argument("--also", action="append", default=[], metavar="NAME=BINARY",
                     help="another Fulcrum build run beside --fulcrum (interleaved, same load), reported as NAME")
     args = ap.parse_args()
@@ -271,8 +289,9 @@ def main():
             if n in builds:
                 p = fulcrum(builds[n], tmp, port, tls_port, ups, tls, n)
             else:
-                p = {"haproxy": lambda: haproxy(tmp, port, tls_port, ups, tls, args.anchors_defer),
-                     "nginx": lambda: nginx_proxy(tmp, port, tls_port, ups, tls, args.anchors_defer)}[n]()
+                p = {"haproxy": lambda: haproxy(tmp, port, tls_port, ups, tls, args.anchors_defer, args.anchors_forwarding),
+                     "nginx": lambda: nginx_proxy(tmp, port, tls_port, ups, tls, args.anchors_defer,
+                                                  args.anchors_forwarding)}[n]()
             started.append(p); procs[n] = p
         for rep in range(args.reps):
             for s in scenarios:
@@ -280,7 +299,7 @@ def main():
                     r = run_once(procs[n], started[0], s, args.duration, args.connections)
                     results[(s, n)].append(r)
                     print(f"rep {rep+1} {s:6} {n:8} {r['rps']:>9.0f} req/s  p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms  "
-                          f"cpu {r['cpu_us']:.1f} us/req (user {r['user_us']:.1f})  origin {r['origin_us']:.1f}  errors {r['errors']}", file=sys.stderr, flush=True)
+                          f"cpu {r['cpu_us']:.1f} us/req (user {r['user_us']:.1f})  origin {r['origin_us']:.1f}  load {r['load_us']:.1f}  errors {r['errors']}", file=sys.stderr, flush=True)
     finally:
         for p in reversed(started):
             p.stop()
@@ -288,14 +307,14 @@ def main():
     print(f"\nMedians of {args.reps} interleaved runs of {args.duration} s, wrk -t1 -c{args.connections} "
           f"(h2tls: h2load -c{args.connections} -m1, mean latency in the p50 column), "
           f"proxy pinned to CPU 0 with 1 worker, origin and load generator on CPU 1.\n")
-    print("| scenario | proxy | req/s | p50 ms | p99 ms | CPU µs/req | of it user | origin µs/req | errors |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| scenario | proxy | req/s | p50 ms | p99 ms | CPU µs/req | of it user | origin µs/req | load gen µs/req | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for s in scenarios:
         for n in names:
             rs = results[(s, n)]
             med = lambda k: statistics.median(r[k] for r in rs)
             p99 = "-" if med('p99') != med('p99') else f"{med('p99'):.2f}"
-            print(f"| {s} | {n} | {med('rps'):.0f} | {med('p50'):.2f} | {p99} | {med('cpu_us'):.1f} | {med('user_us'):.1f} | {med('origin_us'):.1f} | {sum(r['errors'] for r in rs)} |")
+            print(f"| {s} | {n} | {med('rps'):.0f} | {med('p50'):.2f} | {p99} | {med('cpu_us'):.1f} | {med('user_us'):.1f} | {med('origin_us'):.1f} | {med('load_us'):.1f} | {sum(r['errors'] for r in rs)} |")
 
 if __name__ == "__main__":
     main()
