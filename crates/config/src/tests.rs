@@ -515,7 +515,7 @@ fn parse_accepts_tcp_and_udp_listeners_with_l4_keys() {
 }
 
 #[test]
-fn defer_accept_defaults_on_for_http_off_for_tcp_and_is_refused_on_udp() {
+fn defer_accept_defaults_on_where_clients_speak_first_and_is_refused_on_udp() {
     let http = parse(GOOD, None).expect("valid");
     assert!(http.listeners[0].defer_accept);
     let off = GOOD.replace(
@@ -523,16 +523,29 @@ fn defer_accept_defaults_on_for_http_off_for_tcp_and_is_refused_on_udp() {
         "protocol = \"http\"\ndefer_accept = false",
     );
     assert!(!parse(&off, None).expect("valid").listeners[0].defer_accept);
+    // The example's tcp listener reads a PROXY header and routes by SNI:
+    // its clients speak first.
     let l4 = parse(L4, None).expect("valid");
+    assert!(l4.listeners[0].defer_accept);
+    let plain = L4
+        .replace("accept_proxy_protocol = true\n", "")
+        .replace("proxy_protocol_from = [\"10.0.0.0/8\"]\n", "")
+        .replace(
+            "[[listener.route]]\nsni = \"*.example.com\"\ncluster = \"app\"\n",
+            "",
+        );
+    let plain = parse(&plain, None).expect("valid");
+    let tcp = &plain.listeners[0];
+    assert!(tcp.sni_routes.is_empty() && !tcp.accept_proxy_protocol);
     assert!(
-        !l4.listeners[0].defer_accept,
-        "tcp listeners may carry server-first protocols"
+        !tcp.defer_accept,
+        "a plain tcp listener may carry a server-first protocol"
     );
-    let on = L4.replace(
+    let off = L4.replace(
         "protocol = \"tcp\"",
-        "protocol = \"tcp\"\ndefer_accept = true",
+        "protocol = \"tcp\"\ndefer_accept = false",
     );
-    assert!(parse(&on, None).expect("valid").listeners[0].defer_accept);
+    assert!(!parse(&off, None).expect("valid").listeners[0].defer_accept);
     let udp = L4.replace("max_flows = 100", "max_flows = 100\ndefer_accept = true");
     let found = problems(&udp);
     assert!(

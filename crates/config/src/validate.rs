@@ -229,9 +229,14 @@ impl Validator {
                 "udp listeners accept no connections; remove `defer_accept`",
             );
         }
-        // HTTP and TLS clients speak first; a tcp listener may carry a
-        // protocol whose server speaks first (SMTP, MySQL), so it opts in.
-        let defer_accept = file.defer_accept.unwrap_or(protocol == Protocol::Http);
+        // HTTP and TLS clients speak first. A tcp listener may carry a
+        // protocol whose server speaks first (SMTP, MySQL), so it defers
+        // only when it must read the client's first bytes anyway: a TLS
+        // handshake, SNI routes or a PROXY header.
+        let client_speaks_first = protocol == Protocol::Http
+            || (protocol == Protocol::Tcp
+                && (tls.is_some() || !sni_routes.is_empty() || accept_proxy_protocol));
+        let defer_accept = file.defer_accept.unwrap_or(client_speaks_first);
         let mut max_flows = DEFAULT_MAX_FLOWS;
         if let Some(n) = file.max_flows {
             if protocol != Protocol::Udp {
