@@ -212,7 +212,8 @@ pub struct ListenerConfig {
     /// other peer the header is replaced by the peer's address.
     pub trusted_proxies: Vec<IpNet>,
     /// Whether the kernel hands over a connection only once the client has
-    /// sent its first bytes (`TCP_DEFER_ACCEPT`); http listeners by default.
+    /// sent its first bytes (`TCP_DEFER_ACCEPT`); by default where clients
+    /// speak first (http listeners; tcp with TLS, SNI routes or PROXY headers).
     pub defer_accept: bool,
 }
 
