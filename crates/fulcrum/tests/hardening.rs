@@ -508,6 +508,48 @@ async fn defer_accept_leaves_silent_connections_to_the_kernel_until_they_speak()
     }
 }
 
+#[tokio::test]
+async fn defer_accept_turned_off_by_a_reload_applies_to_the_running_listener() {
+    let _shared = TIMING.read().await;
+    let backend = RecordingBackend::spawn().await;
+    let proxy = proxy_to(backend.addr, "");
+    let text = std::fs::read_to_string(&proxy.config_path).unwrap();
+    let off = text.replacen(
+        "cluster = \"app\"\n",
+        "cluster = \"app\"\ndefer_accept = false\n",
+        1,
+    );
+    assert_ne!(off, text);
+    std::fs::write(&proxy.config_path, off).unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-HUP", &proxy.child.id().to_string()])
+        .status();
+    let reloaded = "fulcrum_config_reloads_total{result=\"success\"} 1";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = get(&client(), proxy.admin, "/metrics").await;
+        if String::from_utf8_lossy(&metrics.body).contains(reloaded) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no reload");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The listener's accept loop restarts with the new settings.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = accepted(&proxy).await;
+    let _silent = TcpStream::connect(proxy.addr("web")).await.unwrap();
+    // Still deferred, the kernel would hold it for a second.
+    let started = Instant::now();
+    while accepted(&proxy).await == before && started.elapsed() < Duration::from_millis(700) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        accepted(&proxy).await,
+        before + 1,
+        "still deferred after the reload"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Slowloris.
 

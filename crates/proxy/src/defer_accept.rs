@@ -48,6 +48,18 @@ pub(crate) fn set(listener: &impl AsFd, on: bool) -> io::Result<()> {
     }
 }
 
+/// Sets the option as `listener` configures it, warning (not failing) if
+/// the system refuses: connections are then accepted before they speak.
+///
+/// Called right after binding, before the listener is announced, so that
+/// no connection is accepted under the wrong setting, and again when a
+/// reload restarts the accept loop with changed settings.
+pub(crate) fn apply(socket: &impl AsFd, listener: &fulcrum_config::ListenerConfig) {
+    if let Err(e) = set(socket, listener.defer_accept) {
+        tracing::warn!(listener = %listener.name, error = %e, "cannot set defer_accept; connections are accepted before they send");
+    }
+}
+
 /// Other systems have no such option: connections are accepted at once.
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn set(_listener: &impl AsFd, _on: bool) -> io::Result<()> {

@@ -102,6 +102,7 @@ impl Server {
                     address: l.bind,
                     source,
                 })?;
+            crate::defer_accept::apply(&socket, l);
             let tls = TlsTerminator::new(l, runtime.snapshot().generation)
                 .map_err(|source| ServeError::Tls {
                     listener: l.name.clone(),
@@ -291,9 +292,8 @@ async fn accept_with(
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let per_ip = Arc::new(PerIp::default());
     let mut nodelay = NoDelay::new(socket);
-    if let Err(e) = crate::defer_accept::set(socket, config.defer_accept) {
-        tracing::warn!(listener = %name, error = %e, "cannot set defer_accept; connections are accepted before they send");
-    }
+    // A reload may have changed it (binding set it first).
+    crate::defer_accept::apply(socket, config);
     loop {
         let permit = Arc::clone(&permits)
             .acquire_owned()

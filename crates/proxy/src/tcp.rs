@@ -92,9 +92,6 @@ pub(crate) async fn accept_loop(
 ) {
     let name: Arc<str> = Arc::from(config.name.as_str());
     let permits = Arc::new(Semaphore::new(config.limits.max_connections));
-    if let Err(e) = crate::defer_accept::set(&socket, config.defer_accept) {
-        tracing::warn!(listener = %name, error = %e, "cannot set defer_accept; connections are accepted before they send");
-    }
     loop {
         let permit = tokio::select! {
             p = Arc::clone(&permits).acquire_owned() => p.expect("semaphore is never closed"),
