@@ -148,9 +148,9 @@ fn tcp_idle_connection_is_closed_after_idle_timeout() {
 
 #[test]
 fn tcp_backend_that_speaks_first_greets_a_silent_client_at_once() {
-    // SMTP, MySQL and the like: the server speaks first. A tcp listener
-    // must not wait for the client's bytes before accepting (defer_accept
-    // is off unless asked for, unlike on http listeners).
+    // SMTP, MySQL and the like: the server speaks first. A plain tcp
+    // listener (no tls, SNI routes or PROXY header) must not wait for the
+    // client's bytes before accepting: its defer_accept is off by default.
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let backend = l.local_addr().unwrap();
     let _greeter = thread::spawn(move || {
