@@ -442,14 +442,14 @@ async fn max_connections_per_ip_refuses_the_extra_connection() {
     let addr = proxy.addr("web");
     // Each holds a half-sent head: a connection counts once it has spoken
     // (http listeners defer accepting silent ones to the kernel).
-    let mut _a = TcpStream::connect(addr).await.unwrap();
-    let mut _b = TcpStream::connect(addr).await.unwrap();
-    _a.write_all(b"GET /a HTTP/1.1\r\n").await.unwrap();
-    _b.write_all(b"GET /b HTTP/1.1\r\n").await.unwrap();
+    let mut a = TcpStream::connect(addr).await.unwrap();
+    let mut b = TcpStream::connect(addr).await.unwrap();
+    a.write_all(b"GET /a HTTP/1.1\r\n").await.unwrap();
+    b.write_all(b"GET /b HTTP/1.1\r\n").await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (text, closed) = exchange(addr, b"GET /third HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()).await;
     assert!(closed && text.is_empty(), "{text}");
-    drop(_a);
+    drop(a);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (text, _) = get_close(addr, "/again").await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
@@ -465,6 +465,18 @@ async fn accepted(proxy: &Proxy) -> u64 {
         .find(|l| l.starts_with("fulcrum_listener_connections_total{listener=\"web\"}"))
         .unwrap_or_else(|| panic!("no accepted count in {text}"));
     line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// The accepted count once it has moved past `before`, or after `within`.
+async fn accepted_after(proxy: &Proxy, before: u64, within: Duration) -> u64 {
+    let started = Instant::now();
+    loop {
+        let now = accepted(proxy).await;
+        if now != before || started.elapsed() >= within {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
@@ -484,12 +496,8 @@ async fn defer_accept_leaves_silent_connections_to_the_kernel_until_they_speak()
                 "a silent connection was accepted"
             );
         } else {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while accepted(&proxy).await == 0 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
             assert_eq!(
-                accepted(&proxy).await,
+                accepted_after(&proxy, 0, Duration::from_secs(5)).await,
                 1,
                 "defer_accept = false waits for data"
             );
@@ -539,12 +547,8 @@ async fn defer_accept_turned_off_by_a_reload_applies_to_the_running_listener() {
     let before = accepted(&proxy).await;
     let _silent = TcpStream::connect(proxy.addr("web")).await.unwrap();
     // Still deferred, the kernel would hold it for a second.
-    let started = Instant::now();
-    while accepted(&proxy).await == before && started.elapsed() < Duration::from_millis(700) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     assert_eq!(
-        accepted(&proxy).await,
+        accepted_after(&proxy, before, Duration::from_millis(700)).await,
         before + 1,
         "still deferred after the reload"
     );

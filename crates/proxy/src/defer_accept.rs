@@ -48,6 +48,12 @@ pub(crate) fn set(listener: &impl AsFd, on: bool) -> io::Result<()> {
     }
 }
 
+/// Other systems have no such option: connections are accepted at once.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn set(_listener: &impl AsFd, _on: bool) -> io::Result<()> {
+    Ok(())
+}
+
 /// Sets the option as `listener` configures it, warning (not failing) if
 /// the system refuses: connections are then accepted before they speak.
 ///
@@ -58,12 +64,6 @@ pub(crate) fn apply(socket: &impl AsFd, listener: &fulcrum_config::ListenerConfi
     if let Err(e) = set(socket, listener.defer_accept) {
         tracing::warn!(listener = %listener.name, error = %e, "cannot set defer_accept; connections are accepted before they send");
     }
-}
-
-/// Other systems have no such option: connections are accepted at once.
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn set(_listener: &impl AsFd, _on: bool) -> io::Result<()> {
-    Ok(())
 }
 
 #[cfg(all(test, target_os = "linux"))]

@@ -378,6 +378,9 @@ enum State {
         ended: bool,
         /// A large chunk went out without its closing CRLF.
         crlf_due: bool,
+        /// The other ready connections have run since the answer came
+        /// (see `poll_connection`); its first write waits for that.
+        yielded: bool,
     },
     /// Writing what is left (an error answer), then closing.
     Close,
@@ -423,9 +426,6 @@ pub struct Connection<S, F, Fut> {
     keep_alive: bool,
     /// Close once the request in flight is answered.
     closing: bool,
-    /// Whether this answer has already let the other ready connections run
-    /// before its first write (see [`State::Write`] in `poll_connection`).
-    yielded: bool,
     /// The deadline of the partial head in `buf` (`header_timeout`), or of
     /// the lingering close. Allocated the first time one is needed and
     /// reused: most connections never need one.
@@ -459,7 +459,6 @@ where
             reading: None,
             keep_alive: true,
             closing: false,
-            yielded: false,
             timer: None,
             head_timed: false,
             linger: false,
@@ -813,16 +812,18 @@ where
                         return Poll::Pending;
                     }
                 }
-                State::Write { .. } => {
+                State::Write {
+                    ref mut yielded, ..
+                } => {
                     // Before an answer's first write, let the other ready
                     // connections run (the task goes to the back of the run
                     // queue, no syscall). Their answers then leave in one
                     // burst, and the clients find several at once after a
-                    // wakeup instead of waking for each. Same run: small
-                    // keep-alive requests/s +4 to +10 % at the same CPU
-                    // (docs/benchmarks.md, "Eighth session").
-                    if !self.yielded {
-                        self.yielded = true;
+                    // wakeup instead of waking for each. Same-run A/B:
+                    // small keep-alive requests/s +4 to +10 %, CPU within
+                    // noise (docs/benchmarks.md, "Eighth session").
+                    if !*yielded {
+                        *yielded = true;
                         cx.waker().wake_by_ref();
                         return Poll::Pending;
                     }
@@ -904,12 +905,12 @@ where
             &mut self.out,
         );
         crate::headers::recycle(parts.headers);
-        self.yielded = false;
         self.state = State::Write {
             body,
             encoding,
             ended: encoding == Encoding::Empty,
             crlf_due: false,
+            yielded: false,
         };
     }
 
@@ -921,6 +922,7 @@ where
                 encoding,
                 ended,
                 crlf_due,
+                ..
             } = &mut self.state
             else {
                 unreachable!("only called while writing");
