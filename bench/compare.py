@@ -11,7 +11,11 @@ Method (see docs/benchmarks.md):
   listener of the same process (self-signed certificate made with openssl);
 - CPU time of the proxy process read from /proc/PID/stat (utime + stime)
   before and after each run -> CPU microseconds per request;
-- runs interleaved (A B C A B C ...), repeated, medians reported.
+- runs interleaved (A B C A B C ...), repeated, medians reported;
+- beside each proxy's row: the origin's and the load generator's CPU per
+  request, how busy CPU 1 was (near 100 % it bounds requests/s, not the
+  proxy) and TCP segments per request on the whole machine (4 when every
+  ACK rides on data).
 
 Fulcrum's http listeners defer accepting a connection until its first bytes
 arrive (`defer_accept`, on by default); the anchors run as configured by
@@ -216,6 +220,19 @@ SCENARIOS = {
     "h2tls": ("/small", None),
 }
 
+def cpu_busy(cpu):
+    """(busy, total) jiffies of one CPU from /proc/stat; idle and iowait are not busy."""
+    for line in open("/proc/stat"):
+        if line.startswith(f"cpu{cpu} "):
+            f = [int(x) for x in line.split()[1:]]
+            return sum(f) - f[3] - f[4], sum(f)
+    return 0, 0
+
+def tcp_out_segments():
+    """Segments sent by every TCP socket of the machine (/proc/net/snmp)."""
+    rows = [line.split() for line in open("/proc/net/snmp") if line.startswith("Tcp:")]
+    return int(rows[1][rows[0].index("OutSegs")])
+
 def run_once(proc, origin_proc, scenario, duration, conns):
     """One load run against `proc`; also charges the origin's CPU (it shares
     CPU 1 with the load generator, so a proxy that makes the origin work
@@ -225,9 +242,18 @@ def run_once(proc, origin_proc, scenario, duration, conns):
     opids = origin_proc.pids()
     obefore = cpu_ticks(opids)
     lbefore = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy0, segs0 = cpu_busy(1), tcp_out_segments()
     r = run_load(proc, pids, path, extra, duration, conns)
+    busy1, segs1 = cpu_busy(1), tcp_out_segments()
     lafter = resource.getrusage(resource.RUSAGE_CHILDREN)
     oafter = cpu_ticks(opids)
+    # How busy CPU 1 (origin and load generator) was: near 100 % it, not the
+    # proxy, bounds the requests/s, and they then follow what the origin and
+    # the load generator spend per request.
+    r["cpu1_busy"] = 100 * (busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1)
+    # TCP segments per request on the whole machine (client, proxy and
+    # origin sides together): 4 when every ACK rides on data.
+    r["segments"] = (segs1 - segs0) / max(r["total"], 1)
     r["origin_us"] = cpu_per_request(obefore, oafter, r["total"])["cpu_us"]
     # The load generator (wrk or h2load, a waited-for child): its CPU per
     # request shows whether a proxy's answers cost the client side more.
@@ -299,7 +325,7 @@ def main():
                     r = run_once(procs[n], started[0], s, args.duration, args.connections)
                     results[(s, n)].append(r)
                     print(f"rep {rep+1} {s:6} {n:8} {r['rps']:>9.0f} req/s  p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms  "
-                          f"cpu {r['cpu_us']:.1f} us/req (user {r['user_us']:.1f})  origin {r['origin_us']:.1f}  load {r['load_us']:.1f}  errors {r['errors']}", file=sys.stderr, flush=True)
+                          f"cpu {r['cpu_us']:.1f} us/req (user {r['user_us']:.1f})  origin {r['origin_us']:.1f}  load {r['load_us']:.1f}  cpu1 {r['cpu1_busy']:.0f}%  segs {r['segments']:.2f}  errors {r['errors']}", file=sys.stderr, flush=True)
     finally:
         for p in reversed(started):
             p.stop()
@@ -307,14 +333,14 @@ def main():
     print(f"\nMedians of {args.reps} interleaved runs of {args.duration} s, wrk -t1 -c{args.connections} "
           f"(h2tls: h2load -c{args.connections} -m1, mean latency in the p50 column), "
           f"proxy pinned to CPU 0 with 1 worker, origin and load generator on CPU 1.\n")
-    print("| scenario | proxy | req/s | p50 ms | p99 ms | CPU µs/req | of it user | origin µs/req | load gen µs/req | errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| scenario | proxy | req/s | p50 ms | p99 ms | CPU µs/req | of it user | origin µs/req | load gen µs/req | CPU 1 busy | TCP segments/req | errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for s in scenarios:
         for n in names:
             rs = results[(s, n)]
             med = lambda k: statistics.median(r[k] for r in rs)
             p99 = "-" if med('p99') != med('p99') else f"{med('p99'):.2f}"
-            print(f"| {s} | {n} | {med('rps'):.0f} | {med('p50'):.2f} | {p99} | {med('cpu_us'):.1f} | {med('user_us'):.1f} | {med('origin_us'):.1f} | {med('load_us'):.1f} | {sum(r['errors'] for r in rs)} |")
+            print(f"| {s} | {n} | {med('rps'):.0f} | {med('p50'):.2f} | {p99} | {med('cpu_us'):.1f} | {med('user_us'):.1f} | {med('origin_us'):.1f} | {med('load_us'):.1f} | {med('cpu1_busy'):.0f} % | {med('segments'):.2f} | {sum(r['errors'] for r in rs)} |")
 
 if __name__ == "__main__":
     main()

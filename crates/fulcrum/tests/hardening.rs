@@ -1628,3 +1628,106 @@ async fn slow_backend_draining_an_upload_is_not_blamed_on_the_client() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.ends_with(&SIZE.to_string()), "{text}");
 }
+
+/// Bytes `stream` has sent that its peer has not acknowledged yet: the
+/// `tx_queue` column of the socket's line in /proc/net/tcp.
+fn unacknowledged(stream: &TcpStream) -> usize {
+    let (local, peer) = (stream.local_addr().unwrap(), stream.peer_addr().unwrap());
+    // 127.0.0.1 as the kernel prints it (in host byte order), then the port.
+    let hex = |a: SocketAddr| format!("0100007F:{:04X}", a.port());
+    let (local, peer) = (hex(local), hex(peer));
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let line = table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 4 && f[1] == local && f[2] == peer)
+        .expect("the socket is listed");
+    let (tx, _rx) = line[4].split_once(':').unwrap();
+    usize::from_str_radix(tx, 16).unwrap()
+}
+
+/// How long the bytes just written to `stream` wait for their ACK
+/// (bounded by 2 s).
+async fn acknowledged_within(stream: &TcpStream) -> Duration {
+    let start = Instant::now();
+    while unacknowledged(stream) > 0 && start.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    start.elapsed()
+}
+
+#[tokio::test]
+async fn a_request_on_a_new_connection_is_acknowledged_by_its_answer() {
+    let _shared = TIMING.read().await;
+    // A slow backend: the answer comes long after any ACK would have.
+    let bs = backends(&["300ms"]).await;
+    let proxy = proxy_to(bs[0].addr, "");
+    // The kernel acknowledges a held request after 40 ms at the latest; a
+    // check that ran later than that (a busy machine) proves nothing, so
+    // one connection in five is enough.
+    let mut held = 0;
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(proxy.addr("web")).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        if unacknowledged(&s) > 0 {
+            held += 1;
+        }
+        let mut text = String::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut text))
+            .await
+            .expect("answered")
+            .unwrap();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        if held > 0 {
+            break;
+        }
+    }
+    assert!(held > 0, "every request was acknowledged before its answer");
+}
+
+#[tokio::test]
+async fn a_request_sent_in_pieces_is_acknowledged_at_once() {
+    let _shared = TIMING.read().await;
+    let backend = RecordingBackend::spawn().await;
+    let proxy = proxy_to(backend.addr, "");
+    // A client with Nagle's algorithm on sends its next piece only once the
+    // last is acknowledged: a held ACK would cost it 40 ms per piece. One
+    // prompt ACK in five tries shows the proxy asked for it (a held ACK
+    // never comes sooner than about 36 ms).
+    let pieces: [(&[u8], &[u8]); 2] = [
+        (
+            b"GET /head HTTP/1.1\r\nHost: x\r\n",
+            b"Connection: close\r\n\r\n",
+        ),
+        (
+            b"POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nConnection: close\r\n\r\nab",
+            b"cd",
+        ),
+    ];
+    for (first, rest) in pieces {
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            let mut s = TcpStream::connect(proxy.addr("web")).await.unwrap();
+            s.write_all(first).await.unwrap();
+            let wait = acknowledged_within(&s).await;
+            waits.push(wait);
+            s.write_all(rest).await.unwrap();
+            let mut text = String::new();
+            tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut text))
+                .await
+                .expect("answered")
+                .unwrap();
+            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+            if wait < Duration::from_millis(20) {
+                break;
+            }
+        }
+        let first = String::from_utf8_lossy(first);
+        assert!(
+            waits.iter().any(|w| *w < Duration::from_millis(20)),
+            "{first:?}: acknowledged after {waits:?}"
+        );
+    }
+}

@@ -36,6 +36,7 @@ pub mod listener;
 pub mod listener_set;
 pub mod metrics;
 pub mod proxy_protocol;
+pub mod quick_ack;
 pub mod ratelimit;
 pub mod rewrite;
 pub mod routes;

@@ -42,6 +42,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use crate::http::server::{self, ClientBody};
 use crate::http::{handle, ConnInfo};
 use crate::listener_set::ListenerSet;
+use crate::quick_ack::QuickAck;
 use crate::state::Runtime;
 use crate::tls::TlsTerminator;
 
@@ -102,7 +103,7 @@ impl Server {
                     address: l.bind,
                     source,
                 })?;
-            crate::defer_accept::apply(&socket, l);
+            set_options(&socket, l);
             let tls = TlsTerminator::new(l, runtime.snapshot().generation)
                 .map_err(|source| ServeError::Tls {
                     listener: l.name.clone(),
@@ -253,6 +254,15 @@ pub(crate) async fn accept_loop(
     tracing::debug!("stopped accepting");
 }
 
+/// Sets the listening socket's options from `config`: `defer_accept`, and
+/// whether its connections start with delayed acknowledgements
+/// ([`crate::quick_ack`]). Called right after binding, before the listener
+/// is announced, and again when a reload restarts the accept loop.
+pub(crate) fn set_options(socket: &TcpListener, config: &ListenerConfig) {
+    crate::defer_accept::apply(socket, config);
+    crate::quick_ack::apply(socket, config);
+}
+
 /// The accept loop for one set of listener settings; returns only on an
 /// unrecoverable condition (never, today: errors back off and continue).
 async fn accept_with(
@@ -292,8 +302,8 @@ async fn accept_with(
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let per_ip = Arc::new(PerIp::default());
     let mut nodelay = NoDelay::new(socket);
-    // A reload may have changed it (binding set it first).
-    crate::defer_accept::apply(socket, config);
+    // A reload may have changed them (binding set them first).
+    set_options(socket, config);
     loop {
         let permit = Arc::clone(&permits)
             .acquire_owned()
@@ -422,7 +432,7 @@ struct Connection {
 
 async fn serve_connection<S>(stream: S, conn: Connection)
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + QuickAck + Unpin + Send + 'static,
 {
     let Connection {
         info,
@@ -508,6 +518,9 @@ where
         shutdown: &mut shutdown,
     };
     if h2 {
+        // hyper reads HTTP/2 frames out of the server's sight, so the
+        // connection gets the kernel's default acknowledgements back.
+        io.inner.quick_ack();
         // Boxed: HTTP/2's connection state is large and rare on a plain
         // listener; inline it would enlarge every connection's task.
         // Each stream's request future is boxed too: hyper spawns a task
@@ -639,6 +652,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
             self.read_ahead.extend_from_slice(filled);
         }
         Poll::Ready(Ok(filled.len()))
+    }
+}
+
+impl<S: QuickAck> QuickAck for ClientIo<S> {
+    fn quick_ack(&self) {
+        self.inner.quick_ack();
     }
 }
 

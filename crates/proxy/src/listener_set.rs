@@ -176,7 +176,7 @@ impl ListenerSet {
             };
             match bind_with_retry(config.bind).await {
                 Ok(socket) => {
-                    crate::defer_accept::apply(&socket, &config);
+                    crate::listener::set_options(&socket, &config);
                     self.start(socket, config, tls, runtime, shutdown, alive);
                 }
                 Err(e) => {

@@ -60,6 +60,7 @@ use tokio::sync::oneshot;
 
 use crate::body::ProxyBody;
 use crate::headers::{only_close_or_keep_alive, tokens, write_field};
+use crate::quick_ack::QuickAck;
 use crate::upstream::h1::{ChunkedDecoder, FieldKind, Piece, RawFields};
 use crate::upstream::BodyError;
 
@@ -265,6 +266,9 @@ struct Reading {
     decoder: BodyDecoder,
     /// `Expect: 100-continue` is still to be answered.
     expect_continue: bool,
+    /// The body ran short of what arrived once already, and quick ACK was
+    /// turned back on ([`crate::quick_ack`]).
+    waited: bool,
 }
 
 /// A client connection handed over after `101 Switching Protocols`.
@@ -438,7 +442,7 @@ pub struct Connection<S, F, Fut> {
 
 impl<S, F, Fut> Connection<S, F, Fut>
 where
-    S: Stream,
+    S: Stream + QuickAck,
     F: FnMut(Request<ClientBody>) -> Fut,
     Fut: Future<Output = Result<Response<ProxyBody>, Infallible>>,
 {
@@ -606,6 +610,12 @@ where
                 },
             };
             let Some((piece, ended)) = piece else {
+                if !reading.waited {
+                    // The body comes in pieces: acknowledge them at once,
+                    // so that a client waiting for an ACK sends the rest.
+                    reading.waited = true;
+                    self.io().quick_ack();
+                }
                 match ready!(self.poll_read_more(cx)) {
                     Ok(0) => self.fail_body(H1BodyError::Incomplete, cx),
                     Ok(_) => continue,
@@ -669,6 +679,7 @@ where
                     pipe: Arc::clone(&pipe),
                     decoder,
                     expect_continue: head.expect_continue,
+                    waited: false,
                 });
                 H1Body {
                     pipe: Some(pipe),
@@ -721,6 +732,9 @@ where
         }
         if let Some(tx) = exchange.and_then(|e| e.upgrade) {
             let io = self.io.take().expect("the stream is only taken at the end");
+            // A tunnel's bytes are not answered by the proxy: the kernel's
+            // default acknowledgements again.
+            io.quick_ack();
             let upgraded = Upgraded {
                 read_first: self.buf.split().freeze(),
                 io: Box::new(io),
@@ -771,6 +785,12 @@ where
                         continue;
                     }
                     let read = self.poll_read_more(cx);
+                    if read.is_pending() && !self.buf.is_empty() && !self.head_timed {
+                        // The head comes in pieces: acknowledge them at once,
+                        // so that a client waiting for an ACK sends the rest
+                        // (once per head, as it starts being timed below).
+                        self.io().quick_ack();
+                    }
                     if read.is_pending() && !self.buf.is_empty() && self.head_overdue(cx) {
                         tracing::debug!("request head not complete within header_timeout");
                         self.state = State::Done;
@@ -1000,7 +1020,7 @@ where
 
 impl<S, F, Fut> Future for Connection<S, F, Fut>
 where
-    S: Stream,
+    S: Stream + QuickAck,
     F: FnMut(Request<ClientBody>) -> Fut + Unpin,
     Fut: Future<Output = Result<Response<ProxyBody>, Infallible>>,
 {
