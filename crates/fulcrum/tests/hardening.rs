@@ -1731,3 +1731,75 @@ async fn a_request_sent_in_pieces_is_acknowledged_at_once() {
         );
     }
 }
+
+/// Segments `stream` has received (`tcpi_segs_in` of `TCP_INFO`).
+///
+/// rustix does not read `TCP_INFO`, so this is the test suite's one
+/// `getsockopt` of its own: the field sits at byte 140 of `struct
+/// tcp_info` since Linux 4.2, after 8 one-byte fields, 24 `u32`s, 4 `u64`s
+/// and `tcpi_segs_out`.
+#[allow(unsafe_code)]
+fn segments_received(stream: &TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    const SEGS_IN: usize = 140;
+    let mut info = [0u8; 256];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: the descriptor belongs to a live socket for the whole call;
+    // `info` and `len` are locals, and `len` is the buffer's size.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast::<libc::c_void>(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    assert!(len as usize >= SEGS_IN + 4, "TCP_INFO too short: {len}");
+    u32::from_ne_bytes(info[SEGS_IN..SEGS_IN + 4].try_into().unwrap())
+}
+
+#[tokio::test]
+async fn a_closing_request_gets_its_answer_and_the_close_in_one_segment() {
+    let _shared = TIMING.read().await;
+    let backend = RecordingBackend::spawn().await;
+    let proxy = proxy_to(backend.addr, "");
+    // What the client receives: the handshake's SYN-ACK, then the answer
+    // carrying both the ACK of the request and the FIN. A bare ACK first
+    // (quick ACK) or a FIN of its own would make 3 or 4. The held ACK goes
+    // out alone if the answer takes over 40 ms (a busy machine), so one
+    // connection in five is enough.
+    let mut counts = Vec::new();
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(proxy.addr("web")).await.unwrap();
+        s.write_all(b"GET /close HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut text))
+            .await
+            .expect("answered and closed")
+            .unwrap();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.ends_with("ok"), "the whole answer: {text}");
+        counts.push(segments_received(&s));
+        if counts.last() == Some(&2) {
+            break;
+        }
+    }
+    assert!(counts.contains(&2), "segments received: {counts:?}");
+
+    // A kept-alive exchange is not held back: its answer arrives at once,
+    // and so does the next one on the same connection.
+    let mut s = TcpStream::connect(proxy.addr("web")).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET /again HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let text = tokio::time::timeout(Duration::from_secs(5), read_answer(&mut s))
+            .await
+            .expect("answered while kept alive");
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    }
+}

@@ -39,10 +39,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 
+use crate::client_socket::ClientSocket;
 use crate::http::server::{self, ClientBody};
 use crate::http::{handle, ConnInfo};
 use crate::listener_set::ListenerSet;
-use crate::quick_ack::QuickAck;
 use crate::state::Runtime;
 use crate::tls::TlsTerminator;
 
@@ -256,11 +256,11 @@ pub(crate) async fn accept_loop(
 
 /// Sets the listening socket's options from `config`: `defer_accept`, and
 /// whether its connections start with delayed acknowledgements
-/// ([`crate::quick_ack`]). Called right after binding, before the listener
+/// ([`crate::client_socket`]). Called right after binding, before the listener
 /// is announced, and again when a reload restarts the accept loop.
 pub(crate) fn set_options(socket: &TcpListener, config: &ListenerConfig) {
     crate::defer_accept::apply(socket, config);
-    crate::quick_ack::apply(socket, config);
+    crate::client_socket::apply(socket, config);
 }
 
 /// The accept loop for one set of listener settings; returns only on an
@@ -432,7 +432,7 @@ struct Connection {
 
 async fn serve_connection<S>(stream: S, conn: Connection)
 where
-    S: AsyncRead + AsyncWrite + QuickAck + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + ClientSocket + Unpin + Send + 'static,
 {
     let Connection {
         info,
@@ -655,9 +655,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
     }
 }
 
-impl<S: QuickAck> QuickAck for ClientIo<S> {
+impl<S: ClientSocket> ClientSocket for ClientIo<S> {
     fn quick_ack(&self) {
         self.inner.quick_ack();
+    }
+
+    fn poll_write_last(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let r = Pin::new(&mut this.inner).poll_write_last(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.fetch_add(1, Ordering::Relaxed);
+        }
+        r
     }
 }
 

@@ -59,8 +59,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 
 use crate::body::ProxyBody;
+use crate::client_socket::ClientSocket;
 use crate::headers::{only_close_or_keep_alive, tokens, write_field};
-use crate::quick_ack::QuickAck;
 use crate::upstream::h1::{ChunkedDecoder, FieldKind, Piece, RawFields};
 use crate::upstream::BodyError;
 
@@ -267,7 +267,7 @@ struct Reading {
     /// `Expect: 100-continue` is still to be answered.
     expect_continue: bool,
     /// The body ran short of what arrived once already, and quick ACK was
-    /// turned back on ([`crate::quick_ack`]).
+    /// turned back on ([`crate::client_socket`]).
     waited: bool,
 }
 
@@ -354,6 +354,9 @@ struct Exchange {
     trailers: bool,
     /// Where the connection goes if the answer is 101.
     upgrade: Option<oneshot::Sender<Upgraded>>,
+    /// The client asked to close after this answer (`Connection: close`,
+    /// or HTTP/1.0 without keep-alive): it sends nothing more.
+    client_closes: bool,
 }
 
 /// How the answer's body is framed on the wire.
@@ -442,7 +445,7 @@ pub struct Connection<S, F, Fut> {
 
 impl<S, F, Fut> Connection<S, F, Fut>
 where
-    S: Stream + QuickAck,
+    S: Stream + ClientSocket,
     F: FnMut(Request<ClientBody>) -> Fut,
     Fut: Future<Output = Result<Response<ProxyBody>, Infallible>>,
 {
@@ -523,14 +526,22 @@ where
     }
 
     /// Writes `out` and `big`; `Ready(Ok)` once all of it is written.
-    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    ///
+    /// `last`: the connection closes right after these bytes, which may
+    /// then wait to leave with the close ([`ClientSocket::poll_write_last`]).
+    fn poll_write_out(&mut self, cx: &mut Context<'_>, last: bool) -> Poll<io::Result<()>> {
         while self.written < self.out.len() || !self.big.is_empty() {
             let io = self
                 .io
                 .as_mut()
                 .expect("the stream is only taken at the end");
             let n = if self.big.is_empty() {
-                ready!(Pin::new(io).poll_write(cx, &self.out[self.written..]))?
+                let rest = &self.out[self.written..];
+                if last {
+                    ready!(Pin::new(io).poll_write_last(cx, rest))?
+                } else {
+                    ready!(Pin::new(io).poll_write(cx, rest))?
+                }
             } else {
                 let slices = [
                     io::IoSlice::new(&self.out[self.written..]),
@@ -581,7 +592,7 @@ where
             self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
         }
         if matches!(self.state, State::Serve) && !self.out.is_empty() {
-            ready!(self.poll_write_out(cx))?;
+            ready!(self.poll_write_out(cx, false))?;
             ready!(Pin::new(self.io()).poll_flush(cx))?;
         }
         loop {
@@ -693,6 +704,7 @@ where
             head_request: request.method() == Method::HEAD,
             trailers: head.trailers,
             upgrade,
+            client_closes: !head.keep_alive,
         });
         let fut = (self.service)(request.map(|()| ClientBody::H1(body)));
         match self.in_flight.as_mut() {
@@ -857,7 +869,7 @@ where
                     }
                 }
                 State::Close => {
-                    ready!(self.poll_write_out(cx))?;
+                    ready!(self.poll_write_out(cx, false))?;
                     ready!(Pin::new(self.io()).poll_flush(cx))?;
                     if self.settings.tls || self.linger {
                         // Best effort: the client may have gone already.
@@ -1007,7 +1019,16 @@ where
                     }
                 }
             }
-            ready!(self.poll_write_out(cx))?;
+            let State::Write { ended, .. } = &self.state else {
+                unreachable!("only called while writing");
+            };
+            // The whole answer is gathered and the client closes after it:
+            // the close that follows can carry its last bytes.
+            let last = *ended && self.exchange.as_ref().is_some_and(|e| e.client_closes);
+            ready!(self.poll_write_out(cx, last))?;
+            if last {
+                return Poll::Ready(Ok(()));
+            }
             let State::Write { ended, .. } = &self.state else {
                 unreachable!("only called while writing");
             };
@@ -1020,7 +1041,7 @@ where
 
 impl<S, F, Fut> Future for Connection<S, F, Fut>
 where
-    S: Stream + QuickAck,
+    S: Stream + ClientSocket,
     F: FnMut(Request<ClientBody>) -> Fut + Unpin,
     Fut: Future<Output = Result<Response<ProxyBody>, Infallible>>,
 {
@@ -1669,6 +1690,7 @@ mod tests {
             head_request,
             trailers: false,
             upgrade: None,
+            client_closes: false,
         };
         let mut keep_alive = true;
         let mut out = Vec::new();
