@@ -506,11 +506,7 @@ async fn defer_accept_leaves_silent_connections_to_the_kernel_until_they_speak()
             .write_all(b"GET /spoke HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .await
             .unwrap();
-        let mut text = String::new();
-        tokio::time::timeout(Duration::from_secs(10), silent.read_to_string(&mut text))
-            .await
-            .expect("answered")
-            .unwrap();
+        let text = read_until_closed(&mut silent).await;
         assert!(text.starts_with("HTTP/1.1 200"), "{extra}: {text}");
         assert_eq!(accepted(&proxy).await, 1);
     }
@@ -1629,6 +1625,16 @@ async fn slow_backend_draining_an_upload_is_not_blamed_on_the_client() {
     assert!(text.ends_with(&SIZE.to_string()), "{text}");
 }
 
+/// Reads `s` until the proxy closes it (bounded by 10 s).
+async fn read_until_closed(s: &mut TcpStream) -> String {
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut text))
+        .await
+        .expect("answered and closed")
+        .unwrap();
+    text
+}
+
 /// Bytes `stream` has sent that its peer has not acknowledged yet: the
 /// `tx_queue` column of the socket's line in /proc/net/tcp.
 fn unacknowledged(stream: &TcpStream) -> usize {
@@ -1674,11 +1680,7 @@ async fn a_request_on_a_new_connection_is_acknowledged_by_its_answer() {
         if unacknowledged(&s) > 0 {
             held += 1;
         }
-        let mut text = String::new();
-        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut text))
-            .await
-            .expect("answered")
-            .unwrap();
+        let text = read_until_closed(&mut s).await;
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
         if held > 0 {
             break;
@@ -1714,11 +1716,7 @@ async fn a_request_sent_in_pieces_is_acknowledged_at_once() {
             let wait = acknowledged_within(&s).await;
             waits.push(wait);
             s.write_all(rest).await.unwrap();
-            let mut text = String::new();
-            tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut text))
-                .await
-                .expect("answered")
-                .unwrap();
+            let text = read_until_closed(&mut s).await;
             assert!(text.starts_with("HTTP/1.1 200"), "{text}");
             if wait < Duration::from_millis(20) {
                 break;
@@ -1776,11 +1774,7 @@ async fn a_closing_request_gets_its_answer_and_the_close_in_one_segment() {
         s.write_all(b"GET /close HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .await
             .unwrap();
-        let mut text = String::new();
-        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut text))
-            .await
-            .expect("answered and closed")
-            .unwrap();
+        let text = read_until_closed(&mut s).await;
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
         assert!(text.ends_with("ok"), "the whole answer: {text}");
         counts.push(segments_received(&s));

@@ -655,6 +655,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
     }
 }
 
+impl<S> ClientIo<S> {
+    /// A write that moved bytes counts as activity (`idle_timeout`).
+    fn counted(&self, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
 impl<S: ClientSocket> ClientSocket for ClientIo<S> {
     fn quick_ack(&self) {
         self.inner.quick_ack();
@@ -665,12 +675,8 @@ impl<S: ClientSocket> ClientSocket for ClientIo<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let r = Pin::new(&mut this.inner).poll_write_last(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.fetch_add(1, Ordering::Relaxed);
-        }
-        r
+        let r = Pin::new(&mut self.inner).poll_write_last(cx, buf);
+        self.counted(r)
     }
 }
 
@@ -704,12 +710,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.fetch_add(1, Ordering::Relaxed);
-        }
-        r
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.counted(r)
     }
 
     fn poll_write_vectored(
@@ -717,12 +719,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.fetch_add(1, Ordering::Relaxed);
-        }
-        r
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.counted(r)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -1023,12 +1023,13 @@ where
                 unreachable!("only called while writing");
             };
             // The whole answer is gathered and the client closes after it:
-            // the close that follows can carry its last bytes.
-            let last = *ended && self.exchange.as_ref().is_some_and(|e| e.client_closes);
+            // the close that follows can carry its last bytes. (Not if the
+            // client sent more all the same: unread bytes would turn the
+            // close into a reset, which drops what is held.)
+            let last = *ended
+                && self.buf.is_empty()
+                && self.exchange.as_ref().is_some_and(|e| e.client_closes);
             ready!(self.poll_write_out(cx, last))?;
-            if last {
-                return Poll::Ready(Ok(()));
-            }
             let State::Write { ended, .. } = &self.state else {
                 unreachable!("only called while writing");
             };
