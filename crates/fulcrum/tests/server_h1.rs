@@ -918,6 +918,52 @@ async fn upgrade_tunnels_bytes_sent_in_the_same_write_as_the_head_and_after() {
     );
 }
 
+#[tokio::test]
+async fn upgrade_asked_with_close_gets_its_101_at_once() {
+    // `Connection: upgrade, close` does not close: the connection is handed
+    // over. An answer held back for a close (MSG_MORE) would leave only when
+    // the kernel's probe timer fires, 200 ms or more later.
+    let backend = RawBackend::start(|_, _| {
+        Reply::pieces(
+            &[b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"],
+            After::Echo,
+        )
+    })
+    .await;
+    let proxy = proxy_for(&backend);
+    let mut waits = Vec::new();
+    for _ in 0..3 {
+        let mut client = Client::connect(proxy.addr("web")).await;
+        let sent = std::time::Instant::now();
+        client
+            .send(
+                b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\
+                  Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            )
+            .await;
+        let switched = client.answer().await;
+        waits.push(sent.elapsed());
+        assert_eq!(switched.status_line, "HTTP/1.1 101 Switching Protocols");
+        client.send(b"frame").await;
+        assert_eq!(
+            read_exact(&mut client.stream, &mut client.buf, 5)
+                .await
+                .as_deref(),
+            Some(&b"frame"[..])
+        );
+        if waits
+            .last()
+            .is_some_and(|w| *w < Duration::from_millis(100))
+        {
+            break;
+        }
+    }
+    assert!(
+        waits.iter().any(|w| *w < Duration::from_millis(100)),
+        "101 after {waits:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Refused uploads
 // ---------------------------------------------------------------------------

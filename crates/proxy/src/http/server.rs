@@ -703,8 +703,9 @@ where
             version: request.version(),
             head_request: request.method() == Method::HEAD,
             trailers: head.trailers,
+            // An upgrade hands the connection over instead of closing it.
+            client_closes: !head.keep_alive && upgrade.is_none(),
             upgrade,
-            client_closes: !head.keep_alive,
         });
         let fut = (self.service)(request.map(|()| ClientBody::H1(body)));
         match self.in_flight.as_mut() {
