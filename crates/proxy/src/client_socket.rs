@@ -22,8 +22,10 @@
 //! default: the handshake is read by rustls, out of the server's sight.
 //!
 //! **The last answer and the close in one segment.** When the client has
-//! asked to close (`Connection: close`, or HTTP/1.0 without keep-alive),
-//! the answer's last bytes are sent with `MSG_MORE`
+//! asked to close (`Connection: close`, or HTTP/1.0 without keep-alive)
+//! and sent nothing after its request, and is not asking for an upgrade
+//! (which hands the connection over instead), the answer's last bytes are
+//! sent with `MSG_MORE`
 //! ([`ClientSocket::poll_write_last`]): the kernel holds them, and the
 //! close that follows at once sends them with the FIN. The client then
 //! acknowledges both and closes its side in one segment too.
