@@ -879,26 +879,36 @@ async fn backend_header_values_and_repeats_arrive_unchanged_and_in_order() {
 // Upgrades
 // ---------------------------------------------------------------------------
 
-#[tokio::test]
-async fn upgrade_tunnels_bytes_sent_in_the_same_write_as_the_head_and_after() {
-    // routing.rs has a WebSocket echo through a real client; this one sends
-    // the first frame's bytes together with the upgrade request.
-    let backend = RawBackend::start(|_, _| {
+/// A backend that switches to WebSocket and then echoes what it gets.
+async fn switching_echo() -> RawBackend {
+    RawBackend::start(|_, _| {
         Reply::pieces(
             &[b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"],
             After::Echo,
         )
     })
-    .await;
+    .await
+}
+
+/// A WebSocket upgrade request whose `Connection` field is `connection`.
+fn upgrade_request(connection: &str) -> Vec<u8> {
+    format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: {connection}\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn upgrade_tunnels_bytes_sent_in_the_same_write_as_the_head_and_after() {
+    // routing.rs has a WebSocket echo through a real client; this one sends
+    // the first frame's bytes together with the upgrade request.
+    let backend = switching_echo().await;
     let proxy = proxy_for(&backend);
     let mut client = Client::connect(proxy.addr("web")).await;
 
     client
-        .send(
-            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n\
-              early frame",
-        )
+        .send(&[upgrade_request("Upgrade"), b"early frame".to_vec()].concat())
         .await;
     let switched = client.answer().await;
     assert_eq!(switched.status_line, "HTTP/1.1 101 Switching Protocols");
@@ -923,24 +933,13 @@ async fn upgrade_asked_with_close_gets_its_101_at_once() {
     // `Connection: upgrade, close` does not close: the connection is handed
     // over. An answer held back for a close (MSG_MORE) would leave only when
     // the kernel's probe timer fires, 200 ms or more later.
-    let backend = RawBackend::start(|_, _| {
-        Reply::pieces(
-            &[b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"],
-            After::Echo,
-        )
-    })
-    .await;
+    let backend = switching_echo().await;
     let proxy = proxy_for(&backend);
     let mut waits = Vec::new();
     for _ in 0..3 {
         let mut client = Client::connect(proxy.addr("web")).await;
         let sent = std::time::Instant::now();
-        client
-            .send(
-                b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\
-                  Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-            )
-            .await;
+        client.send(&upgrade_request("Upgrade, close")).await;
         let switched = client.answer().await;
         waits.push(sent.elapsed());
         assert_eq!(switched.status_line, "HTTP/1.1 101 Switching Protocols");

@@ -97,7 +97,7 @@ impl<S: ClientSocket + tokio::io::AsyncRead> ClientSocket for tokio_rustls::serv
 
 /// Whether `listener`'s connections start with quick ACK off: plain HTTP
 /// listeners, whose requests the HTTP server reads itself.
-pub(crate) fn held_on(listener: &ListenerConfig) -> bool {
+fn held_on(listener: &ListenerConfig) -> bool {
     listener.protocol == Protocol::Http && listener.tls.is_none()
 }
 

@@ -798,19 +798,21 @@ where
                         continue;
                     }
                     let read = self.poll_read_more(cx);
-                    if read.is_pending() && !self.buf.is_empty() && !self.head_timed {
-                        // The head comes in pieces: acknowledge them at once,
-                        // so that a client waiting for an ACK sends the rest
-                        // (once per head, as it starts being timed below).
-                        self.io().quick_ack();
-                    }
-                    if read.is_pending() && !self.buf.is_empty() && self.head_overdue(cx) {
-                        tracing::debug!("request head not complete within header_timeout");
-                        self.state = State::Done;
-                        return Poll::Ready(Err(ServeError::Io(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "request head not complete within header_timeout",
-                        ))));
+                    if read.is_pending() && !self.buf.is_empty() {
+                        if !self.head_timed {
+                            // The head comes in pieces: acknowledge them at
+                            // once, so that a client waiting for an ACK sends
+                            // the rest (once per head, as its timing starts).
+                            self.io().quick_ack();
+                        }
+                        if self.head_overdue(cx) {
+                            tracing::debug!("request head not complete within header_timeout");
+                            self.state = State::Done;
+                            return Poll::Ready(Err(ServeError::Io(io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "request head not complete within header_timeout",
+                            ))));
+                        }
                     }
                     match ready!(read) {
                         Ok(0) => {
