@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fulcrum vs HAProxy vs NGINX on this machine, in one run, on loopback.
 #
-#   bench/compare.sh [--reps 3] [--duration 5] [--scenarios small,16k,close]
+#   bench/compare.sh [--reps 3] [--duration 5] [--scenarios small,16k,close,h2tls,tlsclose]
 #
 # Installs what it needs (haproxy, nginx, wrk, h2load) with apt when missing,
 # builds Fulcrum in release mode, then runs bench/compare.py. Every process
