@@ -168,11 +168,13 @@ pub struct FileTls {
     pub key: Option<String>,
     /// More certificates, chosen by SNI from their subject names.
     pub certificates: Option<Vec<FileCertificate>>,
+    /// Stateless session tickets for resumption (default true).
+    pub session_tickets: Option<bool>,
 }
 
 impl FileTls {
     /// Keys of `[listener.tls]`.
-    pub const KEYS: &'static [&'static str] = &["cert", "key", "certificates"];
+    pub const KEYS: &'static [&'static str] = &["cert", "key", "certificates", "session_tickets"];
 }
 
 /// One `[[listener.tls.certificates]]`.

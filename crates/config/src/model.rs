@@ -228,6 +228,10 @@ pub struct TlsConfig {
     pub default: CertificateConfig,
     /// Certificates chosen by the names they cover, in file order.
     pub certificates: Vec<CertificateConfig>,
+    /// Resumed sessions are carried by stateless tickets the client keeps
+    /// (encrypted with keys that rotate); otherwise only the server's own
+    /// session cache resumes them.
+    pub session_tickets: bool,
 }
 
 /// One certificate chain and its private key (PEM files).

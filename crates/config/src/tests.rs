@@ -255,6 +255,7 @@ fn key_lists_match_the_file_shapes() {
         cert: s(),
         key: s(),
         certificates: Some(vec![certificate]),
+        session_tickets: Some(true),
     };
     assert_eq!(keys(&tls), sorted(file::FileTls::KEYS));
     let health = file::FileHealth {

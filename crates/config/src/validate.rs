@@ -478,6 +478,7 @@ impl Validator {
         TlsConfig {
             default,
             certificates,
+            session_tickets: file.session_tickets.unwrap_or(true),
         }
     }
 

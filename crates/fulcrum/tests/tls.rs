@@ -218,3 +218,128 @@ async fn tls_loose_key_permissions_warn_and_reload_swaps_certificates() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Two `openssl s_client` connections to `addr`: the first asks for `/`
+/// and saves the session it was given, the second offers it back.
+/// Returns the second connection's output and the saved session's ticket.
+fn resume(addr: SocketAddr, dir: &TempDir, extra: &[&str]) -> (String, Vec<u8>) {
+    use std::io::Write;
+    let session = dir.0.join("session.pem");
+    let _ = std::fs::remove_file(&session);
+    let session = session.display().to_string();
+    let mut first = Command::new("openssl")
+        .args(["s_client", "-connect", &addr.to_string()])
+        .args([
+            "-servername",
+            "a.example.com",
+            "-ign_eof",
+            "-sess_out",
+            &session,
+        ])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl runs");
+    // The request is answered and the connection closed, so s_client has
+    // read the tickets that follow the handshake before it saves the session.
+    first
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET / HTTP/1.1\r\nHost: a.example.com\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let out = first.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("HTTP/1.1 200"), "first connection: {text}");
+    let (ok, second) = s_client(
+        addr,
+        Some("a.example.com"),
+        &[&["-sess_in", &session], extra].concat(),
+    );
+    assert!(ok, "{second}");
+    let dump = Command::new("openssl")
+        .args(["sess_id", "-noout", "-text", "-in", &session])
+        .output()
+        .expect("openssl runs");
+    (second, ticket_bytes(&String::from_utf8_lossy(&dump.stdout)))
+}
+
+/// The ticket bytes of `openssl sess_id -text`'s hex dump
+/// (`0000 - 8f 2c ... 7f-80 91 ...   ascii`).
+fn ticket_bytes(dump: &str) -> Vec<u8> {
+    let mut lines = dump
+        .lines()
+        .skip_while(|l| !l.contains("TLS session ticket:"));
+    lines.next();
+    let mut bytes = Vec::new();
+    for line in lines {
+        let Some((offset, rest)) = line.trim().split_once(" - ") else {
+            break;
+        };
+        if offset.len() != 4 || !offset.bytes().all(|b| b.is_ascii_hexdigit()) {
+            break;
+        }
+        let hex = rest.split("   ").next().unwrap_or("").replace('-', " ");
+        bytes.extend(
+            hex.split_whitespace()
+                .map(|h| u8::from_str_radix(h, 16).unwrap()),
+        );
+    }
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_sessions_resume_by_stateless_ticket_or_by_the_session_cache() {
+    let site = site(0o600).await;
+    let addr = site.proxy.addr("https");
+    let dir = TempDir::new("tls-resume");
+    for version in ["-tls1_3", "-tls1_2"] {
+        let (second, ticket) = resume(addr, &dir, &[version]);
+        assert!(
+            second.contains("Reused,"),
+            "{version}: not resumed: {second}"
+        );
+        // A stateless ticket carries the encrypted session; a cache's
+        // ticket is only the 32-byte key of its entry.
+        assert!(
+            ticket.len() > 64,
+            "{version}: ticket of {} bytes",
+            ticket.len()
+        );
+    }
+    // A reload turns tickets off: sessions still resume, from the cache.
+    let config = std::fs::read_to_string(&site.proxy.config_path).unwrap();
+    let config = config.replacen(
+        "[listener.tls]\n",
+        "[listener.tls]\nsession_tickets = false\n",
+        1,
+    );
+    std::fs::write(&site.proxy.config_path, config).unwrap();
+    let pid = site.proxy.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (second, ticket) = resume(addr, &dir, &["-tls1_3"]);
+        if ticket.len() == 32 {
+            assert!(second.contains("Reused, TLSv1.3"), "not resumed: {second}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tickets still stateless ({} bytes)",
+            ticket.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (second, _) = resume(addr, &dir, &["-tls1_2"]);
+    assert!(
+        second.contains("Reused, TLSv1.2"),
+        "TLS 1.2 not resumed: {second}"
+    );
+}

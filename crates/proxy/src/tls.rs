@@ -20,6 +20,13 @@
 //!   certificate, or a file does not parse) is skipped until the files
 //!   change again. The task ends with the listener.
 //! * A private key file readable by group or others draws a warning.
+//! * Session resumption: stateless tickets (`session_tickets`, on by
+//!   default; ring's ticketer, whose keys rotate every 6 hours) and a
+//!   session cache of [`SESSION_CACHE`] entries, as HAProxy's default
+//!   `tune.ssl.cachesize`, for clients without tickets or when tickets are
+//!   off. Both live as long as the listener, so a reload keeps them; a
+//!   reload that turns tickets on or off swaps the listener's rustls
+//!   configuration for the next handshakes.
 
 use std::fmt;
 use std::io;
@@ -29,7 +36,10 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use fulcrum_config::{CertificateConfig, ListenerConfig, Protocol, TlsConfig};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{
+    ClientHello, ProducesTickets, ResolvesServerCert, ServerSessionMemoryCache,
+    StoresServerSessions,
+};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
@@ -42,6 +52,9 @@ use crate::state::Runtime;
 
 /// How often the certificate and key files are checked for changes.
 pub const CERT_POLL: Duration = Duration::from_secs(2);
+
+/// Sessions a listener keeps for resumption by session ID.
+pub const SESSION_CACHE: usize = 20_000;
 
 /// Why a listener's certificates could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -62,8 +75,13 @@ pub enum TlsError {
 /// One listener's TLS acceptor with reloadable certificates.
 pub struct TlsTerminator {
     listener: String,
-    acceptor: TlsAcceptor,
+    /// What the next handshakes run with.
+    config: ArcSwap<ServerConfig>,
     resolver: Arc<Resolver>,
+    /// The listener's ticket keys and session cache, shared by every
+    /// configuration it gets.
+    tickets: Arc<dyn ProducesTickets>,
+    sessions: Arc<dyn StoresServerSessions>,
     /// The runtime generation the certificates were last loaded at.
     generation: AtomicU64,
 }
@@ -85,17 +103,14 @@ impl TlsTerminator {
         let resolver = Arc::new(Resolver {
             store: ArcSwap::from_pointee(CertStore::load(tls)?),
         });
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
-        // Server cipher order: ring's suites are listed strongest first, and
-        // a client cannot steer the choice to a weaker one it prefers.
-        config.ignore_client_order = true;
-        if listener.protocol == Protocol::Http {
-            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        }
+        let tickets = rustls::crypto::ring::Ticketer::new()?;
+        let sessions: Arc<dyn StoresServerSessions> = ServerSessionMemoryCache::new(SESSION_CACHE);
+        let config = server_config(
+            listener.protocol,
+            &resolver,
+            tls.session_tickets.then_some(&tickets),
+            &sessions,
+        )?;
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(watch_files(
                 listener.name.clone(),
@@ -104,26 +119,41 @@ impl TlsTerminator {
         }
         Ok(Some(Self {
             listener: listener.name.clone(),
-            acceptor: TlsAcceptor::from(Arc::new(config)),
+            config: ArcSwap::from_pointee(config),
             resolver,
+            tickets,
+            sessions,
             generation: AtomicU64::new(generation),
         }))
     }
 
-    /// Re-reads the certificate files if the runtime changed since the last load.
+    /// Re-reads the certificate files, and takes a change of
+    /// `session_tickets`, if the runtime changed since the last load.
     pub fn refresh(&self, runtime: &Runtime) {
         let snapshot = runtime.snapshot();
         let generation = snapshot.generation;
         if self.generation.swap(generation, Ordering::AcqRel) == generation {
             return;
         }
-        let Some(tls) = snapshot
+        let Some((protocol, tls)) = snapshot
             .listeners
             .get(&self.listener)
-            .and_then(|l| l.config.tls.as_ref())
+            .and_then(|l| Some((l.config.protocol, l.config.tls.as_ref()?)))
         else {
             return;
         };
+        if tls.session_tickets != self.config.load().ticketer.enabled() {
+            let tickets = tls.session_tickets.then_some(&self.tickets);
+            match server_config(protocol, &self.resolver, tickets, &self.sessions) {
+                Ok(config) => {
+                    self.config.store(Arc::new(config));
+                    tracing::info!(listener = %self.listener, session_tickets = tls.session_tickets, "session tickets changed");
+                }
+                Err(e) => {
+                    tracing::error!(listener = %self.listener, error = %e, "cannot change session tickets; keeping the setting");
+                }
+            }
+        }
         match CertStore::load(tls) {
             Ok(store) => {
                 self.resolver.store.store(Arc::new(store));
@@ -137,8 +167,37 @@ impl TlsTerminator {
 
     /// Runs the server handshake on an accepted connection.
     pub async fn accept(&self, stream: TcpStream) -> io::Result<TlsStream<TcpStream>> {
-        self.acceptor.accept(stream).await
+        TlsAcceptor::from(self.config.load_full())
+            .accept(stream)
+            .await
     }
+}
+
+/// The rustls setup of a listener: its certificates, TLS 1.3 and 1.2, ALPN
+/// on http listeners, and resumption by `tickets` (stateless) when given,
+/// else by `sessions` alone.
+fn server_config(
+    protocol: Protocol,
+    resolver: &Arc<Resolver>,
+    tickets: Option<&Arc<dyn ProducesTickets>>,
+    sessions: &Arc<dyn StoresServerSessions>,
+) -> Result<ServerConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::clone(resolver) as Arc<dyn ResolvesServerCert>);
+    // Server cipher order: ring's suites are listed strongest first, and
+    // a client cannot steer the choice to a weaker one it prefers.
+    config.ignore_client_order = true;
+    if protocol == Protocol::Http {
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    }
+    config.session_storage = Arc::clone(sessions);
+    if let Some(tickets) = tickets {
+        config.ticketer = Arc::clone(tickets);
+    }
+    Ok(config)
 }
 
 /// Reloads a listener's certificates when their files change, until the
