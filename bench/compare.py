@@ -349,6 +349,30 @@ def main():
             med = lambda k: statistics.median(r[k] for r in rs)
             p99 = "-" if med('p99') != med('p99') else f"{med('p99'):.2f}"
             print(f"| {s} | {n} | {med('rps'):.0f} | {med('p50'):.2f} | {p99} | {med('cpu_us'):.1f} | {med('user_us'):.1f} | {med('origin_us'):.1f} | {med('load_us'):.1f} | {med('cpu1_busy'):.0f} % | {med('segments'):.2f} | {sum(r['errors'] for r in rs)} |")
+    print_ratios(scenarios, names, builds, results)
+
+def print_ratios(scenarios, names, builds, results):
+    """Each Fulcrum build's medians as ratios to the better anchor of the
+    same run: what issue #8's goals are stated in."""
+    anchors = [n for n in ("haproxy", "nginx") if n in names]
+    if not anchors:
+        return
+    med = lambda s, n, k: statistics.median(r[k] for r in results[(s, n)])
+    print("\nRatios to the better anchor (CPU: lower is better; req/s: higher is better):\n")
+    print("| scenario | build | CPU µs/req | req/s | p99 ms |")
+    print("|---|---|---|---|---|")
+    for s in scenarios:
+        cpu_best = min(anchors, key=lambda a: med(s, a, "cpu_us"))
+        rps_best = max(anchors, key=lambda a: med(s, a, "rps"))
+        p99s = [a for a in anchors if med(s, a, "p99") == med(s, a, "p99")]
+        for n in (b for b in names if b in builds):
+            cpu = med(s, n, "cpu_us") / max(med(s, cpu_best, "cpu_us"), 1e-9)
+            rps = med(s, n, "rps") / max(med(s, rps_best, "rps"), 1e-9)
+            p99 = "-"
+            if p99s and med(s, n, "p99") == med(s, n, "p99"):
+                p99_best = min(p99s, key=lambda a: med(s, a, "p99"))
+                p99 = f"{med(s, n, 'p99'):.2f} against {med(s, p99_best, 'p99'):.2f} ({p99_best})"
+            print(f"| {s} | {n} | {cpu:.2f}× {cpu_best} | {100 * rps:.0f} % of {rps_best} | {p99} |")
 
 if __name__ == "__main__":
     main()
