@@ -1797,3 +1797,174 @@ async fn a_closing_request_gets_its_answer_and_the_close_in_one_segment() {
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     }
 }
+
+/// A proxy with a TLS http listener ("web") in front of `backend`; the CA
+/// its certificate (for `localhost`) is signed by, DER; the files' folder.
+fn tls_proxy_to(backend: SocketAddr) -> (Proxy, Vec<u8>, TempDir) {
+    let dir = TempDir::new("tls-ack");
+    let ca = TestCa::new();
+    let (cert, key) = ca.write_leaf(&dir, "site", "site", &["localhost"]);
+    let proxy = proxy_to(
+        backend,
+        &format!("tls = {{ cert = \"{cert}\", key = \"{key}\" }}"),
+    );
+    (proxy, ca.der(), dir)
+}
+
+/// A rustls client trusting `ca` that speaks only `versions`.
+fn tls_connector(
+    ca: &[u8],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from(ca.to_vec()))
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+fn localhost() -> rustls_pki_types::ServerName<'static> {
+    rustls_pki_types::ServerName::try_from("localhost").unwrap()
+}
+
+#[tokio::test]
+async fn a_closing_tls_request_gets_its_answer_close_notify_and_fin_in_one_segment() {
+    let _shared = TIMING.read().await;
+    let backend = RecordingBackend::spawn().await;
+    let (proxy, ca, _dir) = tls_proxy_to(backend.addr);
+    let connector = tls_connector(&ca, &[&rustls::version::TLS13]);
+    // What the client receives: the SYN-ACK, the server's handshake flight
+    // (carrying the ACK of the ClientHello), the session tickets (carrying
+    // the ACK of the client's Finished), then one segment with the answer,
+    // TLS's close_notify and the FIN. A bare ACK of the ClientHello, or a
+    // close_notify or FIN of its own, would make 5 to 7. A held ACK goes
+    // out alone if the answer takes over 40 ms, so one try in five is enough.
+    let mut counts = Vec::new();
+    for _ in 0..5 {
+        let tcp = TcpStream::connect(proxy.addr("web")).await.unwrap();
+        let mut s = connector.connect(localhost(), tcp).await.unwrap();
+        s.write_all(b"GET /close HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut text))
+            .await
+            .expect("answered and closed")
+            .unwrap();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(text.ends_with("ok"), "the whole answer: {text}");
+        counts.push(segments_received(s.get_ref().0));
+        if counts.last() == Some(&4) {
+            break;
+        }
+    }
+    assert!(counts.contains(&4), "segments received: {counts:?}");
+}
+
+#[tokio::test]
+async fn a_tls_record_sent_in_pieces_is_acknowledged_at_once() {
+    let _shared = TIMING.read().await;
+    let backend = RecordingBackend::spawn().await;
+    let (proxy, ca, _dir) = tls_proxy_to(backend.addr);
+    let connector = tls_connector(&ca, &[&rustls::version::TLS13]);
+    // The request is one TLS record, sent in two pieces. Until the second
+    // arrives the server has no plaintext to see, yet a client with
+    // Nagle's algorithm on waits for the first piece's ACK before sending
+    // the second: it must come at once, not after the 40 ms of a held ACK.
+    let mut waits = Vec::new();
+    for _ in 0..5 {
+        let tcp = TcpStream::connect(proxy.addr("web")).await.unwrap();
+        let s = connector.connect(localhost(), tcp).await.unwrap();
+        let (mut tcp, mut tls) = s.into_inner();
+        tls.writer()
+            .write_all(b"GET /record HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut record = Vec::new();
+        while tls.wants_write() {
+            tls.write_tls(&mut record).unwrap();
+        }
+        // The tickets the server sent after the handshake carried every
+        // earlier ACK: what waits now is only the first piece.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        tcp.write_all(&record[..record.len() / 2]).await.unwrap();
+        let wait = acknowledged_within(&tcp).await;
+        waits.push(wait);
+        tcp.write_all(&record[record.len() / 2..]).await.unwrap();
+        let mut raw = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut raw))
+            .await
+            .expect("answered and closed")
+            .unwrap();
+        let mut rd = &raw[..];
+        while !rd.is_empty() {
+            tls.read_tls(&mut rd).unwrap();
+            tls.process_new_packets().unwrap();
+        }
+        let mut text = String::new();
+        tls.reader().read_to_string(&mut text).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        if wait < Duration::from_millis(20) {
+            break;
+        }
+    }
+    assert!(
+        waits.iter().any(|w| *w < Duration::from_millis(20)),
+        "acknowledged after {waits:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_resumed_tls12_handshake_is_acknowledged_at_once() {
+    let _shared = TIMING.read().await;
+    let backend = RecordingBackend::spawn().await;
+    let (proxy, ca, _dir) = tls_proxy_to(backend.addr);
+    // One client config: it keeps the session of the first connection.
+    let connector = tls_connector(&ca, &[&rustls::version::TLS12]);
+    let tcp = TcpStream::connect(proxy.addr("web")).await.unwrap();
+    let mut first = connector.connect(localhost(), tcp).await.unwrap();
+    first
+        .write_all(b"GET /first HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    first.read_to_string(&mut text).await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    // A resumed TLS 1.2 handshake ends with the client's Finished, and the
+    // server has nothing to send after it that could carry the ACK: a
+    // client with Nagle's algorithm on would hold its request for the 40 ms
+    // of a delayed ACK.
+    let mut waits = Vec::new();
+    for _ in 0..5 {
+        let tcp = TcpStream::connect(proxy.addr("web")).await.unwrap();
+        let mut s = connector.connect(localhost(), tcp).await.unwrap();
+        assert_eq!(
+            s.get_ref().1.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed)
+        );
+        let wait = acknowledged_within(s.get_ref().0).await;
+        waits.push(wait);
+        s.write_all(b"GET /resumed HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut text))
+            .await
+            .expect("answered and closed")
+            .unwrap();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        if wait < Duration::from_millis(20) {
+            break;
+        }
+    }
+    assert!(
+        waits.iter().any(|w| *w < Duration::from_millis(20)),
+        "acknowledged after {waits:?}"
+    );
+}

@@ -6,10 +6,10 @@
 //! every connection in "quick ACK" mode: the first bytes a client sends
 //! are acknowledged at once, in a segment of their own, and the answer
 //! follows right after it in another. An HTTP client sends its request and
-//! then waits for the answer, so Fulcrum turns quick ACK off on plain
-//! `http` listeners (accepted sockets inherit it from the listening one)
-//! and the kernel holds the ACK back for the answer to carry. HAProxy does
-//! the same on its HTTP listeners.
+//! then waits for the answer, so Fulcrum turns quick ACK off on `http`
+//! listeners (accepted sockets inherit it from the listening one) and the
+//! kernel holds the ACK back for the answer to carry. HAProxy does the
+//! same on its HTTP listeners.
 //!
 //! A held ACK can stall a client that sends a request in pieces with
 //! Nagle's algorithm on: it waits for its first piece to be acknowledged
@@ -18,8 +18,11 @@
 //! ([`ClientSocket::quick_ack`]; it also sends the held ACK at once)
 //! whenever the HTTP/1 server finds a request head or body incomplete and
 //! waits for its rest, when a connection turns out to speak HTTP/2, and
-//! when one is upgraded (WebSocket). TLS listeners keep the kernel's
-//! default: the handshake is read by rustls, out of the server's sight.
+//! when one is upgraded (WebSocket). Under TLS the server sees plaintext
+//! only, so the TLS connection's socket ([`TlsTcp`]) also sends the ACK
+//! when bytes arrived that make no complete record yet. The handshake
+//! needs nothing more: each of the server's flights carries the ACK of
+//! the client's last one.
 //!
 //! **The last answer and the close in one segment.** When the client has
 //! asked to close (`Connection: close`, or HTTP/1.0 without keep-alive)
@@ -27,12 +30,15 @@
 //! (which hands the connection over instead), the answer's last bytes are
 //! sent with `MSG_MORE`
 //! ([`ClientSocket::poll_write_last`]): the kernel holds them, and the
-//! close that follows at once sends them with the FIN. The client then
-//! acknowledges both and closes its side in one segment too.
+//! close that follows at once sends them with the FIN (under TLS, with the
+//! `close_notify` between them). The client then acknowledges both and
+//! closes its side in one segment too.
 //!
 //! Measured with a new connection per request (`bench/compare.py`, "close"):
 //! 12 → 11 TCP segments per request for the held ACK, 11 → 9 with the
-//! close riding on the answer (docs/benchmarks.md, "Ninth session").
+//! close riding on the answer (docs/benchmarks.md, "Ninth session"); over
+//! TLS ("tlsclose"), 15 → 12 segments on the client's side of a
+//! connection (docs/benchmarks.md, "Tenth session").
 
 use std::io;
 use std::os::fd::AsFd;
@@ -40,7 +46,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use fulcrum_config::{ListenerConfig, Protocol};
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 
 /// A client stream whose TCP socket takes the hints above.
 pub trait ClientSocket: AsyncWrite + Unpin {
@@ -59,46 +67,187 @@ pub trait ClientSocket: AsyncWrite + Unpin {
     ) -> Poll<io::Result<usize>> {
         self.poll_write(cx, buf)
     }
+
+    /// Told after each read the HTTP server makes, `pending` when it found
+    /// nothing to take. A TLS stream whose bytes arrived but made no
+    /// complete record yet acknowledges them now: the client may be
+    /// waiting for that ACK to send the record's rest.
+    fn read_done(&mut self, _pending: bool) {}
 }
 
-impl ClientSocket for tokio::net::TcpStream {
+impl ClientSocket for TcpStream {
     fn quick_ack(&self) {
         set(self, true);
     }
 
-    #[cfg(target_os = "linux")]
     fn poll_write_last(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        use rustix::net::SendFlags;
-        let this = self.get_mut();
-        loop {
-            std::task::ready!(this.poll_write_ready(cx))?;
-            let sent = this.try_io(tokio::io::Interest::WRITABLE, || {
-                rustix::net::send(&*this, buf, SendFlags::MORE | SendFlags::NOSIGNAL)
-                    .map_err(io::Error::from)
-            });
-            match sent {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                sent => return Poll::Ready(sent),
-            }
+        send_more(self.get_mut(), cx, buf)
+    }
+}
+
+/// Writes `buf` for the close (or more bytes) to send (`MSG_MORE`).
+#[cfg(target_os = "linux")]
+fn send_more(tcp: &mut TcpStream, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    use rustix::net::SendFlags;
+    loop {
+        std::task::ready!(tcp.poll_write_ready(cx))?;
+        let sent = tcp.try_io(tokio::io::Interest::WRITABLE, || {
+            rustix::net::send(&*tcp, buf, SendFlags::MORE | SendFlags::NOSIGNAL)
+                .map_err(io::Error::from)
+        });
+        match sent {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            sent => return Poll::Ready(sent),
         }
     }
 }
 
-/// TLS sends its own close (`close_notify`) first: a plain write.
-impl<S: ClientSocket + tokio::io::AsyncRead> ClientSocket for tokio_rustls::server::TlsStream<S> {
-    fn quick_ack(&self) {
-        self.get_ref().0.quick_ack();
+/// Other systems: a plain write.
+#[cfg(not(target_os = "linux"))]
+fn send_more(tcp: &mut TcpStream, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    Pin::new(tcp).poll_write(cx, buf)
+}
+
+/// The TCP socket under a client's TLS connection on an http listener.
+///
+/// It keeps track of bytes received that no write of Fulcrum's has
+/// acknowledged yet (every segment sent carries the ACK of all received
+/// so far): the HTTP server cannot see a TLS record that is still
+/// incomplete, so when a read finds nothing to take while such bytes wait
+/// ([`ClientSocket::read_done`]), the ACK is sent at once. The server's
+/// first read comes right after the handshake, so this also covers a
+/// handshake that ends with the client's bytes (a resumed TLS 1.2
+/// handshake ends with the client's `Finished`, and nothing is sent back).
+///
+/// Once the answer's last bytes are written
+/// ([`ClientSocket::poll_write_last`] on the TLS stream), every write
+/// waits for the close: the last record, then TLS's own `close_notify`,
+/// which the shutdown that follows sends with the FIN, in one segment.
+#[derive(Debug)]
+pub struct TlsTcp {
+    tcp: TcpStream,
+    /// Bytes came in since the last write that moved bytes.
+    unread: bool,
+    /// Writes are held for the close (`MSG_MORE`).
+    closing: bool,
+}
+
+impl TlsTcp {
+    /// Wraps an accepted connection, before its handshake.
+    pub fn new(tcp: TcpStream) -> Self {
+        Self {
+            tcp,
+            unread: false,
+            closing: false,
+        }
+    }
+
+    /// Notes that a write moved bytes (and with them the ACK).
+    fn wrote(&mut self, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.unread = false;
+        }
+        r
     }
 }
 
-/// Whether `listener`'s connections start with quick ACK off: plain HTTP
-/// listeners, whose requests the HTTP server reads itself.
+impl AsyncRead for TlsTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.tcp).poll_read(cx, buf);
+        if buf.filled().len() != before {
+            this.unread = true;
+        }
+        r
+    }
+}
+
+impl AsyncWrite for TlsTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = if this.closing {
+            send_more(&mut this.tcp, cx, buf)
+        } else {
+            Pin::new(&mut this.tcp).poll_write(cx, buf)
+        };
+        this.wrote(r)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = if this.closing {
+            // A vectored write may write less than all: the first slice.
+            let buf = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &**b);
+            send_more(&mut this.tcp, cx, buf)
+        } else {
+            Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs)
+        };
+        this.wrote(r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+impl ClientSocket for TlsStream<TlsTcp> {
+    fn quick_ack(&self) {
+        self.get_ref().0.tcp.quick_ack();
+    }
+
+    fn poll_write_last(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.get_mut().0.closing = true;
+        Pin::new(this).poll_write(cx, buf)
+    }
+
+    fn read_done(&mut self, pending: bool) {
+        let tcp = &mut self.get_mut().0;
+        // Bytes that became plaintext need no early ACK: the HTTP server
+        // sees them, and asks for one itself if they leave it waiting.
+        if std::mem::take(&mut tcp.unread) && pending {
+            tcp.tcp.quick_ack();
+        }
+    }
+}
+
+/// Whether `listener`'s connections start with quick ACK off: HTTP
+/// listeners, whose requests the HTTP server reads itself (through
+/// [`TlsTcp`] with TLS).
 fn held_on(listener: &ListenerConfig) -> bool {
-    listener.protocol == Protocol::Http && listener.tls.is_none()
+    listener.protocol == Protocol::Http
 }
 
 /// Sets the listening socket as `listener` configures it (inherited by
@@ -149,7 +298,7 @@ mod tests {
         accepted.quick_ack();
         assert!(tcp_quickack(&accepted).unwrap(), "turned back on");
 
-        // A reload to another protocol (or to TLS) restores the default.
+        // A reload to another protocol restores the default.
         let tcp = listener("protocol = \"tcp\"");
         assert!(!held_on(&tcp));
         apply(&socket, &tcp);

@@ -39,7 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use crate::client_socket::ClientSocket;
+use crate::client_socket::{ClientSocket, TlsTcp};
 use crate::http::server::{self, ClientBody};
 use crate::http::{handle, ConnInfo};
 use crate::listener_set::ListenerSet;
@@ -351,7 +351,7 @@ async fn accept_with(
                 Some(tls) => {
                     Box::pin(async move {
                         tls.refresh(&conn.runtime);
-                        let handshake = tls.accept(stream);
+                        let handshake = tls.accept(TlsTcp::new(stream));
                         match tokio::time::timeout(conn.limits.header_timeout, handshake).await {
                             Ok(Ok(stream)) => {
                                 conn.runtime.metrics().tls_handshake(true);
@@ -614,7 +614,7 @@ struct ClientIo<S> {
     read_ahead: BytesMut,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
+impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> ClientIo<S> {
     /// Reads until the first bytes tell whether the client speaks HTTP/2
     /// with prior knowledge (`true`: they are the HTTP/2 preface) or
     /// HTTP/1 (`false`; also at end of stream). The bytes read stay for
@@ -645,7 +645,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
         // read filled.
         let mut first = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ];
         let mut buf = ReadBuf::uninit(&mut first);
-        std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, &mut buf))?;
+        let r = Pin::new(&mut self.inner).poll_read(cx, &mut buf);
+        self.inner.read_done(r.is_pending());
+        std::task::ready!(r)?;
         let filled = buf.filled();
         if !filled.is_empty() {
             self.activity.fetch_add(1, Ordering::Relaxed);
@@ -680,7 +682,7 @@ impl<S: ClientSocket> ClientSocket for ClientIo<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
+impl<S: AsyncRead + AsyncWrite + ClientSocket + Unpin> AsyncRead for ClientIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -697,6 +699,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
         }
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.inner.read_done(r.is_pending());
         if buf.filled().len() != before {
             this.activity.fetch_add(1, Ordering::Relaxed);
         }
