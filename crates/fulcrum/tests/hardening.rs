@@ -1834,6 +1834,23 @@ fn localhost() -> rustls_pki_types::ServerName<'static> {
     rustls_pki_types::ServerName::try_from("localhost").unwrap()
 }
 
+/// Sends `GET path` with `Connection: close` over `s` and reads the
+/// answer to the close; checks it is a 200.
+async fn tls_get_close<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    path: &str,
+) -> String {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut text))
+        .await
+        .expect("answered and closed")
+        .unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text
+}
+
 #[tokio::test]
 async fn a_closing_tls_request_gets_its_answer_close_notify_and_fin_in_one_segment() {
     let _shared = TIMING.read().await;
@@ -1850,15 +1867,7 @@ async fn a_closing_tls_request_gets_its_answer_close_notify_and_fin_in_one_segme
     for _ in 0..5 {
         let tcp = TcpStream::connect(proxy.addr("web")).await.unwrap();
         let mut s = connector.connect(localhost(), tcp).await.unwrap();
-        s.write_all(b"GET /close HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut text = String::new();
-        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut text))
-            .await
-            .expect("answered and closed")
-            .unwrap();
-        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        let text = tls_get_close(&mut s, "/close").await;
         assert!(text.ends_with("ok"), "the whole answer: {text}");
         counts.push(segments_received(s.get_ref().0));
         if counts.last() == Some(&4) {
@@ -1929,13 +1938,7 @@ async fn a_resumed_tls12_handshake_is_acknowledged_at_once() {
     let connector = tls_connector(&ca, &[&rustls::version::TLS12]);
     let tcp = TcpStream::connect(proxy.addr("web")).await.unwrap();
     let mut first = connector.connect(localhost(), tcp).await.unwrap();
-    first
-        .write_all(b"GET /first HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    first.read_to_string(&mut text).await.unwrap();
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    tls_get_close(&mut first, "/first").await;
     // A resumed TLS 1.2 handshake ends with the client's Finished, and the
     // server has nothing to send after it that could carry the ACK: a
     // client with Nagle's algorithm on would hold its request for the 40 ms
@@ -1950,15 +1953,7 @@ async fn a_resumed_tls12_handshake_is_acknowledged_at_once() {
         );
         let wait = acknowledged_within(s.get_ref().0).await;
         waits.push(wait);
-        s.write_all(b"GET /resumed HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut text = String::new();
-        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut text))
-            .await
-            .expect("answered and closed")
-            .unwrap();
-        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        tls_get_close(&mut s, "/resumed").await;
         if wait < Duration::from_millis(20) {
             break;
         }

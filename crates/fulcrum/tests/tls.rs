@@ -102,6 +102,18 @@ fn s_client(addr: SocketAddr, servername: Option<&str>, extra: &[&str]) -> (bool
     (out.status.success(), text)
 }
 
+/// Writes `config` over the site's configuration file and asks for a
+/// reload (SIGHUP).
+fn reload(site: &Site, config: &str) {
+    std::fs::write(&site.proxy.config_path, config).unwrap();
+    let pid = site.proxy.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
 fn subject_cn(output: &str) -> Option<String> {
     let line = output.lines().find(|l| l.starts_with("subject="))?;
     let cn = line.split("CN").nth(1)?;
@@ -200,13 +212,7 @@ async fn tls_loose_key_permissions_warn_and_reload_swaps_certificates() {
     let (cert, key) = new.leaf("renewed-cert", &["default.example.com"]);
     std::fs::write(ca_dir.join("default.crt"), cert).unwrap();
     std::fs::write(ca_dir.join("default.key"), key).unwrap();
-    std::fs::write(&site.proxy.config_path, config).unwrap();
-    let pid = site.proxy.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    reload(&site, &config);
     let addr = site.proxy.addr("https");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -316,13 +322,7 @@ async fn tls_sessions_resume_by_stateless_ticket_or_by_the_session_cache() {
         "[listener.tls]\nsession_tickets = false\n",
         1,
     );
-    std::fs::write(&site.proxy.config_path, config).unwrap();
-    let pid = site.proxy.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    reload(&site, &config);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (second, ticket) = resume(addr, &dir, &["-tls1_3"]);
