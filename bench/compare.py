@@ -12,7 +12,9 @@ Method (see docs/benchmarks.md):
   with openssl); for `tlsclose`, wrk over TLS with `Connection: close`, so
   every request pays a full TLS handshake (wrk does not resume sessions).
   Every proxy offers TLS 1.2 and 1.3 (NGINX 1.22 needs `ssl_protocols` for
-  1.3), so all three negotiate TLS 1.3, X25519 and AES-256-GCM with wrk;
+  1.3), so all three negotiate TLS 1.3 and X25519 with wrk; by default
+  Fulcrum picks AES-128-GCM and the anchors AES-256-GCM (their defaults),
+  `--anchors-aes128` has them pick AES-128-GCM too;
 - CPU time of the proxy process read from /proc/PID/stat (utime + stime)
   before and after each run -> CPU microseconds per request;
 - runs interleaved (A B C A B C ...), repeated, medians reported;
@@ -141,8 +143,11 @@ backends = [{backends}]
     env_argv = [binary, "run", "-c", conf]
     return Proc(name, env_argv, port, 0, tls_port)
 
-def haproxy(tmp, port, tls_port, ups, tls, defer=False, forwarding=False):
+AES128_FIRST = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+
+def haproxy(tmp, port, tls_port, ups, tls, defer=False, forwarding=False, aes128=False):
     opt = " defer-accept" if defer else ""
+    suites = f"    ssl-default-bind-ciphersuites {AES128_FIRST}\n" if aes128 else ""
     fields = """    option forwardfor
     http-request set-header X-Forwarded-Proto %[ssl_fc,iif(https,http)]
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
@@ -154,7 +159,7 @@ def haproxy(tmp, port, tls_port, ups, tls, defer=False, forwarding=False):
         f.write(f"""global
     nbthread 1
     maxconn 4000
-defaults
+{suites}defaults
     mode http
     timeout connect 1s
     timeout client 30s
@@ -170,8 +175,9 @@ frontend web
 """)
     return Proc("haproxy", ["haproxy", "-db", "-f", conf], port, 0, tls_port)
 
-def nginx_proxy(tmp, port, tls_port, ups, tls, defer=False, forwarding=False):
+def nginx_proxy(tmp, port, tls_port, ups, tls, defer=False, forwarding=False, aes128=False):
     opt = " deferred" if defer else ""
+    suites = f"ssl_prefer_server_ciphers on; ssl_conf_command Ciphersuites {AES128_FIRST};" if aes128 else ""
     fields = ("proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto $scheme; "
               "proxy_set_header X-Forwarded-Host $host; proxy_set_header Via \"$server_protocol nginx\"; ") if forwarding else ""
     servers = "\n".join(f"server 127.0.0.1:{p};" for p in ups)
@@ -183,7 +189,7 @@ http {{
   access_log off;
   upstream app {{ {servers} keepalive 64; }}
   server {{ listen 127.0.0.1:{port}{opt}; listen 127.0.0.1:{tls_port}{opt} ssl http2; keepalive_requests 100000;
-    ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]}; ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_certificate {tls[0]}; ssl_certificate_key {tls[1]}; ssl_protocols TLSv1.2 TLSv1.3; {suites}
     location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; {fields}}} }}
 }}
 """)
@@ -297,6 +303,8 @@ def main():
                     help="HAProxy and NGINX also defer accepting until the client's first bytes, like Fulcrum")
     ap.add_argument("--anchors-forwarding", action="store_true",
                     help="HAProxy and NGINX also send X-Forwarded-For/-Proto/-Host and Via to the origin, like Fulcrum")
+    ap.add_argument("--anchors-aes128", action="store_true",
+                    help="HAProxy and NGINX also choose TLS_AES_128_GCM_SHA256 first, like Fulcrum's cipher order")
     ap.add_argument("--also", action="append", default=[], metavar="NAME=BINARY",
                     help="another Fulcrum build run beside --fulcrum (interleaved, same load), reported as NAME")
     args = ap.parse_args()
@@ -323,9 +331,10 @@ def main():
             if n in builds:
                 p = fulcrum(builds[n], tmp, port, tls_port, ups, tls, n)
             else:
-                p = {"haproxy": lambda: haproxy(tmp, port, tls_port, ups, tls, args.anchors_defer, args.anchors_forwarding),
+                p = {"haproxy": lambda: haproxy(tmp, port, tls_port, ups, tls, args.anchors_defer,
+                                                args.anchors_forwarding, args.anchors_aes128),
                      "nginx": lambda: nginx_proxy(tmp, port, tls_port, ups, tls, args.anchors_defer,
-                                                  args.anchors_forwarding)}[n]()
+                                                  args.anchors_forwarding, args.anchors_aes128)}[n]()
             started.append(p); procs[n] = p
         for rep in range(args.reps):
             for s in scenarios:

@@ -180,6 +180,32 @@ async fn tls_negotiates_tls13_and_refuses_tls11() {
     assert!(out.contains("TLSv1.3"), "not TLS 1.3: {out}");
     let (ok, out) = s_client(addr, Some("a.example.com"), &["-tls1_2"]);
     assert!(ok && out.contains("TLSv1.2"), "TLS 1.2 refused: {out}");
+    // The server's order picks AES-128-GCM for a client that prefers AES-256.
+    let (ok, out) = s_client(
+        addr,
+        Some("a.example.com"),
+        &[
+            "-ciphersuites",
+            "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256",
+        ],
+    );
+    assert!(
+        ok && out.contains("Cipher is TLS_AES_128_GCM_SHA256"),
+        "{out}"
+    );
+    let (ok, out) = s_client(
+        addr,
+        Some("a.example.com"),
+        &[
+            "-tls1_2",
+            "-cipher",
+            "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256",
+        ],
+    );
+    assert!(
+        ok && out.contains("Cipher is ECDHE-ECDSA-AES128-GCM-SHA256"),
+        "{out}"
+    );
     let (ok, out) = s_client(
         addr,
         Some("a.example.com"),
