@@ -70,8 +70,7 @@ pub trait ClientSocket: AsyncWrite + Unpin {
 
     /// Told after each read the HTTP server makes, `pending` when it found
     /// nothing to take. A TLS stream whose bytes arrived but made no
-    /// complete record yet acknowledges them now: the client may be
-    /// waiting for that ACK to send the record's rest.
+    /// plaintext yet acknowledges them now (see [`TlsTcp`]).
     fn read_done(&mut self, _pending: bool) {}
 }
 
@@ -116,12 +115,22 @@ fn send_more(tcp: &mut TcpStream, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::
 ///
 /// It keeps track of bytes received that no write of Fulcrum's has
 /// acknowledged yet (every segment sent carries the ACK of all received
-/// so far): the HTTP server cannot see a TLS record that is still
-/// incomplete, so when a read finds nothing to take while such bytes wait
-/// ([`ClientSocket::read_done`]), the ACK is sent at once. The server's
-/// first read comes right after the handshake, so this also covers a
-/// handshake that ends with the client's bytes (a resumed TLS 1.2
-/// handshake ends with the client's `Finished`, and nothing is sent back).
+/// so far). Such bytes that leave a reader with nothing to take are a
+/// message arriving in pieces, and get the ACK at once:
+/// * before the server's first reply, a ClientHello in pieces (one with a
+///   large key share can span two segments): rustls reads on;
+/// * once the handshake is done, a record in pieces: the HTTP server's
+///   read finds no plaintext ([`ClientSocket::read_done`]). Bytes that did
+///   become plaintext need no early ACK: the HTTP server sees them, and
+///   asks for one itself if they leave it waiting. (Within one read, the
+///   TLS stream reads the socket again after plaintext, so the socket alone
+///   cannot tell.) The server's first read comes right after the
+///   handshake, so this also covers a handshake that ends with the
+///   client's bytes: a resumed TLS 1.2 handshake ends with the client's
+///   `Finished`, and nothing is sent back.
+///
+/// In between, the end of a handshake reads on before it sends the
+/// session tickets that carry the ACK.
 ///
 /// Once the answer's last bytes are written
 /// ([`ClientSocket::poll_write_last`] on the TLS stream), every write
@@ -132,6 +141,8 @@ pub struct TlsTcp {
     tcp: TcpStream,
     /// Bytes came in since the last write that moved bytes.
     unread: bool,
+    /// A write has moved bytes (the server's first handshake flight).
+    replied: bool,
     /// Writes are held for the close (`MSG_MORE`).
     closing: bool,
 }
@@ -142,6 +153,7 @@ impl TlsTcp {
         Self {
             tcp,
             unread: false,
+            replied: false,
             closing: false,
         }
     }
@@ -150,6 +162,7 @@ impl TlsTcp {
     fn wrote(&mut self, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.unread = false;
+            self.replied = true;
         }
         r
     }
@@ -166,6 +179,9 @@ impl AsyncRead for TlsTcp {
         let r = Pin::new(&mut this.tcp).poll_read(cx, buf);
         if buf.filled().len() != before {
             this.unread = true;
+        } else if r.is_pending() && this.unread && !this.replied {
+            this.unread = false;
+            this.tcp.quick_ack();
         }
         r
     }
@@ -235,8 +251,6 @@ impl ClientSocket for TlsStream<TlsTcp> {
 
     fn read_done(&mut self, pending: bool) {
         let tcp = &mut self.get_mut().0;
-        // Bytes that became plaintext need no early ACK: the HTTP server
-        // sees them, and asks for one itself if they leave it waiting.
         if std::mem::take(&mut tcp.unread) && pending {
             tcp.tcp.quick_ack();
         }
