@@ -20,9 +20,10 @@
 //! waits for its rest, when a connection turns out to speak HTTP/2, and
 //! when one is upgraded (WebSocket). Under TLS the server sees plaintext
 //! only, so the TLS connection's socket ([`TlsTcp`]) also sends the ACK
-//! when bytes arrived that make no complete record yet. The handshake
-//! needs nothing more: each of the server's flights carries the ACK of
-//! the client's last one.
+//! when bytes arrived that make no complete record yet. In the handshake
+//! the server's flights carry the ACKs, except for a ClientHello that
+//! arrives in pieces and for a resumed TLS 1.2 handshake, which ends with
+//! the client's `Finished`: [`TlsTcp`] sends those at once too.
 //!
 //! **The last answer and the close in one segment.** When the client has
 //! asked to close (`Connection: close`, or HTTP/1.0 without keep-alive)
