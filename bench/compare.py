@@ -223,16 +223,15 @@ def parse_h2load(out):
         mean = v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
     return rps, total, mean, float("nan"), failed + errored
 
+# name: (path, wrk's extra arguments or None for h2load, sent to the TLS listener)
 SCENARIOS = {
-    "small": ("/small", []),
-    "16k": ("/16k", []),
-    "close": ("/small", ["-H", "Connection: close"]),
-    "h2tls": ("/small", None),
+    "small": ("/small", [], False),
+    "16k": ("/16k", [], False),
+    "close": ("/small", ["-H", "Connection: close"], False),
+    "h2tls": ("/small", None, True),
     # HTTP/1.1 over TLS, a new connection (full handshake) per request.
-    "tlsclose": ("/small", ["-H", "Connection: close"]),
+    "tlsclose": ("/small", ["-H", "Connection: close"], True),
 }
-# The wrk scenarios sent to the proxy's TLS listener.
-TLS_WRK = {"tlsclose"}
 
 def cpu_busy(cpu):
     """(busy, total) jiffies of one CPU from /proc/stat; idle and iowait are not busy."""
@@ -251,13 +250,13 @@ def run_once(proc, origin_proc, scenario, duration, conns):
     """One load run against `proc`; also charges the origin's CPU (it shares
     CPU 1 with the load generator, so a proxy that makes the origin work
     harder per request gets fewer requests/s at the same cost of its own)."""
-    path, extra = SCENARIOS[scenario]
+    path, extra, tls = SCENARIOS[scenario]
     pids = proc.pids()
     opids = origin_proc.pids()
     obefore = cpu_ticks(opids)
     lbefore = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy0, segs0 = cpu_busy(1), tcp_out_segments()
-    r = run_load(proc, pids, path, extra, duration, conns, scenario in TLS_WRK)
+    r = run_load(proc, pids, path, extra, duration, conns, tls)
     busy1, segs1 = cpu_busy(1), tcp_out_segments()
     lafter = resource.getrusage(resource.RUSAGE_CHILDREN)
     oafter = cpu_ticks(opids)

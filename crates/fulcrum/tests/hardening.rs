@@ -1626,7 +1626,7 @@ async fn slow_backend_draining_an_upload_is_not_blamed_on_the_client() {
 }
 
 /// Reads `s` until the proxy closes it (bounded by 10 s).
-async fn read_until_closed(s: &mut TcpStream) -> String {
+async fn read_until_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
     let mut text = String::new();
     tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut text))
         .await
@@ -1861,11 +1861,7 @@ async fn tls_get_close<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 ) -> String {
     let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     s.write_all(request.as_bytes()).await.unwrap();
-    let mut text = String::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut text))
-        .await
-        .expect("answered and closed")
-        .unwrap();
+    let text = read_until_closed(s).await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     text
 }

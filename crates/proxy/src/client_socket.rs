@@ -2,7 +2,7 @@
 //! writes: when to acknowledge, and that the last answer leave with the
 //! connection's close.
 //!
-//! **Delayed acknowledgements on plain HTTP listeners.** Linux starts
+//! **Delayed acknowledgements on HTTP listeners.** Linux starts
 //! every connection in "quick ACK" mode: the first bytes a client sends
 //! are acknowledged at once, in a segment of their own, and the answer
 //! follows right after it in another. An HTTP client sends its request and
@@ -208,17 +208,17 @@ impl AsyncWrite for TlsTcp {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let r = if this.closing {
-            // A vectored write may write less than all: the first slice.
+        if self.closing {
+            // A vectored write may write less than all: the first slice,
+            // held as `poll_write` holds it.
             let buf = bufs
                 .iter()
                 .find(|b| !b.is_empty())
                 .map_or(&[][..], |b| &**b);
-            send_more(&mut this.tcp, cx, buf)
-        } else {
-            Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs)
-        };
+            return self.poll_write(cx, buf);
+        }
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs);
         this.wrote(r)
     }
 
