@@ -31,6 +31,11 @@ them send the origin the fields Fulcrum sends by default (X-Forwarded-For,
 -Proto, -Host and Via), so the origin does the same work for each proxy.
 `--also NAME=BINARY` runs
 another Fulcrum build beside the first (A/B of a change, same load).
+`--proxies ...,floor` adds bench/floor.c (built with gcc): a relay that
+only copies bytes between each client connection and an upstream
+connection of its own, the fewest system calls per request a user-space
+proxy can make. Its CPU per request is the kernel's share every proxy
+pays; it runs the plain kept-alive scenarios (small, 16k) only.
 Only 127.0.0.1 is used; every process started is stopped at the end.
 """
 import argparse, os, re, resource, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
@@ -195,6 +200,19 @@ http {{
 """)
     return Proc("nginx", ["nginx", "-c", conf, "-p", tmp], port, 0, tls_port)
 
+def floor(tmp, port, ups):
+    """bench/floor.c, built here: the system-call floor of a user-space proxy."""
+    binary = os.path.join(tmp, "floor")
+    source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor.c")
+    subprocess.run(["gcc", "-O2", "-o", binary, source], check=True)
+    return Proc("floor", [binary, str(port), *(str(p) for p in ups)], port, 0)
+
+def skipped(name, scenario):
+    """The floor speaks no TLS, and with a new connection per request it
+    would connect upstream for every request, which a pooling proxy does
+    not: it is a floor for the kept-alive scenarios only."""
+    return name == "floor" and (SCENARIOS[scenario][2] or scenario == "close")
+
 def parse_wrk(out):
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
@@ -333,11 +351,12 @@ def main():
                 p = {"haproxy": lambda: haproxy(tmp, port, tls_port, ups, tls, args.anchors_defer,
                                                 args.anchors_forwarding, args.anchors_aes128),
                      "nginx": lambda: nginx_proxy(tmp, port, tls_port, ups, tls, args.anchors_defer,
-                                                  args.anchors_forwarding, args.anchors_aes128)}[n]()
+                                                  args.anchors_forwarding, args.anchors_aes128),
+                     "floor": lambda: floor(tmp, port, ups)}[n]()
             started.append(p); procs[n] = p
         for rep in range(args.reps):
             for s in scenarios:
-                for n in names:
+                for n in (n for n in names if not skipped(n, s)):
                     r = run_once(procs[n], started[0], s, args.duration, args.connections)
                     results[(s, n)].append(r)
                     print(f"rep {rep+1} {s:6} {n:8} {r['rps']:>9.0f} req/s  p50 {r['p50']:.2f} ms  p99 {r['p99']:.2f} ms  "
@@ -352,12 +371,27 @@ def main():
     print("| scenario | proxy | req/s | p50 ms | p99 ms | CPU µs/req | of it user | origin µs/req | load gen µs/req | CPU 1 busy | TCP segments/req | errors |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for s in scenarios:
-        for n in names:
+        for n in (n for n in names if not skipped(n, s)):
             rs = results[(s, n)]
             med = lambda k: statistics.median(r[k] for r in rs)
             p99 = "-" if med('p99') != med('p99') else f"{med('p99'):.2f}"
             print(f"| {s} | {n} | {med('rps'):.0f} | {med('p50'):.2f} | {p99} | {med('cpu_us'):.1f} | {med('user_us'):.1f} | {med('origin_us'):.1f} | {med('load_us'):.1f} | {med('cpu1_busy'):.0f} % | {med('segments'):.2f} | {sum(r['errors'] for r in rs)} |")
     print_ratios(scenarios, names, builds, results)
+    print_floor(scenarios, names, results)
+
+def print_floor(scenarios, names, results):
+    """What each proxy spends per request above the floor relay's CPU."""
+    if "floor" not in names:
+        return
+    med = lambda s, n, k: statistics.median(r[k] for r in results[(s, n)])
+    print("\nAbove the floor (bench/floor.c: copies bytes, one upstream connection per client):\n")
+    print("| scenario | proxy | CPU µs/req | above the floor µs | × the floor's CPU |")
+    print("|---|---|---|---|---|")
+    for s in (s for s in scenarios if not skipped("floor", s)):
+        base = med(s, "floor", "cpu_us")
+        for n in (n for n in names if n != "floor"):
+            cpu = med(s, n, "cpu_us")
+            print(f"| {s} | {n} | {cpu:.1f} | {cpu - base:+.1f} | {cpu / max(base, 1e-9):.2f}× |")
 
 def print_ratios(scenarios, names, builds, results):
     """Each Fulcrum build's medians as ratios to the better anchor of the
