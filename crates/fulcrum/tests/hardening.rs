@@ -994,6 +994,36 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_0() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_idle_kept_alive_connections_at_once_and_exits_0() {
+    let _shared = TIMING.read().await;
+    let backend = RecordingBackend::spawn().await;
+    let mut proxy = proxy_to(backend.addr, "");
+    let addr = proxy.addr("web");
+    // Several idle connections, each after a few requests: the shutdown
+    // must reach every one of them, however often it was polled before.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        for _ in 0..3 {
+            first_request(&mut s).await;
+        }
+        idle.push(s);
+    }
+    signal(&proxy, "TERM");
+    for s in &mut idle {
+        // Well inside the 10 s grace period a connection left open would
+        // hold the process for.
+        let closed = closed_within(s, Duration::from_secs(3)).await;
+        assert!(
+            closed.is_some(),
+            "an idle connection stayed open after SIGTERM"
+        );
+    }
+    let code = tokio::task::block_in_place(|| wait_exit(&mut proxy, Duration::from_secs(5)));
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_signal_exits_at_once() {
     let _shared = TIMING.read().await;
     let bs = backends(&["20s"]).await;
