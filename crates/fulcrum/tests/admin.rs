@@ -537,10 +537,11 @@ async fn reload_adds_and_removes_listeners_without_dropping_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_scraped_under_load_pass_promtool() {
     let bs = backends(&["1ms", "3ms"]).await;
-    let config = simple_config(&cluster_block(
-        "app",
-        "peak-ewma",
-        &[(bs[0].addr, 1), (bs[1].addr, 1)],
+    // With admission control (a limit the load never reaches), so its
+    // families are checked too.
+    let config = simple_config(&format!(
+        "{}\n[cluster.app.admission]\nlimit = 100\n",
+        cluster_block("app", "peak-ewma", &[(bs[0].addr, 1), (bs[1].addr, 1)])
     ));
     let proxy = Proxy::run(&config);
     let load = load_for(proxy.addr("web"), 3);
@@ -563,6 +564,10 @@ async fn metrics_scraped_under_load_pass_promtool() {
         "fulcrum_listener_connections_total",
         "fulcrum_config_reloads_total",
         "fulcrum_tls_handshakes_total",
+        "fulcrum_admission_admitted_total",
+        "fulcrum_admission_shed_total",
+        "fulcrum_admission_in_flight_requests",
+        "fulcrum_admission_queue_wait_seconds_bucket",
     ] {
         assert!(text.contains(name), "{name} missing:\n{text}");
     }

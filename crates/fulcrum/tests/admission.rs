@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use fulcrum_testbed::{run_load, Arrival, LoadOptions, LoadReport};
+use http_body_util::Full;
 
 /// Backend latency: 100 ms ± 10% (long enough that a busy shared machine's
 /// scheduling noise stays small beside it). Almost fixed, so capacity is known; the
@@ -177,4 +178,97 @@ async fn admission_shed_answer_carries_retry_after() {
         assert!(a.headers.contains_key("x-fulcrum-shed"));
     }
     assert!(answers.iter().any(|a| a.status == 200));
+}
+
+/// The value of the sample `name{labels}` in Prometheus text.
+fn sample(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name_and_labels} in:\n{text}"))
+}
+
+#[tokio::test]
+async fn admission_metrics_and_api_count_what_clients_saw() {
+    let bs = capped_backends().await;
+    let proxy = Proxy::run(&config(&bs));
+    let addr = proxy.addr("web");
+    // 80 bulk requests at once against 8 slots, a queue of 64 and a 400 ms
+    // queue timeout, then one critical request on an idle cluster.
+    let client = client();
+    let answers =
+        futures_util::future::join_all((0..80).map(|_| get(&client, addr, "/bulk"))).await;
+    let critical = send(
+        &client,
+        http::Request::get(format!("http://{addr}/"))
+            .header("x-fulcrum-priority", "critical")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(critical.status, 200);
+    let served = answers.iter().filter(|a| a.status == 200).count();
+    let shed = |why: &str| {
+        answers
+            .iter()
+            .filter(|a| a.status == 503 && a.headers["x-fulcrum-shed"] == why)
+            .count()
+    };
+    let (full, timed_out) = (shed("queue-full"), shed("queue-timeout"));
+    assert_eq!(
+        served + full + timed_out,
+        80,
+        "every answer is a 200 or a shed 503"
+    );
+    assert!(full + timed_out > 0, "nothing shed");
+
+    let metrics = get(&client, proxy.admin, "/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    let admitted = |class: &str| {
+        sample(
+            &text,
+            &format!("fulcrum_admission_admitted_total{{cluster=\"app\",class=\"{class}\"}}"),
+        )
+    };
+    let shed_total = |why: &str| {
+        sample(
+            &text,
+            &format!(
+                "fulcrum_admission_shed_total{{cluster=\"app\",class=\"bulk\",reason=\"{why}\"}}"
+            ),
+        )
+    };
+    assert_eq!(admitted("bulk"), served as f64, "{text}");
+    assert_eq!(admitted("critical"), 1.0, "{text}");
+    assert_eq!(admitted("normal"), 0.0, "{text}");
+    assert_eq!(shed_total("queue-full"), full as f64, "{text}");
+    assert_eq!(shed_total("queue-timeout"), timed_out as f64, "{text}");
+    assert_eq!(shed_total("displaced"), 0.0, "{text}");
+    // Nothing holds a slot or waits once every answer is in; the static
+    // limit is the configured one.
+    let gauge = |name: &str| sample(&text, &format!("{name}{{cluster=\"app\"}}"));
+    assert_eq!(gauge("fulcrum_admission_in_flight_requests"), 0.0);
+    assert_eq!(gauge("fulcrum_admission_queued_requests"), 0.0);
+    assert_eq!(gauge("fulcrum_admission_limit"), (2 * WORKERS) as f64);
+    // 80 requests, 8 slots: at least the 72 that did not get one at once
+    // queued or were refused a place; those that queued were timed.
+    let waited = gauge("fulcrum_admission_queue_wait_seconds_count");
+    assert!(
+        waited >= (timed_out as f64) && waited + full as f64 >= 72.0,
+        "queue waits {waited}, shed for a full queue {full}, after a timeout {timed_out}"
+    );
+
+    let view = get(&client, proxy.admin, "/api/v1/clusters").await;
+    let view: serde_json::Value = serde_json::from_slice(&view.body).unwrap();
+    let admission = &view["clusters"][0]["admission"];
+    assert_eq!(admission["limit"], 2 * WORKERS, "{view}");
+    assert_eq!(admission["queued"], 0, "{view}");
+    let bulk = admission["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "bulk")
+        .unwrap_or_else(|| panic!("no bulk class in {view}"));
+    assert_eq!(bulk["admitted_total"], served, "{view}");
+    assert_eq!(bulk["shed_total"]["queue-timeout"], timed_out, "{view}");
+    assert_eq!(bulk["shed_total"]["queue-full"], full, "{view}");
 }

@@ -15,11 +15,17 @@
 //!   is freed, and the round trip fed to the adaptive limit, when the last
 //!   byte is sent or the client goes away — no path can leak a slot.
 //!
+//! Counters per class (admitted, shed by reason) and the time spent queued
+//! are kept here for the metrics (`fulcrum_admission_*`); they live as long
+//! as the state, so a reload that changes the admission settings starts
+//! them again from zero (Prometheus reads that as a counter reset).
+//!
 //! Classification: a route's `priority`, overridden by an
 //! `x-fulcrum-priority` header from a client in the listener's
 //! `priority_from` networks; anything else gets the cluster's default
 //! class.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -33,6 +39,7 @@ use tokio::sync::oneshot;
 
 use crate::body::ProxyBody;
 use crate::clock;
+use crate::metrics::LatencyHistogram;
 
 /// Request header naming the priority class (honoured from `priority_from`).
 pub static X_FULCRUM_PRIORITY: HeaderName = HeaderName::from_static("x-fulcrum-priority");
@@ -46,6 +53,28 @@ type Waker = oneshot::Sender<Permit>;
 pub struct Admission {
     config: AdmissionConfig,
     controller: Mutex<Controller<Waker>>,
+    counters: Counters,
+}
+
+/// What happened to the requests of each class, for the metrics.
+#[derive(Debug)]
+struct Counters {
+    /// Requests given a slot, by class rank.
+    admitted: Box<[AtomicU64]>,
+    /// Requests shed, by class rank and [`Shed::index`].
+    shed: Box<[[AtomicU64; Shed::ALL.len()]]>,
+    /// Time from joining the queue to a slot or a shed answer, for the
+    /// requests that had to wait.
+    queue_wait: LatencyHistogram,
+}
+
+/// A copy of one class's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassCounts {
+    /// Requests given a slot.
+    pub admitted: u64,
+    /// Requests shed, in the order of [`Shed::ALL`].
+    pub shed: [u64; Shed::ALL.len()],
 }
 
 /// Why a request was shed.
@@ -60,7 +89,20 @@ pub enum Shed {
 }
 
 impl Shed {
-    /// The `x-fulcrum-shed` value.
+    /// Every reason, in the order of [`Shed::index`].
+    pub const ALL: [Shed; 3] = [Shed::QueueFull, Shed::Displaced, Shed::Timeout];
+
+    /// Position in [`Shed::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Shed::QueueFull => 0,
+            Shed::Displaced => 1,
+            Shed::Timeout => 2,
+        }
+    }
+
+    /// The `x-fulcrum-shed` value (also the `reason` label of
+    /// `fulcrum_admission_shed_total`).
     pub fn as_str(self) -> &'static str {
         match self {
             Shed::QueueFull => "queue-full",
@@ -86,9 +128,15 @@ impl Admission {
         } else {
             Limit::Static(config.limit)
         };
+        let classes = config.classes.len();
         Arc::new(Self {
             config: config.clone(),
             controller: Mutex::new(Controller::new(limit, config.max_queue)),
+            counters: Counters {
+                admitted: (0..classes).map(|_| AtomicU64::new(0)).collect(),
+                shed: (0..classes).map(|_| Default::default()).collect(),
+                queue_wait: LatencyHistogram::default(),
+            },
         })
     }
 
@@ -108,6 +156,25 @@ impl Admission {
         (c.in_flight(), c.queued(), c.limit())
     }
 
+    /// The counters of the class of rank `rank`.
+    pub fn class_counts(&self, rank: u8) -> ClassCounts {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let rank = rank as usize;
+        ClassCounts {
+            admitted: self.counters.admitted.get(rank).map_or(0, load),
+            shed: self
+                .counters
+                .shed
+                .get(rank)
+                .map_or([0; Shed::ALL.len()], |s| s.each_ref().map(load)),
+        }
+    }
+
+    /// How long the requests that had to queue waited.
+    pub fn queue_wait(&self) -> &LatencyHistogram {
+        &self.counters.queue_wait
+    }
+
     /// The rank of a request: the trusted header's class, else the route's,
     /// else the default.
     pub fn classify(&self, route: Option<&str>, headers: &HeaderMap, trusted: bool) -> u8 {
@@ -121,8 +188,26 @@ impl Admission {
     }
 
     /// Waits for a slot for a request of class `rank`, at most
-    /// `queue_timeout`.
+    /// `queue_timeout`, and counts the outcome.
     pub async fn acquire(self: &Arc<Self>, rank: u8) -> Result<Permit, Shed> {
+        let outcome = self.wait_for_slot(rank).await;
+        let class = rank as usize;
+        match &outcome {
+            Ok(_) => {
+                if let Some(c) = self.counters.admitted.get(class) {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(why) => {
+                if let Some(c) = self.counters.shed.get(class) {
+                    c[why.index()].fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        outcome
+    }
+
+    async fn wait_for_slot(self: &Arc<Self>, rank: u8) -> Result<Permit, Shed> {
         let (tx, rx) = oneshot::channel();
         let decision = self.lock().admit(rank, tx);
         let ticket = match decision {
@@ -135,6 +220,7 @@ impl Admission {
         let mut waiting = Waiting {
             admission: self,
             ticket: Some(ticket),
+            since: clock::now(),
         };
         let mut rx = rx;
         match tokio::time::timeout(self.config.queue_timeout, &mut rx).await {
@@ -210,10 +296,12 @@ pub fn trusted(networks: &[IpNet], peer: std::net::IpAddr) -> bool {
 }
 
 /// Removes a waiter from the queue if its future is dropped (the client
-/// went away) or times out.
+/// went away) or times out; records how long it waited.
 struct Waiting<'a> {
     admission: &'a Arc<Admission>,
     ticket: Option<Ticket>,
+    /// When it joined the queue.
+    since: Nanos,
 }
 
 impl Waiting<'_> {
@@ -229,6 +317,8 @@ impl Waiting<'_> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.cancel();
+        let waited = clock::now().saturating_sub(self.since);
+        self.admission.counters.queue_wait.observe(waited);
     }
 }
 

@@ -562,6 +562,7 @@ impl prometheus_client::collector::Collector for Scrape {
                 )
             }),
         )?;
+        encode_admission(&mut e, &clusters)?;
         family(
             &mut e,
             "fulcrum_selector_decisions",
@@ -736,6 +737,101 @@ impl prometheus_client::collector::Collector for Scrape {
         )?;
         Ok(())
     }
+}
+
+/// The `fulcrum_admission_*` families, for the clusters with admission
+/// control.
+fn encode_admission(
+    e: &mut DescriptorEncoder<'_>,
+    clusters: &[Arc<crate::state::ClusterSnapshot>],
+) -> Result<(), std::fmt::Error> {
+    use crate::admission::Shed;
+    let admitting: Vec<(&str, &crate::admission::Admission)> = clusters
+        .iter()
+        .filter_map(|c| Some((c.name(), c.admission.as_deref()?)))
+        .collect();
+    let status: Vec<_> = admitting.iter().map(|(c, a)| (*c, a.status())).collect();
+    family(
+        e,
+        "fulcrum_admission_in_flight_requests",
+        "Requests holding one of the cluster's admission slots now.",
+        MetricType::Gauge,
+        status
+            .iter()
+            .map(|(c, (in_flight, _, _))| ([("cluster", *c)], ConstGauge::new(*in_flight as i64))),
+    )?;
+    family(
+        e,
+        "fulcrum_admission_queued_requests",
+        "Requests waiting in the cluster's admission queue now.",
+        MetricType::Gauge,
+        status
+            .iter()
+            .map(|(c, (_, queued, _))| ([("cluster", *c)], ConstGauge::new(*queued as i64))),
+    )?;
+    family(
+        e,
+        "fulcrum_admission_limit",
+        "The cluster's concurrency limit now (adaptive limits move).",
+        MetricType::Gauge,
+        status
+            .iter()
+            .map(|(c, (_, _, limit))| ([("cluster", *c)], ConstGauge::new(*limit as i64))),
+    )?;
+    // (cluster, class, counts) for every configured class.
+    let classes: Vec<_> = admitting
+        .iter()
+        .flat_map(|(c, a)| {
+            (0..a.config().classes.len()).map(move |rank| {
+                let rank = rank as u8;
+                (*c, a.config().class_name(rank), a.class_counts(rank))
+            })
+        })
+        .collect();
+    family(
+        e,
+        "fulcrum_admission_admitted",
+        "Requests given an admission slot (at once or after queueing), per class.",
+        MetricType::Counter,
+        classes.iter().map(|(c, class, n)| {
+            (
+                [("cluster", *c), ("class", *class)],
+                ConstCounter::new(n.admitted),
+            )
+        }),
+    )?;
+    {
+        let mut metric = e.encode_descriptor(
+            "fulcrum_admission_shed",
+            "Requests answered 503 by admission control, per class and reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (c, class, n) in &classes {
+            for why in Shed::ALL {
+                let labels = [("cluster", *c), ("class", *class), ("reason", why.as_str())];
+                ConstCounter::new(n.shed[why.index()]).encode(metric.encode_family(&labels)?)?;
+            }
+        }
+    }
+    let mut metric = e.encode_descriptor(
+        "fulcrum_admission_queue_wait_seconds",
+        "Time requests spent in the admission queue, until a slot, a shed answer or the client leaving (requests admitted at once are not counted).",
+        None,
+        MetricType::Histogram,
+    )?;
+    for (c, a) in &admitting {
+        let counts = a.queue_wait().counts();
+        metric
+            .encode_family(&[("cluster", *c)])?
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                counts.sum_nanos as f64 / 1e9,
+                counts.count(),
+                &counts.cumulative(),
+                None,
+            )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

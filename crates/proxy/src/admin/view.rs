@@ -68,6 +68,59 @@ pub struct ClusterView {
     pub requests_per_second: f64,
     /// Backends in configuration order.
     pub backends: Vec<BackendView>,
+    /// Admission control, when the cluster has it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admission: Option<AdmissionView>,
+}
+
+/// A cluster's admission control as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct AdmissionView {
+    /// Requests holding a slot now.
+    pub in_flight: u32,
+    /// Requests waiting in the queue now.
+    pub queued: usize,
+    /// The concurrency limit now (an adaptive limit moves).
+    pub limit: u32,
+    /// Every class, most important first.
+    pub classes: Vec<AdmissionClassView>,
+}
+
+/// One priority class's counters.
+#[derive(Clone, Debug, Serialize)]
+pub struct AdmissionClassView {
+    /// Class name.
+    pub name: String,
+    /// Requests given a slot.
+    pub admitted_total: u64,
+    /// Requests shed, by reason (`queue-full`, `displaced`, `queue-timeout`).
+    pub shed_total: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl AdmissionView {
+    fn of(admission: &crate::admission::Admission) -> Self {
+        let (in_flight, queued, limit) = admission.status();
+        let config = admission.config();
+        let classes = (0..config.classes.len() as u8)
+            .map(|rank| {
+                let counts = admission.class_counts(rank);
+                AdmissionClassView {
+                    name: config.class_name(rank).to_owned(),
+                    admitted_total: counts.admitted,
+                    shed_total: crate::admission::Shed::ALL
+                        .iter()
+                        .map(|why| (why.as_str(), counts.shed[why.index()]))
+                        .collect(),
+                }
+            })
+            .collect();
+        Self {
+            in_flight,
+            queued,
+            limit,
+            classes,
+        }
+    }
 }
 
 /// `GET /api/v1/clusters` and every SSE event.
@@ -230,6 +283,7 @@ impl Sampler {
                     algorithm: cluster.config.algorithm.to_string(),
                     requests_per_second: total,
                     backends,
+                    admission: cluster.admission.as_deref().map(AdmissionView::of),
                 }
             })
             .collect();
