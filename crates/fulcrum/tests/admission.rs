@@ -162,15 +162,19 @@ async fn admission_overload_keeps_critical_and_sheds_bulk_first() {
     }
 }
 
+/// 80 bulk requests at once against 8 slots, a queue of 64 and a 400 ms
+/// queue timeout: most are shed.
+async fn bulk_burst(client: &HttpClient, addr: std::net::SocketAddr) -> Vec<Answer> {
+    futures_util::future::join_all((0..80).map(|_| get(client, addr, "/bulk"))).await
+}
+
 #[tokio::test]
 async fn admission_shed_answer_carries_retry_after() {
     let bs = capped_backends().await;
     let proxy = Proxy::run(&config(&bs));
     let addr = proxy.addr("web");
-    // 80 bulk requests at once against 8 slots and a 400 ms queue: most are shed.
     let client = client();
-    let answers =
-        futures_util::future::join_all((0..80).map(|_| get(&client, addr, "/bulk"))).await;
+    let answers = bulk_burst(&client, addr).await;
     let shed: Vec<&Answer> = answers.iter().filter(|a| a.status == 503).collect();
     assert!(!shed.is_empty(), "nothing shed");
     for a in shed {
@@ -192,11 +196,9 @@ async fn admission_metrics_and_api_count_what_clients_saw() {
     let bs = capped_backends().await;
     let proxy = Proxy::run(&config(&bs));
     let addr = proxy.addr("web");
-    // 80 bulk requests at once against 8 slots, a queue of 64 and a 400 ms
-    // queue timeout, then one critical request on an idle cluster.
+    // A burst of bulk requests, then one critical request on an idle cluster.
     let client = client();
-    let answers =
-        futures_util::future::join_all((0..80).map(|_| get(&client, addr, "/bulk"))).await;
+    let answers = bulk_burst(&client, addr).await;
     let critical = send(
         &client,
         http::Request::get(format!("http://{addr}/"))

@@ -147,6 +147,19 @@ impl HistogramCounts {
     }
 
     /// `(upper bound, cumulative count)` pairs as Prometheus wants them.
+    /// Writes the histogram as one sample of a family (seconds).
+    fn encode(
+        &self,
+        mut family: prometheus_client::encoding::MetricEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        family.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.sum_nanos as f64 / 1e9,
+            self.count(),
+            &self.cumulative(),
+            None,
+        )
+    }
+
     fn cumulative(&self) -> Vec<(f64, u64)> {
         let mut acc = 0;
         let mut out = Vec::with_capacity(SLOTS);
@@ -598,16 +611,8 @@ impl prometheus_client::collector::Collector for Scrape {
                 MetricType::Histogram,
             )?;
             for (c, a, _, m) in &backends {
-                let counts = m.latency.counts();
                 let labels = [("cluster", *c), ("backend", *a)];
-                metric
-                    .encode_family(&labels)?
-                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                        counts.sum_nanos as f64 / 1e9,
-                        counts.count(),
-                        &counts.cumulative(),
-                        None,
-                    )?;
+                m.latency.counts().encode(metric.encode_family(&labels)?)?;
             }
         }
         family(
@@ -821,15 +826,9 @@ fn encode_admission(
         MetricType::Histogram,
     )?;
     for (c, a) in &admitting {
-        let counts = a.queue_wait().counts();
-        metric
-            .encode_family(&[("cluster", *c)])?
-            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                counts.sum_nanos as f64 / 1e9,
-                counts.count(),
-                &counts.cumulative(),
-                None,
-            )?;
+        a.queue_wait()
+            .counts()
+            .encode(metric.encode_family(&[("cluster", *c)])?)?;
     }
     Ok(())
 }
