@@ -170,11 +170,20 @@ pub struct FileTls {
     pub certificates: Option<Vec<FileCertificate>>,
     /// Stateless session tickets for resumption (default true).
     pub session_tickets: Option<bool>,
+    /// PEM file of the CAs whose client certificates are accepted; with it,
+    /// every client must present one.
+    pub client_ca: Option<String>,
 }
 
 impl FileTls {
     /// Keys of `[listener.tls]`.
-    pub const KEYS: &'static [&'static str] = &["cert", "key", "certificates", "session_tickets"];
+    pub const KEYS: &'static [&'static str] = &[
+        "cert",
+        "key",
+        "certificates",
+        "session_tickets",
+        "client_ca",
+    ];
 }
 
 /// One `[[listener.tls.certificates]]`.

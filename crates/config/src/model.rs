@@ -232,6 +232,9 @@ pub struct TlsConfig {
     /// (encrypted with keys that rotate); otherwise only the server's own
     /// session cache resumes them.
     pub session_tickets: bool,
+    /// PEM file of the CAs that sign client certificates: when set, every
+    /// client must present a certificate one of them signed.
+    pub client_ca: Option<String>,
 }
 
 /// One certificate chain and its private key (PEM files).

@@ -256,6 +256,7 @@ fn key_lists_match_the_file_shapes() {
         key: s(),
         certificates: Some(vec![certificate]),
         session_tickets: Some(true),
+        client_ca: s(),
     };
     assert_eq!(keys(&tls), sorted(file::FileTls::KEYS));
     let health = file::FileHealth {
@@ -582,12 +583,21 @@ fn parse_refuses_misplaced_l4_keys_naming_them() {
 fn parse_refuses_tls_with_missing_files() {
     let text = GOOD.replace(
         "protocol = \"http\"",
-        "protocol = \"http\"\ntls = { cert = \"/nonexistent/a.crt\" }",
+        "protocol = \"http\"\ntls = { cert = \"/nonexistent/a.crt\", client_ca = \"/nonexistent/clients.pem\" }",
     );
     let p = problems(&text);
     let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
     assert!(keys.contains(&"listener[0].tls.cert"), "{p:?}");
     assert!(keys.contains(&"listener[0].tls.key"), "{p:?}");
+    let ca = p
+        .iter()
+        .find(|p| p.key == "listener[0].tls.client_ca")
+        .unwrap_or_else(|| panic!("no client_ca problem in {p:?}"));
+    assert!(
+        ca.message
+            .contains("cannot read `/nonexistent/clients.pem`"),
+        "{ca:?}"
+    );
 }
 
 const ROUTING: &str = r#"

@@ -475,10 +475,14 @@ impl Validator {
                     key: String::new(),
                 }),
         };
+        if let Some(ca) = &file.client_ca {
+            self.ca_file(format!("{key}.client_ca"), ca);
+        }
         TlsConfig {
             default,
             certificates,
             session_tickets: file.session_tickets.unwrap_or(true),
+            client_ca: file.client_ca.clone(),
         }
     }
 
@@ -704,6 +708,21 @@ impl Validator {
         c
     }
 
+    /// A PEM file of CA certificates at `key`: readable, with at least one.
+    fn ca_file(&mut self, key: String, ca: &str) {
+        match std::fs::read_to_string(ca) {
+            Ok(text) if text.contains("-----BEGIN CERTIFICATE-----") => {}
+            Ok(_) => self.problem(
+                key,
+                format!("`{ca}` holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
+            ),
+            Err(e) => self.problem(
+                key,
+                format!("cannot read `{ca}`: {e} (relative paths start in the working directory)"),
+            ),
+        }
+    }
+
     /// A cluster's `tls` and its backends' `tls_sni`.
     fn upstream_tls(&mut self, name: &str, file: &FileCluster) -> Option<UpstreamTlsConfig> {
         let key = format!("cluster.{name}.tls");
@@ -724,19 +743,7 @@ impl Validator {
         }
         let t = file.tls.as_ref()?;
         if let Some(ca) = &t.ca {
-            match std::fs::read_to_string(ca) {
-                Ok(text) if text.contains("-----BEGIN CERTIFICATE-----") => {}
-                Ok(_) => self.problem(
-                    format!("{key}.ca"),
-                    format!("`{ca}` holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
-                ),
-                Err(e) => self.problem(
-                    format!("{key}.ca"),
-                    format!(
-                        "cannot read `{ca}`: {e} (relative paths start in the working directory)"
-                    ),
-                ),
-            }
+            self.ca_file(format!("{key}.ca"), ca);
         }
         if let Some(sni) = &t.sni {
             self.server_name(&format!("{key}.sni"), sni);

@@ -62,6 +62,11 @@ key = "{bk}"
 
 /// `curl` through the proxy as `host`; returns stdout.
 fn curl(site: &Site, host: &str, args: &[&str], path: &str) -> String {
+    try_curl(site, host, args, path).unwrap_or_else(|e| panic!("curl failed: {e}"))
+}
+
+/// `curl` through the proxy as `host`: stdout, or stderr if it failed.
+fn try_curl(site: &Site, host: &str, args: &[&str], path: &str) -> Result<String, String> {
     let addr = site.proxy.addr("https");
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "10", "--cacert", &site.ca_pem])
@@ -72,12 +77,10 @@ fn curl(site: &Site, host: &str, args: &[&str], path: &str) -> String {
         .stdin(Stdio::null())
         .output()
         .expect("curl runs");
-    assert!(
-        out.status.success(),
-        "curl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// `openssl s_client` against `addr`; returns (success, stdout + stderr).
@@ -368,4 +371,64 @@ async fn tls_sessions_resume_by_stateless_ticket_or_by_the_session_cache() {
         second.contains("Reused, TLSv1.2"),
         "TLS 1.2 not resumed: {second}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_client_ca_admits_only_clients_with_a_certificate_it_signed() {
+    let bs = backends(&["0ms"]).await;
+    let dir = TempDir::new("mtls");
+    let server_ca = TestCa::new();
+    let ca_pem = dir.write("ca.pem", &server_ca.pem()).display().to_string();
+    let (cert, key) = server_ca.write_leaf(&dir, "site", "site", &["site.example.com"]);
+    let client_ca = TestCa::new();
+    let client_ca_pem = dir
+        .write("clients.pem", &client_ca.pem())
+        .display()
+        .to_string();
+    let (good_cert, good_key) = client_ca.write_leaf(&dir, "good", "good client", &["good"]);
+    // Signed by the server's CA, not by the clients' one.
+    let (other_cert, other_key) = server_ca.write_leaf(&dir, "other", "other client", &["other"]);
+    let cluster = cluster_block("app", "round-robin", &[(bs[0].addr, 1)]);
+    let config = |client_ca: &str| {
+        format!(
+            "[[listener]]\nname = \"https\"\nbind = \"127.0.0.1:0\"\ncluster = \"app\"\n\n\
+             [listener.tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n{client_ca}\n{cluster}"
+        )
+    };
+    let site = Site {
+        ca_pem,
+        proxy: Proxy::run(&config(&format!("client_ca = \"{client_ca_pem}\""))),
+        _backends: bs,
+        _dir: dir,
+    };
+    let host = "site.example.com";
+    let good = ["--cert", good_cert.as_str(), "--key", good_key.as_str()];
+    let other = ["--cert", other_cert.as_str(), "--key", other_key.as_str()];
+    for version in [&["--tlsv1.3"][..], &["--tlsv1.2", "--tls-max", "1.2"]] {
+        let answer = try_curl(&site, host, &[version, &good].concat(), "/");
+        assert!(
+            answer.is_ok(),
+            "{version:?}, a certificate the CA signed: {answer:?}"
+        );
+        let none = try_curl(&site, host, version, "/");
+        assert!(
+            none.is_err(),
+            "{version:?}, no client certificate: answered {none:?}"
+        );
+        let wrong = try_curl(&site, host, &[version, &other].concat(), "/");
+        assert!(
+            wrong.is_err(),
+            "{version:?}, another CA's certificate: answered {wrong:?}"
+        );
+    }
+    // A reload without `client_ca` lets clients without certificates in.
+    reload(&site, &config(""));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = try_curl(&site, host, &[], "/") {
+        assert!(
+            Instant::now() < deadline,
+            "still refused after the reload: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -28,6 +28,12 @@
 //!   off. Both live as long as the listener, so a reload keeps them; a
 //!   reload that turns tickets on or off swaps the listener's rustls
 //!   configuration for the next handshakes.
+//! * Client certificates (`client_ca`): every client must present a
+//!   certificate that chains to one of the CAs in the file (webpki's
+//!   checks: signature chain, validity period, and a client-auth key usage
+//!   when the certificate states its usages); a client without one, or
+//!   with another, fails the handshake. The CA file is read with the
+//!   certificates at start and at every reload.
 
 use std::fmt;
 use std::io;
@@ -37,9 +43,10 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use fulcrum_config::{CertificateConfig, ListenerConfig, Protocol, TlsConfig};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{
     ClientHello, ProducesTickets, ResolvesServerCert, ServerSessionMemoryCache,
-    StoresServerSessions,
+    StoresServerSessions, WebPkiClientVerifier,
 };
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
@@ -111,6 +118,7 @@ impl TlsTerminator {
             &resolver,
             tls.session_tickets.then_some(&tickets),
             &sessions,
+            client_verifier(tls)?,
         )?;
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(watch_files(
@@ -128,8 +136,9 @@ impl TlsTerminator {
         }))
     }
 
-    /// Re-reads the certificate files, and takes a change of
-    /// `session_tickets`, if the runtime changed since the last load.
+    /// Re-reads the certificate files and the client CA file, and takes a
+    /// change of `session_tickets` or `client_ca`, if the runtime changed
+    /// since the last load.
     pub fn refresh(&self, runtime: &Runtime) {
         let snapshot = runtime.snapshot();
         let generation = snapshot.generation;
@@ -143,16 +152,22 @@ impl TlsTerminator {
         else {
             return;
         };
-        if tls.session_tickets != self.config.load().ticketer.enabled() {
-            let tickets = tls.session_tickets.then_some(&self.tickets);
-            match server_config(protocol, &self.resolver, tickets, &self.sessions) {
-                Ok(config) => {
-                    self.config.store(Arc::new(config));
+        // The rustls configuration is rebuilt: the client CA file may have
+        // changed. Tickets keys and session cache are the listener's, so
+        // sessions still resume.
+        let tickets_changed = tls.session_tickets != self.config.load().ticketer.enabled();
+        let tickets = tls.session_tickets.then_some(&self.tickets);
+        match client_verifier(tls).and_then(|verifier| {
+            server_config(protocol, &self.resolver, tickets, &self.sessions, verifier)
+        }) {
+            Ok(config) => {
+                self.config.store(Arc::new(config));
+                if tickets_changed {
                     tracing::info!(listener = %self.listener, session_tickets = tls.session_tickets, "session tickets changed");
                 }
-                Err(e) => {
-                    tracing::error!(listener = %self.listener, error = %e, "cannot change session tickets; keeping the setting");
-                }
+            }
+            Err(e) => {
+                tracing::error!(listener = %self.listener, error = %e, "cannot apply the new TLS settings (session_tickets, client_ca); keeping the previous ones");
             }
         }
         match CertStore::load(tls) {
@@ -199,20 +214,26 @@ fn preference(suite: &rustls::SupportedCipherSuite) -> (bool, u8) {
 }
 
 /// The rustls setup of a listener: its certificates, TLS 1.3 and 1.2, ALPN
-/// on http listeners, and resumption by `tickets` (stateless) when given,
-/// else by `sessions` alone.
+/// on http listeners, resumption by `tickets` (stateless) when given, else
+/// by `sessions` alone, and client certificates checked by `clients` when
+/// given.
 fn server_config(
     protocol: Protocol,
     resolver: &Arc<Resolver>,
     tickets: Option<&Arc<dyn ProducesTickets>>,
     sessions: &Arc<dyn StoresServerSessions>,
+    clients: Option<Arc<dyn ClientCertVerifier>>,
 ) -> Result<ServerConfig, TlsError> {
     let mut provider = rustls::crypto::ring::default_provider();
     provider.cipher_suites.sort_by_key(preference);
-    let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::clone(resolver) as Arc<dyn ResolvesServerCert>);
+    let builder = ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match clients {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config =
+        builder.with_cert_resolver(Arc::clone(resolver) as Arc<dyn ResolvesServerCert>);
     // The server's cipher order ([`preference`]) decides, not the client's.
     config.ignore_client_order = true;
     if protocol == Protocol::Http {
@@ -223,6 +244,34 @@ fn server_config(
         config.ticketer = Arc::clone(tickets);
     }
     Ok(config)
+}
+
+/// The check of client certificates against `tls.client_ca`, if set.
+fn client_verifier(tls: &TlsConfig) -> Result<Option<Arc<dyn ClientCertVerifier>>, TlsError> {
+    let Some(path) = &tls.client_ca else {
+        return Ok(None);
+    };
+    let fail = |reason: String| TlsError::File {
+        path: path.clone(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| fail(e.to_string()))? {
+        let cert = cert.map_err(|e| fail(e.to_string()))?;
+        roots
+            .add(cert)
+            .map_err(|e| fail(format!("not a usable CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(fail("holds no PEM certificate".into()));
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .map_err(|e| fail(e.to_string()))?;
+    Ok(Some(verifier))
 }
 
 /// Reloads a listener's certificates when their files change, until the

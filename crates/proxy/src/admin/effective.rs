@@ -83,6 +83,7 @@ pub fn to_file(config: &Config) -> FileConfig {
                             .collect()
                     }),
                     session_tickets: Some(t.session_tickets),
+                    client_ca: t.client_ca.clone(),
                 }),
                 accept_proxy_protocol: Some(l.accept_proxy_protocol),
                 proxy_protocol_from: Some(
