@@ -258,36 +258,7 @@ async fn tls_loose_key_permissions_warn_and_reload_swaps_certificates() {
 /// and saves the session it was given, the second offers it back.
 /// Returns the second connection's output and the saved session's ticket.
 fn resume(addr: SocketAddr, dir: &TempDir, extra: &[&str]) -> (String, Vec<u8>) {
-    use std::io::Write;
-    let session = dir.0.join("session.pem");
-    let _ = std::fs::remove_file(&session);
-    let session = session.display().to_string();
-    let mut first = Command::new("openssl")
-        .args(["s_client", "-connect", &addr.to_string()])
-        .args([
-            "-servername",
-            "a.example.com",
-            "-ign_eof",
-            "-sess_out",
-            &session,
-        ])
-        .args(extra)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("openssl runs");
-    // The request is answered and the connection closed, so s_client has
-    // read the tickets that follow the handshake before it saves the session.
-    first
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"GET / HTTP/1.1\r\nHost: a.example.com\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let out = first.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("HTTP/1.1 200"), "first connection: {text}");
+    let session = save_session(addr, "a.example.com", dir, extra);
     let (ok, second) = s_client(
         addr,
         Some("a.example.com"),
@@ -299,6 +270,37 @@ fn resume(addr: SocketAddr, dir: &TempDir, extra: &[&str]) -> (String, Vec<u8>) 
         .output()
         .expect("openssl runs");
     (second, ticket_bytes(&String::from_utf8_lossy(&dump.stdout)))
+}
+
+/// One `openssl s_client` connection to `addr` as `name` that asks for `/`
+/// and saves the session it was given; returns the session file's path.
+fn save_session(addr: SocketAddr, name: &str, dir: &TempDir, extra: &[&str]) -> String {
+    use std::io::Write;
+    let session = dir.0.join(format!("session{}.pem", extra.concat()));
+    let _ = std::fs::remove_file(&session);
+    let session = session.display().to_string();
+    let mut first = Command::new("openssl")
+        .args(["s_client", "-connect", &addr.to_string()])
+        .args(["-servername", name, "-ign_eof", "-sess_out", &session])
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl runs");
+    // The request is answered and the connection closed, so s_client has
+    // read the tickets that follow the handshake before it saves the session.
+    let request = format!("GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n");
+    first
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.as_bytes())
+        .unwrap();
+    let out = first.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("HTTP/1.1 200"), "first connection: {text}");
+    session
 }
 
 /// The ticket bytes of `openssl sess_id -text`'s hex dump
@@ -397,11 +399,37 @@ async fn tls_client_ca_admits_only_clients_with_a_certificate_it_signed() {
     };
     let site = Site {
         ca_pem,
-        proxy: Proxy::run(&config(&format!("client_ca = \"{client_ca_pem}\""))),
+        proxy: Proxy::run(&config("")),
         _backends: bs,
         _dir: dir,
     };
     let host = "site.example.com";
+    let addr = site.proxy.addr("https");
+    // Sessions of clients without certificates, from before `client_ca`.
+    let sessions = TempDir::new("mtls-sessions");
+    let versions = [&["-tls1_3"][..], &["-tls1_2"]];
+    let saved = versions.map(|v| save_session(addr, host, &sessions, v));
+    reload(&site, &config(&format!("client_ca = \"{client_ca_pem}\"")));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while try_curl(&site, host, &[], "/").is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "client_ca not applied by the reload"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // They must not resume: a resumed session skips the certificate.
+    for (version, session) in versions.iter().zip(&saved) {
+        let (_, out) = s_client(
+            addr,
+            Some(host),
+            &[&["-sess_in", session], *version].concat(),
+        );
+        assert!(
+            !out.contains("Reused,"),
+            "{version:?}: resumed past client_ca: {out}"
+        );
+    }
     let good = ["--cert", good_cert.as_str(), "--key", good_key.as_str()];
     let other = ["--cert", other_cert.as_str(), "--key", other_key.as_str()];
     for version in [&["--tlsv1.3"][..], &["--tlsv1.2", "--tls-max", "1.2"]] {
@@ -421,7 +449,8 @@ async fn tls_client_ca_admits_only_clients_with_a_certificate_it_signed() {
             "{version:?}, another CA's certificate: answered {wrong:?}"
         );
     }
-    // A reload without `client_ca` lets clients without certificates in.
+    // A reload without `client_ca` lets clients without certificates in
+    // again.
     reload(&site, &config(""));
     let deadline = Instant::now() + Duration::from_secs(10);
     while let Err(e) = try_curl(&site, host, &[], "/") {

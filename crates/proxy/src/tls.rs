@@ -27,7 +27,8 @@
 //!   `tune.ssl.cachesize`, for clients without tickets or when tickets are
 //!   off. Both live as long as the listener, so a reload keeps them; a
 //!   reload that turns tickets on or off swaps the listener's rustls
-//!   configuration for the next handshakes.
+//!   configuration for the next handshakes. A change of the client CAs
+//!   (below) starts new ones: no session resumes across it.
 //! * Client certificates (`client_ca`): every client must present a
 //!   certificate that chains to one of the CAs in the file (webpki's
 //!   checks: signature chain, validity period, and a client-auth key usage
@@ -38,7 +39,7 @@
 use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -87,11 +88,34 @@ pub struct TlsTerminator {
     config: ArcSwap<ServerConfig>,
     resolver: Arc<Resolver>,
     /// The listener's ticket keys and session cache, shared by every
-    /// configuration it gets.
-    tickets: Arc<dyn ProducesTickets>,
-    sessions: Arc<dyn StoresServerSessions>,
+    /// configuration it gets while its client CAs stay the same.
+    resumption: Mutex<Resumption>,
     /// The runtime generation the certificates were last loaded at.
     generation: AtomicU64,
+}
+
+/// What a session was established under, and where it is kept.
+///
+/// rustls resumes a session without asking for a client certificate again
+/// (the session carries the one given at its full handshake, or none), so
+/// sessions made under other client CAs — or before `client_ca` was set —
+/// must not resume: a change of the client CA file's content starts new
+/// ticket keys and an empty cache.
+struct Resumption {
+    tickets: Arc<dyn ProducesTickets>,
+    sessions: Arc<dyn StoresServerSessions>,
+    /// The client CA file's content the sessions were made under.
+    client_ca: Option<Vec<u8>>,
+}
+
+impl Resumption {
+    fn new(client_ca: Option<Vec<u8>>) -> Result<Self, TlsError> {
+        Ok(Self {
+            tickets: rustls::crypto::ring::Ticketer::new()?,
+            sessions: ServerSessionMemoryCache::new(SESSION_CACHE),
+            client_ca,
+        })
+    }
 }
 
 impl fmt::Debug for TlsTerminator {
@@ -111,15 +135,10 @@ impl TlsTerminator {
         let resolver = Arc::new(Resolver {
             store: ArcSwap::from_pointee(CertStore::load(tls)?),
         });
-        let tickets = rustls::crypto::ring::Ticketer::new()?;
-        let sessions: Arc<dyn StoresServerSessions> = ServerSessionMemoryCache::new(SESSION_CACHE);
-        let config = server_config(
-            listener.protocol,
-            &resolver,
-            tls.session_tickets.then_some(&tickets),
-            &sessions,
-            client_verifier(tls)?,
-        )?;
+        let client_ca = client_ca_pem(tls)?;
+        let verifier = client_verifier(tls, client_ca.as_deref())?;
+        let resumption = Resumption::new(client_ca)?;
+        let config = server_config(listener.protocol, &resolver, tls, &resumption, verifier)?;
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(watch_files(
                 listener.name.clone(),
@@ -130,8 +149,7 @@ impl TlsTerminator {
             listener: listener.name.clone(),
             config: ArcSwap::from_pointee(config),
             resolver,
-            tickets,
-            sessions,
+            resumption: Mutex::new(resumption),
             generation: AtomicU64::new(generation),
         }))
     }
@@ -152,23 +170,8 @@ impl TlsTerminator {
         else {
             return;
         };
-        // The rustls configuration is rebuilt: the client CA file may have
-        // changed. Tickets keys and session cache are the listener's, so
-        // sessions still resume.
-        let tickets_changed = tls.session_tickets != self.config.load().ticketer.enabled();
-        let tickets = tls.session_tickets.then_some(&self.tickets);
-        match client_verifier(tls).and_then(|verifier| {
-            server_config(protocol, &self.resolver, tickets, &self.sessions, verifier)
-        }) {
-            Ok(config) => {
-                self.config.store(Arc::new(config));
-                if tickets_changed {
-                    tracing::info!(listener = %self.listener, session_tickets = tls.session_tickets, "session tickets changed");
-                }
-            }
-            Err(e) => {
-                tracing::error!(listener = %self.listener, error = %e, "cannot apply the new TLS settings (session_tickets, client_ca); keeping the previous ones");
-            }
+        if let Err(e) = self.reconfigure(protocol, tls) {
+            tracing::error!(listener = %self.listener, error = %e, "cannot apply the new TLS settings (session_tickets, client_ca); keeping the previous ones");
         }
         match CertStore::load(tls) {
             Ok(store) => {
@@ -179,6 +182,34 @@ impl TlsTerminator {
                 tracing::error!(listener = %self.listener, error = %e, "certificate reload failed; keeping the loaded certificates");
             }
         }
+    }
+
+    /// Rebuilds the rustls configuration from `tls`: the client CA file
+    /// may have changed. Sessions keep resuming unless it did.
+    fn reconfigure(&self, protocol: Protocol, tls: &TlsConfig) -> Result<(), TlsError> {
+        let client_ca = client_ca_pem(tls)?;
+        let verifier = client_verifier(tls, client_ca.as_deref())?;
+        let mut resumption = self.resumption.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = (resumption.client_ca != client_ca)
+            .then(|| Resumption::new(client_ca))
+            .transpose()?;
+        let tickets_changed = tls.session_tickets != self.config.load().ticketer.enabled();
+        let config = server_config(
+            protocol,
+            &self.resolver,
+            tls,
+            fresh.as_ref().unwrap_or(&resumption),
+            verifier,
+        )?;
+        self.config.store(Arc::new(config));
+        if let Some(fresh) = fresh {
+            *resumption = fresh;
+            tracing::info!(listener = %self.listener, "client certificate authorities changed; earlier TLS sessions will not resume");
+        }
+        if tickets_changed {
+            tracing::info!(listener = %self.listener, session_tickets = tls.session_tickets, "session tickets changed");
+        }
+        Ok(())
     }
 
     /// Runs the server handshake on an accepted connection.
@@ -214,14 +245,14 @@ fn preference(suite: &rustls::SupportedCipherSuite) -> (bool, u8) {
 }
 
 /// The rustls setup of a listener: its certificates, TLS 1.3 and 1.2, ALPN
-/// on http listeners, resumption by `tickets` (stateless) when given, else
-/// by `sessions` alone, and client certificates checked by `clients` when
-/// given.
+/// on http listeners, resumption by the stateless tickets of `resumption`
+/// when `tls.session_tickets`, else by its session cache alone, and client
+/// certificates checked by `clients` when given.
 fn server_config(
     protocol: Protocol,
     resolver: &Arc<Resolver>,
-    tickets: Option<&Arc<dyn ProducesTickets>>,
-    sessions: &Arc<dyn StoresServerSessions>,
+    tls: &TlsConfig,
+    resumption: &Resumption,
     clients: Option<Arc<dyn ClientCertVerifier>>,
 ) -> Result<ServerConfig, TlsError> {
     let mut provider = rustls::crypto::ring::default_provider();
@@ -239,16 +270,31 @@ fn server_config(
     if protocol == Protocol::Http {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     }
-    config.session_storage = Arc::clone(sessions);
-    if let Some(tickets) = tickets {
-        config.ticketer = Arc::clone(tickets);
+    config.session_storage = Arc::clone(&resumption.sessions);
+    if tls.session_tickets {
+        config.ticketer = Arc::clone(&resumption.tickets);
     }
     Ok(config)
 }
 
-/// The check of client certificates against `tls.client_ca`, if set.
-fn client_verifier(tls: &TlsConfig) -> Result<Option<Arc<dyn ClientCertVerifier>>, TlsError> {
+/// The content of `tls.client_ca`, if set.
+fn client_ca_pem(tls: &TlsConfig) -> Result<Option<Vec<u8>>, TlsError> {
     let Some(path) = &tls.client_ca else {
+        return Ok(None);
+    };
+    std::fs::read(path).map(Some).map_err(|e| TlsError::File {
+        path: path.clone(),
+        reason: e.to_string(),
+    })
+}
+
+/// The check of client certificates against the CAs in `pem`, the content
+/// of `tls.client_ca`.
+fn client_verifier(
+    tls: &TlsConfig,
+    pem: Option<&[u8]>,
+) -> Result<Option<Arc<dyn ClientCertVerifier>>, TlsError> {
+    let (Some(path), Some(pem)) = (&tls.client_ca, pem) else {
         return Ok(None);
     };
     let fail = |reason: String| TlsError::File {
@@ -256,7 +302,7 @@ fn client_verifier(tls: &TlsConfig) -> Result<Option<Arc<dyn ClientCertVerifier>
         reason,
     };
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(path).map_err(|e| fail(e.to_string()))? {
+    for cert in CertificateDer::pem_slice_iter(pem) {
         let cert = cert.map_err(|e| fail(e.to_string()))?;
         roots
             .add(cert)
