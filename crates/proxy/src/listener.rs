@@ -555,68 +555,109 @@ struct CloseWatch<'a> {
     shutdown: &'a mut watch::Receiver<bool>,
 }
 
-impl CloseWatch<'_> {
+impl<'a> CloseWatch<'a> {
     /// Runs `conn` to its end; on shutdown or idleness asks it to finish
     /// the requests in flight and close (`graceful`).
+    fn drive<F, E>(
+        self,
+        conn: Pin<&'a mut F>,
+        graceful: fn(Pin<&mut F>),
+    ) -> Driven<'a, F, impl Future<Output = Result<(), watch::error::RecvError>> + 'a>
+    where
+        F: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        Driven {
+            shutdown: self.shutdown.changed(),
+            conn,
+            graceful,
+            ticker: self.ticker,
+            seen: self.seen,
+            activity: self.activity,
+            alarm: Arc::new(Alarm {
+                fired: AtomicBool::new(true),
+                task: Mutex::new(None),
+            }),
+            registered: None,
+            closing: false,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection driven to its end under its close watch.
     ///
     /// The shutdown signal and the idle ticker are polled with a waker of
     /// their own ([`Alarm`]) and only after it fired, not on every poll of
     /// the connection: a `select!` over the three polled both each time the
     /// connection made progress, about 1 000 instructions per kept-alive
-    /// request (the signal's poll takes a lock).
-    async fn drive<F, E>(self, mut conn: Pin<&mut F>, graceful: fn(Pin<&mut F>))
-    where
-        F: Future<Output = Result<(), E>>,
-        E: std::fmt::Display,
-    {
-        let CloseWatch {
-            mut ticker,
-            mut seen,
-            activity,
-            shutdown,
-        } = self;
-        let mut shutdown = std::pin::pin!(shutdown.changed());
-        let alarm = Arc::new(Alarm {
-            fired: AtomicBool::new(true),
-            task: Mutex::new(None),
-        });
-        let alarm_waker = std::task::Waker::from(Arc::clone(&alarm));
-        let mut registered: Option<std::task::Waker> = None;
-        let mut closing = false;
-        std::future::poll_fn(|cx| loop {
-            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+    /// request (the signal's poll takes a lock). A named future rather than
+    /// an `async fn`: it holds each part once (every connection's task
+    /// carries it).
+    struct Driven<'a, F, S> {
+        #[pin]
+        shutdown: S,
+        conn: Pin<&'a mut F>,
+        graceful: fn(Pin<&mut F>),
+        ticker: tokio::time::Interval,
+        seen: u64,
+        activity: &'a AtomicU64,
+        alarm: Arc<Alarm>,
+        // The task waker last handed to the alarm.
+        registered: Option<std::task::Waker>,
+        closing: bool,
+    }
+}
+
+impl<F, E, S> Future for Driven<'_, F, S>
+where
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+    S: Future,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        loop {
+            if let Poll::Ready(result) = this.conn.as_mut().poll(cx) {
                 if let Err(e) = result {
                     tracing::trace!(error = %e, "client connection ended with an error");
                 }
                 return Poll::Ready(());
             }
-            if closing {
+            if *this.closing {
                 return Poll::Pending;
             }
-            if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                *alarm.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
-                registered = Some(cx.waker().clone());
+            if !this
+                .registered
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                *this.alarm.task.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(cx.waker().clone());
+                *this.registered = Some(cx.waker().clone());
                 // A wake-up may have gone to the task's previous waker.
-                alarm.fired.store(true, Ordering::Relaxed);
+                this.alarm.fired.store(true, Ordering::Relaxed);
             }
-            if !alarm.fired.swap(false, Ordering::Acquire) {
+            if !this.alarm.fired.swap(false, Ordering::Acquire) {
                 return Poll::Pending;
             }
-            let mut watch = Context::from_waker(&alarm_waker);
-            let mut close = shutdown.as_mut().poll(&mut watch).is_ready();
+            let alarm = std::task::Waker::from(Arc::clone(this.alarm));
+            let mut watch = Context::from_waker(&alarm);
+            let mut close = this.shutdown.as_mut().poll(&mut watch).is_ready();
             // The first poll after a tick registers the next one.
-            while ticker.poll_tick(&mut watch).is_ready() {
-                let now = activity.load(Ordering::Relaxed);
-                close |= now == seen;
-                seen = now;
+            while this.ticker.poll_tick(&mut watch).is_ready() {
+                let now = this.activity.load(Ordering::Relaxed);
+                close |= now == *this.seen;
+                *this.seen = now;
             }
             if !close {
                 return Poll::Pending;
             }
-            graceful(conn.as_mut());
-            closing = true;
-        })
-        .await
+            (this.graceful)(this.conn.as_mut());
+            *this.closing = true;
+        }
     }
 }
 
