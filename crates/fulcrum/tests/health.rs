@@ -252,6 +252,41 @@ async fn failing_backend_is_ejected_by_outlier_detection() {
     assert!(line.is_some(), "the ejection is logged");
 }
 
+#[tokio::test]
+async fn an_answer_before_the_request_body_ends_closes_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let bs = backends(&["1ms"]).await;
+    // The backend answers 503 without reading the body.
+    bs[0].set_mode(Mode::Fail { status: 503 });
+    let config = simple_config(&cluster_with(
+        "round-robin",
+        &[bs[0].addr],
+        "[cluster.app.outlier]\nconsecutive_failures = 0\n",
+    ));
+    let proxy = Proxy::run(&config);
+    let mut s = tokio::net::TcpStream::connect(proxy.addr("web"))
+        .await
+        .unwrap();
+    // A head announcing a body that has not been sent yet.
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
+            other => panic!("no answer head: {other:?}, got {head:?}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 503"), "{text}");
+    // The client must not send another request on this connection.
+    assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn posts_are_not_retried_after_their_body_was_sent_but_gets_are() {
     let bs = backends(&["1ms", "1ms", "1ms"]).await;

@@ -923,6 +923,15 @@ where
                 e.upgrade = None;
             }
         }
+        if !upgrading && self.reading.is_some() {
+            // Answered before its body was read to the end (a backend that
+            // refuses early): the connection closes after this answer, and
+            // the answer must say so, or the client sends its next request
+            // into the close. The rest of the body is still passed on while
+            // the answer is written (a backend may read it as it answers).
+            self.keep_alive = false;
+            self.linger = true;
+        }
         let exchange = self.exchange.as_ref().expect("a request is in flight");
         if self.out.capacity() == 0 {
             // Room for a typical answer head and a small body: grown step
