@@ -81,11 +81,11 @@ pub struct ClassCounts {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Shed {
     /// The queue was full of requests at least as important.
-    QueueFull,
+    QueueFull = 0,
     /// A more important request took its place in the queue.
-    Displaced,
+    Displaced = 1,
     /// It waited `queue_timeout` without a slot freeing.
-    Timeout,
+    Timeout = 2,
 }
 
 impl Shed {
@@ -94,11 +94,7 @@ impl Shed {
 
     /// Position in [`Shed::ALL`].
     pub fn index(self) -> usize {
-        match self {
-            Shed::QueueFull => 0,
-            Shed::Displaced => 1,
-            Shed::Timeout => 2,
-        }
+        self as usize
     }
 
     /// The `x-fulcrum-shed` value (also the `reason` label of
@@ -156,8 +152,14 @@ impl Admission {
         (c.in_flight(), c.queued(), c.limit())
     }
 
+    /// Every class, most important first, with its counters.
+    pub fn classes(&self) -> impl Iterator<Item = (&str, ClassCounts)> {
+        (0..self.config.classes.len() as u8)
+            .map(|rank| (self.config.class_name(rank), self.class_counts(rank)))
+    }
+
     /// The counters of the class of rank `rank`.
-    pub fn class_counts(&self, rank: u8) -> ClassCounts {
+    fn class_counts(&self, rank: u8) -> ClassCounts {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let rank = rank as usize;
         ClassCounts {

@@ -786,12 +786,7 @@ fn encode_admission(
     // (cluster, class, counts) for every configured class.
     let classes: Vec<_> = admitting
         .iter()
-        .flat_map(|(c, a)| {
-            (0..a.config().classes.len()).map(move |rank| {
-                let rank = rank as u8;
-                (*c, a.config().class_name(rank), a.class_counts(rank))
-            })
-        })
+        .flat_map(|(c, a)| a.classes().map(move |(class, n)| (*c, class, n)))
         .collect();
     family(
         e,

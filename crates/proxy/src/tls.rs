@@ -135,8 +135,7 @@ impl TlsTerminator {
         let resolver = Arc::new(Resolver {
             store: ArcSwap::from_pointee(CertStore::load(tls)?),
         });
-        let client_ca = client_ca_pem(tls)?;
-        let verifier = client_verifier(tls, client_ca.as_deref())?;
+        let (client_ca, verifier) = client_auth(tls)?;
         let resumption = Resumption::new(client_ca)?;
         let config = server_config(listener.protocol, &resolver, tls, &resumption, verifier)?;
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -187,8 +186,7 @@ impl TlsTerminator {
     /// Rebuilds the rustls configuration from `tls`: the client CA file
     /// may have changed. Sessions keep resuming unless it did.
     fn reconfigure(&self, protocol: Protocol, tls: &TlsConfig) -> Result<(), TlsError> {
-        let client_ca = client_ca_pem(tls)?;
-        let verifier = client_verifier(tls, client_ca.as_deref())?;
+        let (client_ca, verifier) = client_auth(tls)?;
         let mut resumption = self.resumption.lock().unwrap_or_else(|e| e.into_inner());
         let fresh = (resumption.client_ca != client_ca)
             .then(|| Resumption::new(client_ca))
@@ -277,32 +275,22 @@ fn server_config(
     Ok(config)
 }
 
-/// The content of `tls.client_ca`, if set.
-fn client_ca_pem(tls: &TlsConfig) -> Result<Option<Vec<u8>>, TlsError> {
-    let Some(path) = &tls.client_ca else {
-        return Ok(None);
-    };
-    std::fs::read(path).map(Some).map_err(|e| TlsError::File {
-        path: path.clone(),
-        reason: e.to_string(),
-    })
-}
+/// The content of the client CA file, and the check of client certificates
+/// against its CAs.
+type ClientAuth = (Option<Vec<u8>>, Option<Arc<dyn ClientCertVerifier>>);
 
-/// The check of client certificates against the CAs in `pem`, the content
-/// of `tls.client_ca`.
-fn client_verifier(
-    tls: &TlsConfig,
-    pem: Option<&[u8]>,
-) -> Result<Option<Arc<dyn ClientCertVerifier>>, TlsError> {
-    let (Some(path), Some(pem)) = (&tls.client_ca, pem) else {
-        return Ok(None);
+/// Reads `tls.client_ca` and builds its check; `None`s without one.
+fn client_auth(tls: &TlsConfig) -> Result<ClientAuth, TlsError> {
+    let Some(path) = &tls.client_ca else {
+        return Ok((None, None));
     };
     let fail = |reason: String| TlsError::File {
         path: path.clone(),
         reason,
     };
+    let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(pem) {
+    for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|e| fail(e.to_string()))?;
         roots
             .add(cert)
@@ -317,7 +305,7 @@ fn client_verifier(
     )
     .build()
     .map_err(|e| fail(e.to_string()))?;
-    Ok(Some(verifier))
+    Ok((Some(pem), Some(verifier)))
 }
 
 /// Reloads a listener's certificates when their files change, until the

@@ -100,18 +100,15 @@ pub struct AdmissionClassView {
 impl AdmissionView {
     fn of(admission: &crate::admission::Admission) -> Self {
         let (in_flight, queued, limit) = admission.status();
-        let config = admission.config();
-        let classes = (0..config.classes.len() as u8)
-            .map(|rank| {
-                let counts = admission.class_counts(rank);
-                AdmissionClassView {
-                    name: config.class_name(rank).to_owned(),
-                    admitted_total: counts.admitted,
-                    shed_total: crate::admission::Shed::ALL
-                        .iter()
-                        .map(|why| (why.as_str(), counts.shed[why.index()]))
-                        .collect(),
-                }
+        let classes = admission
+            .classes()
+            .map(|(name, counts)| AdmissionClassView {
+                name: name.to_owned(),
+                admitted_total: counts.admitted,
+                shed_total: crate::admission::Shed::ALL
+                    .iter()
+                    .map(|why| (why.as_str(), counts.shed[why.index()]))
+                    .collect(),
             })
             .collect();
         Self {
