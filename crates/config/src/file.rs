@@ -394,6 +394,8 @@ pub struct FileCluster {
     pub balance_factor: Option<f64>,
     /// Read backends' `endpoint-load-metrics` (ORCA) load reports.
     pub load_reports: Option<bool>,
+    /// Speak HTTP/2 to the backends (h2c, or h2 by ALPN with `tls`).
+    pub http2: Option<bool>,
     /// Active health checking.
     pub health: Option<FileHealth>,
     /// Passive health checking (outlier detection).
@@ -434,6 +436,7 @@ impl FileCluster {
         "hash_key",
         "balance_factor",
         "load_reports",
+        "http2",
         "health",
         "outlier",
         "retries",

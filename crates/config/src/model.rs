@@ -518,6 +518,9 @@ pub struct ClusterConfig {
     pub balance_factor: f64,
     /// Whether backends' ORCA load reports feed Load.
     pub load_reports: bool,
+    /// Whether requests go to the backends over HTTP/2 (h2c without
+    /// `tls`, h2 by ALPN with it) instead of HTTP/1.1.
+    pub http2: bool,
     /// Active health checks, if configured.
     pub health: Option<HealthConfig>,
     /// Passive health checks (outlier detection).
@@ -713,6 +716,7 @@ impl ClusterConfig {
             hash_key: HashKey::ClientIp,
             balance_factor: fulcrum_balance::selector::DEFAULT_BALANCE_FACTOR,
             load_reports: true,
+            http2: false,
             health: None,
             outlier: OutlierConfig::default(),
             retries: DEFAULT_RETRIES,

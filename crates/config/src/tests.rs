@@ -294,6 +294,7 @@ fn key_lists_match_the_file_shapes() {
         hash_key: s(),
         balance_factor: Some(1.5),
         load_reports: Some(true),
+        http2: Some(true),
         health: Some(health.clone()),
         outlier: Some(outlier),
         retries: Some(1),

@@ -679,6 +679,9 @@ impl Validator {
         if let Some(b) = file.load_reports {
             c.load_reports = b;
         }
+        if let Some(b) = file.http2 {
+            c.http2 = b;
+        }
         c.health = file.health.as_ref().map(|h| self.health(&key("health"), h));
         c.sticky = file.sticky.as_ref().map(|s| self.sticky(&key("sticky"), s));
         self.resilience(name, file, &mut c);

@@ -45,6 +45,8 @@ use crate::tls::TlsError;
 /// A cluster's client-side TLS setup; built once per upstream pool.
 pub struct BackendTls {
     connector: TlsConnector,
+    /// The same setup offering only `h2` by ALPN (cluster `http2`).
+    h2: TlsConnector,
     sni: Option<ServerName<'static>>,
     backend_sni: HashMap<String, ServerName<'static>>,
     handshake_timeout: Duration,
@@ -90,8 +92,11 @@ impl BackendTls {
                 reason: format!("not a TLS server name: {e}"),
             })
         };
+        let mut h2 = config.clone();
+        h2.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Self {
             connector: TlsConnector::from(Arc::new(config)),
+            h2: TlsConnector::from(Arc::new(h2)),
             sni: tls.sni.as_deref().map(name).transpose()?,
             backend_sni: tls
                 .backend_sni
@@ -121,10 +126,30 @@ impl BackendTls {
         })
     }
 
-    /// Runs the client handshake with the backend at `address` over `tcp`.
+    /// Runs the client handshake with the backend at `address` over `tcp`,
+    /// offering no application protocol (HTTP/1.1 is implied).
     pub async fn connect(&self, address: &str, tcp: TcpStream) -> io::Result<TlsStream<TcpStream>> {
+        self.handshake(&self.connector, address, tcp).await
+    }
+
+    /// Like [`BackendTls::connect`], offering HTTP/2 (`h2`) by ALPN. A
+    /// backend that picks no protocol is still spoken to in HTTP/2.
+    pub async fn connect_h2(
+        &self,
+        address: &str,
+        tcp: TcpStream,
+    ) -> io::Result<TlsStream<TcpStream>> {
+        self.handshake(&self.h2, address, tcp).await
+    }
+
+    async fn handshake(
+        &self,
+        connector: &TlsConnector,
+        address: &str,
+        tcp: TcpStream,
+    ) -> io::Result<TlsStream<TcpStream>> {
         let name = self.server_name(address)?;
-        tokio::time::timeout(self.handshake_timeout, self.connector.connect(name, tcp))
+        tokio::time::timeout(self.handshake_timeout, connector.connect(name, tcp))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "tls handshake timed out"))?
             .map_err(|e| io::Error::new(e.kind(), format!("tls handshake: {e}")))

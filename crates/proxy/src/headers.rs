@@ -340,7 +340,7 @@ pub fn forwarded_for(client: IpAddr) -> HeaderValue {
 /// fields are edited or read after this (route edits, hashing by a
 /// field). Writing them costs no hashed insert, and the request's map
 /// does not grow to take four more fields.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Forwarding {
     forwarded_for: HeaderValue,
     tls: bool,

@@ -245,12 +245,14 @@ async fn probe_loop(
     tokio::time::sleep(random_up_to(&mut rng, config.interval)).await;
     loop {
         let started = Instant::now();
-        let tls = runtime
+        let (tls, http2) = runtime
             .snapshot()
             .clusters
             .get(&cluster)
-            .and_then(|c| c.upstream.tls().cloned());
-        let probe = probe_once(&address, &config, tls.as_deref());
+            .map_or((None, false), |c| {
+                (c.upstream.tls().cloned(), c.config.http2)
+            });
+        let probe = probe_once(&address, &config, tls.as_deref(), http2);
         let result = match tokio::time::timeout(config.timeout, probe).await {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {:?}", config.timeout)),
@@ -288,26 +290,36 @@ async fn probe_once(
     address: &str,
     config: &HealthConfig,
     tls: Option<&Result<BackendTls, String>>,
+    http2: bool,
 ) -> Result<(), String> {
     let stream = TcpStream::connect(address)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
     match tls {
-        None => probe_stream(address, config, stream).await,
+        None => probe_stream(address, config, stream, http2, "http").await,
         Some(Err(e)) => Err(e.clone()),
         Some(Ok(tls)) => {
-            let stream = tls
-                .connect(address, stream)
-                .await
-                .map_err(|e| e.to_string())?;
-            probe_stream(address, config, stream).await
+            let stream = if http2 {
+                tls.connect_h2(address, stream).await
+            } else {
+                tls.connect(address, stream).await
+            };
+            let stream = stream.map_err(|e| e.to_string())?;
+            probe_stream(address, config, stream, http2, "https").await
         }
     }
 }
 
-/// The probe's exchange over a connected (maybe TLS) stream.
-async fn probe_stream<S>(address: &str, config: &HealthConfig, mut stream: S) -> Result<(), String>
+/// The probe's exchange over a connected (maybe TLS) stream, in HTTP/2
+/// when the cluster speaks it to its backends (`http2`).
+async fn probe_stream<S>(
+    address: &str,
+    config: &HealthConfig,
+    mut stream: S,
+    http2: bool,
+    scheme: &str,
+) -> Result<(), String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -315,24 +327,44 @@ where
         HealthKind::Tcp => return tcp_exchange(config, &mut stream).await,
         HealthKind::Http { path } => path,
     };
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    let conn = tokio::spawn(conn);
-    let outcome = async {
-        let host = config.host.as_deref().unwrap_or(address);
-        let request = http::Request::builder()
-            .method(config.method.as_str())
+    let host = config.host.as_deref().unwrap_or(address);
+    let request = http::Request::builder()
+        .method(config.method.as_str())
+        .header(http::header::USER_AGENT, "fulcrum-health-check");
+    // HTTP/2 names the authority in the target (`:authority`) and has no
+    // `Connection`; the connection is dropped after the probe anyway.
+    let request = if http2 {
+        request.uri(format!("{scheme}://{host}{path}"))
+    } else {
+        request
             .uri(path.as_str())
             .header(http::header::HOST, host)
-            .header(http::header::USER_AGENT, "fulcrum-health-check")
             .header(http::header::CONNECTION, "close")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("request: {e}"))?;
-        let response = sender
-            .send_request(request)
+    };
+    let request = request
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("request: {e}"))?;
+    let io = TokioIo::new(stream);
+    let (response, conn) = if http2 {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        (sender.send_request(request).await, conn)
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
             .await
-            .map_err(|e| format!("request: {e}"))?;
+            .map_err(|e| format!("handshake: {e}"))?;
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        (sender.send_request(request).await, conn)
+    };
+    let outcome = async {
+        let response = response.map_err(|e| format!("request: {e}"))?;
         let status = response.status().as_u16();
         if !config.accepts_status(status) {
             return Err(format!("status {status}"));

@@ -137,6 +137,7 @@ pub fn to_file(config: &Config) -> FileConfig {
                     hash_key: Some(c.hash_key.to_string()),
                     balance_factor: Some(c.balance_factor),
                     load_reports: Some(c.load_reports),
+                    http2: Some(c.http2),
                     health: c.health.as_ref().map(|h| FileHealth {
                         kind: Some(
                             match h.kind {

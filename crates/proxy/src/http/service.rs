@@ -241,6 +241,14 @@ async fn forward_to(
         body_limits,
         raw_answer,
     } = routed;
+    // `TE` is hop-by-hop, but its `trailers` says the client takes
+    // trailers, which an HTTP/2 backend may ask for (gRPC servers do).
+    let te_trailers = cluster.config.http2
+        && parts
+            .headers
+            .get_all(header::TE)
+            .iter()
+            .any(|v| headers::tokens(v).any(|t| t.eq_ignore_ascii_case(b"trailers")));
     let forwarding = headers::Forwarding::take(
         &mut parts.headers,
         parts.version,
@@ -259,6 +267,11 @@ async fn forward_to(
         forwarding.insert_into(&mut parts.headers);
         None
     };
+    if te_trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     parts.version = Version::HTTP_11;
     let path = parts
         .uri

@@ -19,6 +19,9 @@
 //! The hyper-util client is still kept for upgrades (WebSocket), which
 //! need a connection that is never pooled again.
 //!
+//! A cluster with `http2 = true` sends its requests over one shared
+//! HTTP/2 connection per backend instead ([`h2`]).
+//!
 //! The pool survives reloads as long as the cluster's connection settings
 //! do not change, so a reload does not cost a reconnect storm.
 
@@ -43,6 +46,7 @@ use crate::body::RequestBody;
 use crate::headers::Forwarding;
 
 pub mod h1;
+pub mod h2;
 
 use h1::{Conn, ExchangeError, Stream};
 
@@ -59,6 +63,7 @@ struct Settings {
     pool_idle_timeout: Duration,
     pool_max_idle: usize,
     tls: Option<UpstreamTlsConfig>,
+    http2: bool,
 }
 
 impl Settings {
@@ -68,6 +73,7 @@ impl Settings {
             pool_idle_timeout: cluster.pool_idle_timeout,
             pool_max_idle: cluster.pool_max_idle,
             tls: cluster.tls.clone(),
+            http2: cluster.http2,
         }
     }
 }
@@ -95,16 +101,34 @@ pub enum UpstreamError {
     /// The connection broke or the answer was not valid HTTP.
     #[error("exchange with the backend failed")]
     Exchange(#[source] ExchangeError),
+    /// An HTTP/2 exchange failed.
+    #[error("HTTP/2 exchange with the backend failed")]
+    Http2(#[source] hyper::Error),
+    /// The backend refused an HTTP/2 request without processing it
+    /// (`REFUSED_STREAM`, or a `GOAWAY` before its stream).
+    #[error("the backend refused the request unprocessed")]
+    Refused(#[source] hyper::Error),
 }
 
 impl UpstreamError {
-    /// Whether the request never left the proxy because no connection
-    /// could be made (safe to send elsewhere whatever the method).
+    /// Whether the request never reached the backend's application: no
+    /// connection could be made, or the backend refused it unprocessed
+    /// (safe to send elsewhere whatever the method).
     pub fn is_connect(&self) -> bool {
         matches!(
             self,
-            UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. }
+            UpstreamError::Connect { .. }
+                | UpstreamError::ConnectTimeout { .. }
+                | UpstreamError::Refused(_)
         )
+    }
+
+    fn of_h2(error: hyper::Error) -> Self {
+        if h2::refused(&error) {
+            UpstreamError::Refused(error)
+        } else {
+            UpstreamError::Http2(error)
+        }
     }
 }
 
@@ -195,6 +219,8 @@ type IdleMap = HashMap<BackendAddr, Idles, BuildHasherDefault<PrehashedHasher>>;
 struct Pool {
     settings: Settings,
     idle: Mutex<IdleMap>,
+    /// The shared connections of a cluster with `http2`.
+    shared: h2::Shared,
 }
 
 impl Pool {
@@ -247,6 +273,7 @@ async fn reap(pool: std::sync::Weak<Pool>) {
         };
         let now = Instant::now();
         let timeout = pool.settings.pool_idle_timeout;
+        pool.shared.reap(now, timeout);
         let mut idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.retain(|_, list| {
             list.retain_mut(|e| {
@@ -394,6 +421,7 @@ impl Upstream {
         let pool = Arc::new(Pool {
             settings,
             idle: Mutex::new(IdleMap::default()),
+            shared: h2::Shared::default(),
         });
         // Outside a runtime (unit tests that only build snapshots) there is
         // nothing to reap: no connection can have been opened.
@@ -447,6 +475,9 @@ impl Upstream {
         now: Instant,
         raw: bool,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        if self.pool.settings.http2 {
+            return Box::pin(self.send_h2(addr, head, forwarding, body, now)).await;
+        }
         let retry_on_race = body.is_empty() && is_idempotent(&head.method);
         let mut body = Some(body);
         while let Some(mut conn) = self.pool.checkout(addr, now) {
@@ -469,13 +500,78 @@ impl Upstream {
         };
         // Boxed: opening a connection is a large future that a pooled
         // exchange never needs, and callers move this future around.
-        let stream = Box::pin(self.open(addr.authority())).await?;
+        let stream = Box::pin(self.open(addr.authority(), false)).await?;
         let mut conn = Box::new(Conn::new(stream));
         let answer = conn
             .exchange(head, forwarding, body, raw)
             .await
             .map_err(UpstreamError::Exchange)?;
         Ok(self.answer(addr, conn, answer))
+    }
+
+    /// [`Upstream::send`] for a cluster with `http2`: on the backend's
+    /// shared connection, opening one if there is none. A request the
+    /// shared connection did not send (it had closed), or sent after the
+    /// backend's `GOAWAY` and whose body is still whole, goes on a new one:
+    /// HTTP/2's form of the keep-alive race.
+    async fn send_h2(
+        &self,
+        addr: &BackendAddr,
+        head: &request::Parts,
+        forwarding: Option<&Forwarding>,
+        body: RequestBody,
+        now: Instant,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let scheme = if self.pool.settings.tls.is_some() {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        };
+        let spare = body.reclaim();
+        let mut request = h2::request(head, forwarding, body, scheme.clone(), addr);
+        if let Some(mut sender) = self.pool.shared.checkout(addr, now) {
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(response.map(UpstreamBody::Hyper)),
+                Err(mut e) => {
+                    let unsent = e.take_message();
+                    let error = e.into_error();
+                    let again = match unsent {
+                        Some(unsent) => Some(unsent),
+                        None if h2::going_away(&error) => spare
+                            .as_ref()
+                            .and_then(RequestBody::reclaim)
+                            .map(|b| h2::request(head, forwarding, b, scheme, addr)),
+                        None => None,
+                    };
+                    let Some(again) = again else {
+                        return Err(UpstreamError::of_h2(error));
+                    };
+                    tracing::trace!(backend = %addr.authority(), %error, "shared HTTP/2 connection closing; opening another");
+                    request = again;
+                }
+            }
+        }
+        let stream = self.open(addr.authority(), true).await?;
+        let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::Connect {
+                authority: addr.authority().clone(),
+                source: std::io::Error::other(e),
+            })?;
+        let authority = addr.authority().clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(backend = %authority, error = %e, "HTTP/2 connection to a backend ended");
+            }
+        });
+        self.pool.shared.offer(addr, &sender, now);
+        sender
+            .send_request(request)
+            .await
+            .map(|response| response.map(UpstreamBody::Hyper))
+            .map_err(UpstreamError::of_h2)
     }
 
     /// The response to an exchange: its body owns the connection.
@@ -493,8 +589,9 @@ impl Upstream {
         Response::from_parts(head.parts, UpstreamBody::Own(body))
     }
 
-    /// Opens a connection (TCP, then TLS if the cluster has `tls`).
-    async fn open(&self, authority: &Authority) -> Result<Stream, UpstreamError> {
+    /// Opens a connection (TCP, then TLS if the cluster has `tls`,
+    /// offering `h2` by ALPN when `h2`).
+    async fn open(&self, authority: &Authority, h2: bool) -> Result<Stream, UpstreamError> {
         let timeout = self.pool.settings.connect_timeout;
         let stream =
             match tokio::time::timeout(timeout, TcpStream::connect(authority.as_str())).await {
@@ -518,13 +615,15 @@ impl Upstream {
             None => Ok(Stream::Plain(stream)),
             Some(setup) => match setup.as_ref() {
                 Ok(tls) => {
-                    let stream =
-                        tls.connect(authority.as_str(), stream)
-                            .await
-                            .map_err(|source| UpstreamError::Connect {
-                                authority: authority.clone(),
-                                source,
-                            })?;
+                    let handshake = if h2 {
+                        tls.connect_h2(authority.as_str(), stream).await
+                    } else {
+                        tls.connect(authority.as_str(), stream).await
+                    };
+                    let stream = handshake.map_err(|source| UpstreamError::Connect {
+                        authority: authority.clone(),
+                        source,
+                    })?;
                     Ok(Stream::Tls(Box::new(stream)))
                 }
                 // The TLS files did not load: never fall back to plain text.
