@@ -31,6 +31,9 @@ them send the origin the fields Fulcrum sends by default (X-Forwarded-For,
 -Proto, -Host and Via), so the origin does the same work for each proxy.
 `--also NAME=BINARY` runs
 another Fulcrum build beside the first (A/B of a change, same load).
+`--upstream-h2` also runs the first build as `fulcrum-h2`, its cluster
+speaking HTTP/2 (`http2 = true`) to h2c servers of the same origin
+process: one upstream connection per origin server for all requests.
 `--proxies ...,floor` adds bench/floor.c (built with gcc): a relay that
 only copies bytes between each client connection and an upstream
 connection of its own, the fewest system calls per request a user-space
@@ -101,11 +104,14 @@ class Proc:
         except subprocess.TimeoutExpired:
             os.killpg(self.p.pid, signal.SIGKILL); self.p.wait()
 
-def origin(tmp, ports):
+def origin(tmp, ports, h2_ports=()):
     www = os.path.join(tmp, "www"); os.makedirs(www, exist_ok=True)
     with open(os.path.join(www, "small"), "w") as f: f.write("hello fulcrum\n")
     with open(os.path.join(www, "16k"), "wb") as f: f.write(b"x" * 16384)
     servers = "\n".join(f"server {{ listen 127.0.0.1:{p}; access_log off; keepalive_requests 100000; location / {{ root {www}; }} }}" for p in ports)
+    # h2c with prior knowledge (NGINX 1.22: `listen ... http2` without ssl);
+    # keepalive_requests also bounds the requests of one HTTP/2 connection.
+    servers += "\n".join(f"server {{ listen 127.0.0.1:{p} http2; access_log off; keepalive_requests 100000000; location / {{ root {www}; }} }}" for p in h2_ports)
     conf = os.path.join(tmp, "origin.conf")
     with open(conf, "w") as f:
         f.write(f"""daemon off; worker_processes 1; pid {tmp}/origin.pid; error_log {tmp}/origin.err;
@@ -124,7 +130,7 @@ def certificate(tmp):
         f.write(open(cert).read() + open(key).read())
     return cert, key, pem
 
-def fulcrum(binary, tmp, port, tls_port, ups, tls, name="fulcrum"):
+def fulcrum(binary, tmp, port, tls_port, ups, tls, name="fulcrum", http2=False):
     backends = ", ".join(f'{{ address = "127.0.0.1:{p}" }}' for p in ups)
     conf = os.path.join(tmp, f"{name}.toml")
     with open(conf, "w") as f:
@@ -143,6 +149,7 @@ cluster = "app"
 tls = {{ cert = "{tls[0]}", key = "{tls[1]}" }}
 [cluster.app]
 algorithm = "round-robin"
+http2 = {"true" if http2 else "false"}
 backends = [{backends}]
 """)
     env_argv = [binary, "run", "-c", conf]
@@ -324,6 +331,8 @@ def main():
                     help="HAProxy and NGINX also choose TLS_AES_128_GCM_SHA256 first, like Fulcrum's cipher order")
     ap.add_argument("--also", action="append", default=[], metavar="NAME=BINARY",
                     help="another Fulcrum build run beside --fulcrum (interleaved, same load), reported as NAME")
+    ap.add_argument("--upstream-h2", action="store_true",
+                    help="also run --fulcrum as `fulcrum-h2`: cluster http2 = true, to h2c servers of the same origin")
     args = ap.parse_args()
     scenarios = args.scenarios.split(",")
     names = args.proxies.split(",")
@@ -334,18 +343,24 @@ def main():
             ap.error(f"--also {a}: expected NAME=BINARY with a new NAME")
         builds[name] = binary
         names.insert(names.index("fulcrum") + 1 if "fulcrum" in names else 0, name)
+    if args.upstream_h2:
+        builds["fulcrum-h2"] = args.fulcrum
+        names.insert(names.index("fulcrum") + 1 if "fulcrum" in names else 0, "fulcrum-h2")
     tmp = tempfile.mkdtemp(prefix="fulcrum-bench-")
     os.chmod(tmp, 0o755)  # nginx workers run as another user
     ups = [free_port() for _ in range(3)]
+    h2_ups = [free_port() for _ in range(3)] if args.upstream_h2 else []
     started = []
     results = {(s, n): [] for s in scenarios for n in names}
     try:
-        started.append(origin(tmp, ups))
+        started.append(origin(tmp, ups, h2_ups))
         tls = certificate(tmp)
         procs = {}
         for n in names:
             port, tls_port = free_port(), free_port()
-            if n in builds:
+            if n == "fulcrum-h2":
+                p = fulcrum(builds[n], tmp, port, tls_port, h2_ups, tls, n, http2=True)
+            elif n in builds:
                 p = fulcrum(builds[n], tmp, port, tls_port, ups, tls, n)
             else:
                 p = {"haproxy": lambda: haproxy(tmp, port, tls_port, ups, tls, args.anchors_defer,
