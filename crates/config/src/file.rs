@@ -539,7 +539,7 @@ impl FileAdmission {
 /// `[cluster.NAME.health]`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 pub struct FileHealth {
-    /// `http` or `tcp`.
+    /// `http`, `tcp` or `grpc`.
     #[serde(rename = "type")]
     pub kind: Option<String>,
     /// Path probed by HTTP checks.
@@ -568,6 +568,8 @@ pub struct FileHealth {
     pub send: Option<String>,
     /// Bytes the reply to a TCP check must start with.
     pub expect: Option<String>,
+    /// Service a gRPC check asks about (`""`: the whole server).
+    pub service: Option<String>,
 }
 
 impl FileHealth {
@@ -587,6 +589,7 @@ impl FileHealth {
         "unhealthy_interval",
         "send",
         "expect",
+        "service",
     ];
 }
 

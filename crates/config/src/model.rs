@@ -771,6 +771,12 @@ pub enum HealthKind {
     },
     /// A TCP connect.
     Tcp,
+    /// The gRPC health protocol (`grpc.health.v1.Health/Check`) over
+    /// HTTP/2, expecting `SERVING`.
+    Grpc {
+        /// Service asked about; empty asks about the whole server.
+        service: String,
+    },
 }
 
 /// Active health checking of a cluster.

@@ -274,6 +274,7 @@ fn key_lists_match_the_file_shapes() {
         unhealthy_interval: s(),
         send: s(),
         expect: s(),
+        service: s(),
     };
     let outlier = file::FileOutlier {
         consecutive_failures: Some(1),
@@ -981,4 +982,51 @@ fn parse_rejects_bad_body_rate_stream_and_route_access_values_naming_the_key() {
         ],
         "{p:?}"
     );
+}
+
+#[test]
+fn grpc_checks_and_http2_parse_and_misplaced_keys_are_named() {
+    let text = GOOD.replace(
+        "[cluster.api]\n",
+        "[cluster.api]\nhttp2 = true\nhealth = { type = \"grpc\", service = \"shop.Cart\", host = \"rpc.internal\" }\n",
+    );
+    let c = parse(&text, None).unwrap();
+    let api = &c.clusters["api"];
+    assert!(api.http2);
+    assert!(!c.clusters["app"].http2, "HTTP/1.1 by default");
+    let h = api.health.as_ref().unwrap();
+    assert_eq!(
+        h.kind,
+        HealthKind::Grpc {
+            service: "shop.Cart".into()
+        }
+    );
+    assert_eq!(h.host.as_deref(), Some("rpc.internal"));
+
+    let text = GOOD.replace(
+        "[cluster.api]\n",
+        "[cluster.api]\nhealth = { type = \"grpc\", path = \"/x\", method = \"GET\", expect_status = \"200\" }\n",
+    );
+    let keys: Vec<String> = problems(&text).into_iter().map(|p| p.key).collect();
+    for k in [
+        "cluster.api.health.path",
+        "cluster.api.health.method",
+        "cluster.api.health.expect_status",
+    ] {
+        assert!(keys.contains(&k.to_owned()), "{k} missing from {keys:?}");
+    }
+    let text = GOOD.replace(
+        "[cluster.api]\n",
+        "[cluster.api]\nhealth = { type = \"http\", service = \"x\" }\n",
+    );
+    let p = problems(&text);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, "cluster.api.health.service");
+    assert!(p[0].message.contains("only grpc checks"), "{p:?}");
+    let text = GOOD.replace(
+        "[cluster.api]\n",
+        "[cluster.api]\nhealth = { type = \"grcp\" }\n",
+    );
+    let p = problems(&text);
+    assert!(p[0].message.contains("expected http, tcp or grpc"), "{p:?}");
 }

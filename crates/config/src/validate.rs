@@ -1035,19 +1035,31 @@ impl Validator {
                 }
                 h.kind = HealthKind::Http { path };
             }
-            Some("tcp") => {
+            Some(kind @ ("tcp" | "grpc")) => {
                 if file.path.is_some() {
                     self.problem(
                         format!("{key}.path"),
                         "only http checks have a path; remove it or set type = \"http\"",
                     );
                 }
-                h.kind = HealthKind::Tcp;
+                h.kind = if kind == "tcp" {
+                    HealthKind::Tcp
+                } else {
+                    HealthKind::Grpc {
+                        service: file.service.clone().unwrap_or_default(),
+                    }
+                };
             }
             Some(other) => self.problem(
                 format!("{key}.type"),
-                format!("unknown check type `{other}`, expected http or tcp"),
+                format!("unknown check type `{other}`, expected http, tcp or grpc"),
             ),
+        }
+        if file.service.is_some() && !matches!(h.kind, HealthKind::Grpc { .. }) {
+            self.problem(
+                format!("{key}.service"),
+                "only grpc checks have this; remove it or set type = \"grpc\"",
+            );
         }
         if let Some(d) = self.duration(&format!("{key}.interval"), file.interval.as_deref()) {
             h.interval = d;
@@ -1106,16 +1118,18 @@ impl Validator {
         }
     }
 
-    /// The HTTP-only keys of `[cluster.NAME.health]`.
+    /// The HTTP-only keys of `[cluster.NAME.health]` (gRPC checks take
+    /// `host` too).
     fn http_check(&mut self, key: &str, file: &FileHealth, h: &mut HealthConfig) {
-        let tcp = h.kind == HealthKind::Tcp;
-        for (name, set) in [
-            ("method", file.method.is_some()),
-            ("host", file.host.is_some()),
-            ("expect_status", file.expect_status.is_some()),
-            ("body_contains", file.body_contains.is_some()),
+        let http = matches!(h.kind, HealthKind::Http { .. });
+        let grpc = matches!(h.kind, HealthKind::Grpc { .. });
+        for (name, set, also_grpc) in [
+            ("method", file.method.is_some(), false),
+            ("host", file.host.is_some(), true),
+            ("expect_status", file.expect_status.is_some(), false),
+            ("body_contains", file.body_contains.is_some(), false),
         ] {
-            if tcp && set {
+            if set && !http && !(grpc && also_grpc) {
                 self.problem(
                     format!("{key}.{name}"),
                     "only http checks have this; remove it or set type = \"http\"",

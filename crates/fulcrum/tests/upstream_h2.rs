@@ -1,13 +1,14 @@
 //! End-to-end: HTTP/2 to backends (cluster `http2 = true`): one shared
 //! connection per backend, health probes in HTTP/2, gRPC-style trailers
-//! both ways, h2 by ALPN over TLS, and requests a backend refused
-//! unprocessed sent elsewhere whatever their method.
+//! both ways, h2 by ALPN over TLS, requests a backend refused
+//! unprocessed sent elsewhere whatever their method, and gRPC health
+//! checks (`type = "grpc"`).
 
 mod common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,33 +34,64 @@ struct Seen {
 ///
 /// `/grpc` answers like a gRPC server: `content-type: application/grpc`,
 /// the request body echoed, then trailers `grpc-status: 0` and
-/// `grpc-message: echoed`. `/healthz` answers `ok`. Anything else answers
-/// the backend's name, with the request's authority and version in
-/// `x-authority` and `x-version`.
+/// `grpc-message: echoed`. `/grpc.health.v1.Health/Check` answers the
+/// gRPC health protocol for service `app.Cart` with the backend's
+/// `serving` status (`SERVICE_UNKNOWN` for any other service), or with
+/// `grpc-status: 12` (unimplemented) in the head when `serving` is 255.
+/// `/healthz` answers `ok`. Anything else answers the backend's name, with
+/// the request's authority and version in `x-authority` and `x-version`.
 struct H2Backend {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     /// ALPN protocols negotiated by TLS clients, in order.
     alpn: Arc<Mutex<Vec<Option<Vec<u8>>>>>,
+    /// The gRPC health status answered (1: SERVING, 2: NOT_SERVING).
+    serving: Arc<AtomicU8>,
 }
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
-async fn answer(name: &'static str, req: Request<Incoming>) -> Response<Body> {
+/// A gRPC answer: `message` in its frame, then `grpc-status: 0`.
+fn grpc_answer(message: &[u8], grpc_message: &'static str) -> Response<Body> {
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    trailers.insert("grpc-message", HeaderValue::from_static(grpc_message));
+    let frames = vec![
+        Ok::<_, Infallible>(Frame::data(Bytes::from(frame))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    Response::builder()
+        .header("content-type", "application/grpc")
+        .body(StreamBody::new(futures_util::stream::iter(frames)).boxed())
+        .unwrap()
+}
+
+async fn answer(name: &'static str, serving: u8, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     if path == "/grpc" {
         let body = req.into_body().collect().await.unwrap().to_bytes();
-        let mut trailers = HeaderMap::new();
-        trailers.insert("grpc-status", HeaderValue::from_static("0"));
-        trailers.insert("grpc-message", HeaderValue::from_static("echoed"));
-        let frames = vec![
-            Ok::<_, Infallible>(Frame::data(body)),
-            Ok(Frame::trailers(trailers)),
-        ];
-        return Response::builder()
-            .header("content-type", "application/grpc")
-            .body(StreamBody::new(futures_util::stream::iter(frames)).boxed())
-            .unwrap();
+        // The message, out of its frame and back in.
+        return grpc_answer(&body[5..], "echoed");
+    }
+    if path == "/grpc.health.v1.Health/Check" {
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        if serving == 255 {
+            return Response::builder()
+                .header("content-type", "application/grpc")
+                .header("grpc-status", "12")
+                .header("grpc-message", "no health service")
+                .body(Full::new(Bytes::new()).boxed())
+                .unwrap();
+        }
+        let status = if &body[..] == b"\0\0\0\0\x0a\x0a\x08app.Cart" {
+            serving
+        } else {
+            3
+        };
+        return grpc_answer(&[0x08, status], "");
     }
     if path == "/healthz" {
         return Response::new(Full::new(Bytes::from_static(b"ok")).boxed());
@@ -82,7 +114,8 @@ impl H2Backend {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let alpn = Arc::new(Mutex::new(Vec::new()));
-        let (log, alpns) = (Arc::clone(&seen), Arc::clone(&alpn));
+        let serving = Arc::new(AtomicU8::new(1));
+        let (log, alpns, status) = (Arc::clone(&seen), Arc::clone(&alpn), Arc::clone(&serving));
         let conns = Arc::new(AtomicUsize::new(0));
         tokio::spawn(async move {
             loop {
@@ -91,6 +124,7 @@ impl H2Backend {
                 };
                 let conn = conns.fetch_add(1, Ordering::Relaxed);
                 let (log, alpns, tls) = (Arc::clone(&log), Arc::clone(&alpns), tls.clone());
+                let status = Arc::clone(&status);
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         log.lock().unwrap().push(Seen {
@@ -99,7 +133,8 @@ impl H2Backend {
                             version: req.version(),
                             headers: req.headers().clone(),
                         });
-                        async move { Ok::<_, Infallible>(answer(name, req).await) }
+                        let serving = status.load(Ordering::Relaxed);
+                        async move { Ok::<_, Infallible>(answer(name, serving, req).await) }
                     });
                     let server = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
                     match tls {
@@ -118,7 +153,12 @@ impl H2Backend {
                 });
             }
         });
-        H2Backend { addr, seen, alpn }
+        H2Backend {
+            addr,
+            seen,
+            alpn,
+            serving,
+        }
     }
 
     fn seen(&self) -> Vec<Seen> {
@@ -433,4 +473,64 @@ async fn a_backend_closing_its_connection_with_goaway_costs_no_request() {
     let slow = slow.await.unwrap();
     assert_eq!(slow.status, 200, "{slow:?}");
     assert_eq!(streams.load(Ordering::Relaxed), 4);
+}
+
+fn healthy_gauge(text: &str, backend: SocketAddr) -> Option<bool> {
+    text.lines()
+        .find(|l| l.starts_with("fulcrum_backend_healthy{") && l.contains(&backend.to_string()))
+        .map(|l| l.ends_with(" 1"))
+}
+
+/// `type = "grpc"` calls `grpc.health.v1.Health/Check` for `service`:
+/// SERVING keeps a backend up; NOT_SERVING, SERVICE_UNKNOWN and an
+/// unimplemented health service take it down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_checks_follow_the_serving_status() {
+    let a = H2Backend::start("a", None).await;
+    let b = H2Backend::start("b", None).await;
+    let proxy = Proxy::run(&h2_cluster(
+        &[a.addr, b.addr],
+        "panic_threshold = 0\n[cluster.app.health]\ntype = \"grpc\"\nservice = \"app.Cart\"\n\
+         interval = \"100ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 1\njitter = \"0s\"\n",
+    ));
+    let client = client();
+    let gauges = |client: HttpClient, admin: SocketAddr| async move {
+        let text = get(&client, admin, "/metrics").await.body;
+        let text = String::from_utf8_lossy(&text).into_owned();
+        (healthy_gauge(&text, a.addr), healthy_gauge(&text, b.addr))
+    };
+    let until = Instant::now() + Duration::from_secs(5);
+    while gauges(client.clone(), proxy.admin).await != (Some(true), Some(true)) {
+        assert!(Instant::now() < until, "both backends should be up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let is_probe = |s: &Seen| s.path == "/grpc.health.v1.Health/Check";
+    assert!(
+        eventually(|| a.seen().iter().any(is_probe)).await,
+        "no gRPC probe"
+    );
+    let probe = a.seen().into_iter().find(is_probe).unwrap();
+    assert_eq!(probe.version, http::Version::HTTP_2);
+    assert_eq!(probe.headers["content-type"], "application/grpc");
+    assert_eq!(probe.headers["te"], "trailers");
+
+    for (status, why) in [
+        (2, "NOT_SERVING"),
+        (255, "unimplemented"),
+        (1, "SERVING again"),
+    ] {
+        b.serving.store(status, Ordering::Relaxed);
+        let up = status == 1;
+        let until = Instant::now() + Duration::from_secs(5);
+        while gauges(client.clone(), proxy.admin).await != (Some(true), Some(up)) {
+            assert!(Instant::now() < until, "{why}: b should be up = {up}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if !up {
+            for _ in 0..6 {
+                let answer = get(&client, proxy.addr("web"), "/").await;
+                assert_eq!(answer.backend(), Some("a"), "{why}: traffic avoids b");
+            }
+        }
+    }
 }

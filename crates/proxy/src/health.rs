@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use fulcrum_balance::{BackendId, BackendState, HealthPolicy, Nanos, Outcome, Transition};
 use fulcrum_config::{ClusterConfig, HealthConfig, HealthKind};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -300,7 +300,7 @@ async fn probe_once(
         None => probe_stream(address, config, stream, http2, "http").await,
         Some(Err(e)) => Err(e.clone()),
         Some(Ok(tls)) => {
-            let stream = if http2 {
+            let stream = if http2 || matches!(config.kind, HealthKind::Grpc { .. }) {
                 tls.connect_h2(address, stream).await
             } else {
                 tls.connect(address, stream).await
@@ -325,6 +325,9 @@ where
 {
     let path = match &config.kind {
         HealthKind::Tcp => return tcp_exchange(config, &mut stream).await,
+        HealthKind::Grpc { service } => {
+            return grpc_check(address, config, stream, scheme, service).await
+        }
         HealthKind::Http { path } => path,
     };
     let host = config.host.as_deref().unwrap_or(address);
@@ -389,6 +392,172 @@ where
     outcome
 }
 
+/// The gRPC health method every check calls.
+const GRPC_HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+
+/// A gRPC check (`type = "grpc"`): `grpc.health.v1.Health/Check` for
+/// `service` over HTTP/2 (whatever the cluster's `http2`: gRPC is always
+/// HTTP/2). It passes when the call ends with `grpc-status: 0` and the
+/// answer says `SERVING`.
+async fn grpc_check<S>(
+    address: &str,
+    config: &HealthConfig,
+    stream: S,
+    scheme: &str,
+    service: &str,
+) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let host = config.host.as_deref().unwrap_or(address);
+    let request = http::Request::post(format!("{scheme}://{host}{GRPC_HEALTH_CHECK}"))
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers")
+        .header(http::header::USER_AGENT, "fulcrum-health-check")
+        .body(Full::new(grpc_health_request(service)))
+        .map_err(|e| format!("request: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .map_err(|e| format!("handshake: {e}"))?;
+    let conn = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let outcome = async {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Err(format!("status {status}"));
+        }
+        let (head, body) = response.into_parts();
+        let answer = Limited::new(body, PROBE_BODY_LIMIT)
+            .collect()
+            .await
+            .map_err(|e| format!("body: {e}"))?;
+        // A call that fails at once may put its status in the head
+        // ("trailers-only").
+        let trailers = answer.trailers().cloned().unwrap_or_default();
+        let field = |name: &str| {
+            trailers
+                .get(name)
+                .or_else(|| head.headers.get(name))
+                .cloned()
+        };
+        match field("grpc-status") {
+            Some(v) if v == "0" => {}
+            Some(v) => {
+                let message = field("grpc-message")
+                    .and_then(|m| m.to_str().ok().map(|m| format!(" ({m})")))
+                    .unwrap_or_default();
+                return Err(format!(
+                    "grpc-status {}{message}",
+                    v.to_str().unwrap_or("?")
+                ));
+            }
+            None => return Err("no grpc-status in the answer".into()),
+        }
+        match grpc_serving_status(&answer.to_bytes())? {
+            1 => Ok(()),
+            0 => Err("UNKNOWN".into()),
+            2 => Err("NOT_SERVING".into()),
+            3 => Err("SERVICE_UNKNOWN".into()),
+            other => Err(format!("serving status {other}")),
+        }
+    }
+    .await;
+    conn.abort();
+    outcome
+}
+
+/// A `grpc.health.v1.HealthCheckRequest { service }` in its gRPC frame:
+/// not compressed, a 4-byte length, then the message (field 1, a string;
+/// left out when empty, as proto3 does).
+fn grpc_health_request(service: &str) -> Bytes {
+    let mut message = Vec::with_capacity(service.len() + 6);
+    if !service.is_empty() {
+        message.push(0x0a);
+        put_varint(&mut message, service.len() as u64);
+        message.extend_from_slice(service.as_bytes());
+    }
+    let mut frame = Vec::with_capacity(5 + message.len());
+    frame.push(0);
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    Bytes::from(frame)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Reads a varint at the start of `buf`: its value and length.
+fn varint(buf: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, &b) in buf.iter().enumerate().take(10) {
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+/// The `status` (field 1) of the `grpc.health.v1.HealthCheckResponse` in
+/// a gRPC answer body; 0 (`UNKNOWN`) when the field is absent, as proto3
+/// leaves out a zero. Other fields are skipped.
+fn grpc_serving_status(body: &[u8]) -> Result<u64, String> {
+    let bad = |why: &str| Err(format!("invalid health answer: {why}"));
+    if body.len() < 5 {
+        return bad("no gRPC message");
+    }
+    if body[0] != 0 {
+        return bad("compressed message");
+    }
+    let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    let Some(mut message) = body.get(5..5 + len) else {
+        return bad("message shorter than its length");
+    };
+    let mut status = 0;
+    while !message.is_empty() {
+        let Some((tag, n)) = varint(message) else {
+            return bad("truncated field");
+        };
+        message = &message[n..];
+        let skip = match tag & 7 {
+            0 => {
+                let Some((v, n)) = varint(message) else {
+                    return bad("truncated varint");
+                };
+                if tag >> 3 == 1 {
+                    status = v;
+                }
+                n
+            }
+            1 => 8,
+            2 => match varint(message) {
+                Some((len, n)) => n.saturating_add(len as usize),
+                None => return bad("truncated length"),
+            },
+            5 => 4,
+            _ => return bad("unknown wire type"),
+        };
+        let Some(rest) = message.get(skip..) else {
+            return bad("truncated field");
+        };
+        message = rest;
+    }
+    Ok(status)
+}
+
 /// A TCP check's `send` and `expect`: the reply must start with `expect`.
 async fn tcp_exchange<S>(config: &HealthConfig, stream: &mut S) -> Result<(), String>
 where
@@ -433,6 +602,33 @@ mod tests {
     use super::*;
     use fulcrum_config::{BackendConfig, Command};
     use fulcrum_testbed::{spawn_backend, BackendOptions};
+
+    #[test]
+    fn grpc_health_messages_are_written_and_read_as_protobuf() {
+        assert_eq!(&grpc_health_request("")[..], b"\0\0\0\0\0");
+        assert_eq!(
+            &grpc_health_request("shop.Cart")[..],
+            b"\0\0\0\0\x0b\x0a\x09shop.Cart"
+        );
+        assert_eq!(grpc_serving_status(b"\0\0\0\0\x02\x08\x01"), Ok(1));
+        // proto3 leaves a zero (UNKNOWN) out.
+        assert_eq!(grpc_serving_status(b"\0\0\0\0\0"), Ok(0));
+        // Other fields (a string, a fixed32) are skipped.
+        assert_eq!(
+            grpc_serving_status(b"\0\0\0\0\x0a\x12\x01x\x1d\x01\x02\x03\x04\x08\x02"),
+            Ok(2)
+        );
+        for bad in [
+            &b"\0\0\0"[..],
+            b"\x01\0\0\0\x02\x08\x01",
+            b"\0\0\0\0\x05\x08\x01",
+            b"\0\0\0\0\x01\x08",
+            b"\0\0\0\0\x02\x12\x05",
+            b"\0\0\0\0\x01\x0b",
+        ] {
+            assert!(grpc_serving_status(bad).is_err(), "{bad:?}");
+        }
+    }
 
     async fn wait_until(mut f: impl FnMut() -> bool) -> bool {
         for _ in 0..100 {

@@ -143,20 +143,26 @@ pub fn to_file(config: &Config) -> FileConfig {
                             match h.kind {
                                 HealthKind::Http { .. } => "http",
                                 HealthKind::Tcp => "tcp",
+                                HealthKind::Grpc { .. } => "grpc",
                             }
                             .to_owned(),
                         ),
                         path: match &h.kind {
                             HealthKind::Http { path } => Some(path.clone()),
-                            HealthKind::Tcp => None,
+                            HealthKind::Tcp | HealthKind::Grpc { .. } => None,
+                        },
+                        service: match &h.kind {
+                            HealthKind::Grpc { service } => Some(service.clone()),
+                            HealthKind::Http { .. } | HealthKind::Tcp => None,
                         },
                         interval: Some(duration(h.interval)),
                         timeout: Some(duration(h.timeout)),
                         rise: Some(h.rise),
                         fall: Some(h.fall),
-                        method: Some(h.method.clone()),
+                        // Only http checks take these keys.
+                        method: matches!(h.kind, HealthKind::Http { .. }).then(|| h.method.clone()),
                         host: h.host.clone(),
-                        expect_status: Some(
+                        expect_status: matches!(h.kind, HealthKind::Http { .. }).then(|| {
                             h.expect_status
                                 .iter()
                                 .map(|(a, b)| {
@@ -167,8 +173,8 @@ pub fn to_file(config: &Config) -> FileConfig {
                                     }
                                 })
                                 .collect::<Vec<_>>()
-                                .join(","),
-                        ),
+                                .join(",")
+                        }),
                         body_contains: h.body_contains.clone(),
                         jitter: Some(duration(h.jitter)),
                         unhealthy_interval: Some(duration(h.unhealthy_interval)),
@@ -322,6 +328,21 @@ backends = [ { address = "127.0.0.1:9001", weight = 2, state = "draining" } ]
 [cluster.app.health]
 type = "http"
 path = "/up"
+
+[cluster.kv]
+backends = [ { address = "127.0.0.1:9002" } ]
+[cluster.kv.health]
+type = "tcp"
+send = "PING\r\n"
+expect = "+PONG"
+
+[cluster.rpc]
+http2 = true
+backends = [ { address = "127.0.0.1:9003" } ]
+[cluster.rpc.health]
+type = "grpc"
+service = "shop.Cart"
+host = "rpc.internal"
 "#;
         let config = fulcrum_config::parse(text, None).unwrap();
         let file = to_file(&config);
