@@ -8,6 +8,8 @@
 # With `h2tls`, h2load sends the requests as HTTP/2 streams over TLS (10
 # connections, one stream at a time each, as `bench/compare.sh`'s h2tls
 # scenario) to a TLS listener with a self-signed certificate.
+# With UPSTREAM=h2 in the environment, the origin's servers speak h2c and
+# the cluster has `http2 = true`.
 #
 # Starts an nginx origin (3 ports) and Fulcrum (release build, one worker,
 # round-robin) under callgrind, sends 500 warm-up requests, zeroes the
@@ -38,8 +40,10 @@ printf 'hello fulcrum\n' > "$OUT/www/small"
 head -c 16384 /dev/zero | tr '\0' x > "$OUT/www/16k"
 chmod 644 "$OUT/www/"*
 servers=""
+LISTEN_OPT=""; HTTP2=false
+if [ "${UPSTREAM:-h1}" = h2 ]; then LISTEN_OPT=" http2"; HTTP2=true; fi
 for p in $P1 $P2 $P3; do
-    servers="$servers server { listen 127.0.0.1:$p; access_log off; keepalive_requests 1000000; location / { root $OUT/www; } }"
+    servers="$servers server { listen 127.0.0.1:$p$LISTEN_OPT; access_log off; keepalive_requests 100000000; location / { root $OUT/www; } }"
 done
 cat > "$OUT/origin.conf" <<CONF
 daemon off; worker_processes 1; pid $OUT/origin.pid; error_log $OUT/origin.err;
@@ -57,6 +61,7 @@ bind = "127.0.0.1:$PX"
 cluster = "app"
 [cluster.app]
 algorithm = "round-robin"
+http2 = $HTTP2
 backends = [{ address = "127.0.0.1:$P1" }, { address = "127.0.0.1:$P2" }, { address = "127.0.0.1:$P3" }]
 CONF
 if [ "$MODE" = h2tls ]; then
