@@ -534,3 +534,98 @@ async fn grpc_health_checks_follow_the_serving_status() {
         }
     }
 }
+
+/// One HTTP/2 request (prior knowledge) to `addr`: the answer's head and
+/// its body read whole.
+async fn h2_call(
+    addr: SocketAddr,
+    request: Request<Full<Bytes>>,
+) -> (http::response::Parts, Bytes) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let call = async {
+        let response = sender.send_request(request).await.unwrap();
+        let (head, body) = response.into_parts();
+        (head, body.collect().await.unwrap().to_bytes())
+    };
+    tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .expect("the call hung")
+}
+
+/// What the proxy answers itself to a gRPC call is a gRPC status, not an
+/// HTTP error page; other HTTP/2 requests still get the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxys_own_answers_to_grpc_calls_carry_a_grpc_status() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = closed.local_addr().unwrap();
+    drop(closed);
+    let config = format!(
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n\
+         [[listener.route]]\npath_prefix = \"/shop.Cart/\"\ncluster = \"cart\"\n\n\
+         [cluster.cart]\nhttp2 = true\nretries = 0\nbackends = [{{ address = \"{dead}\" }}]\n"
+    );
+    let proxy = Proxy::run(&config);
+    let web = proxy.addr("web");
+    let call = |path: &str, content_type: &str| {
+        Request::post(format!("http://{web}{path}"))
+            .header("content-type", content_type)
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+            .unwrap()
+    };
+
+    let (head, body) = h2_call(web, call("/shop.Cart/Add", "application/grpc")).await;
+    assert_eq!(head.status, 200, "{head:?}");
+    assert_eq!(head.headers["content-type"], "application/grpc");
+    assert_eq!(head.headers["grpc-status"], "14", "UNAVAILABLE: {head:?}");
+    let message = head.headers["grpc-message"].to_str().unwrap();
+    assert!(message.contains("cluster `cart`"), "{message}");
+    assert!(body.is_empty(), "trailers-only: {body:?}");
+
+    let (head, _) = h2_call(web, call("/shop.Orders/List", "application/grpc+proto")).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.headers["grpc-status"], "12", "UNIMPLEMENTED: {head:?}");
+
+    // A call shed by admission control: UNAVAILABLE, with the pushback
+    // gRPC's retry policy obeys.
+    let mut slow = BackendOptions::new("slow");
+    slow.latency = fulcrum_testbed::LatencyDist::Fixed(Duration::from_millis(800));
+    let slow = spawn_backend(slow).await.unwrap();
+    let config = format!(
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\ncluster = \"cart\"\n\n\
+         [cluster.cart]\nhttp2 = true\nbackends = [{{ address = \"{}\" }}]\n\
+         [cluster.cart.admission]\nlimit = 1\nmax_queue = 1\nqueue_timeout = \"2s\"\n",
+        slow.addr
+    );
+    let shedding = Proxy::run(&config);
+    let busy = shedding.addr("web");
+    let first = tokio::spawn(h2_call(busy, call("/shop.Cart/Add", "application/grpc")));
+    let second = tokio::spawn(h2_call(busy, call("/shop.Cart/Add", "application/grpc")));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The slot and the queue are taken: a third call of the same class
+    // cannot displace anyone.
+    let (head, _) = h2_call(busy, call("/shop.Cart/Add", "application/grpc")).await;
+    assert_eq!(head.status, 200, "{head:?}");
+    assert_eq!(head.headers["grpc-status"], "14", "{head:?}");
+    assert_eq!(head.headers["grpc-retry-pushback-ms"], "2000", "{head:?}");
+    assert_eq!(head.headers["x-fulcrum-shed"], "queue-full");
+    for call in [first, second] {
+        let (head, _) = call.await.unwrap();
+        assert_eq!(head.status, 200, "{head:?}");
+        assert!(
+            head.headers.get("grpc-status").is_none(),
+            "the backend answered"
+        );
+    }
+
+    // Not gRPC: the usual page.
+    let (head, body) = h2_call(web, call("/shop.Cart/Add", "application/json")).await;
+    assert_eq!(head.status, 503);
+    assert!(head.headers.get("grpc-status").is_none());
+    assert!(String::from_utf8_lossy(&body).contains("503 service unavailable"));
+}

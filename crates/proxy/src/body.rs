@@ -407,6 +407,11 @@ impl ProxyBody {
         self
     }
 
+    /// Whether the proxy made this body itself.
+    pub fn is_local(&self) -> bool {
+        matches!(self, ProxyBody::Local { .. })
+    }
+
     /// A small local body.
     pub fn local(bytes: impl Into<Bytes>) -> Self {
         ProxyBody::Local {

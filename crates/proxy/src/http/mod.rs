@@ -8,6 +8,7 @@
 //! ```
 
 mod error;
+mod grpc;
 mod routing;
 pub mod server;
 mod service;

@@ -13,6 +13,7 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{header, request, HeaderValue, Request, Response, StatusCode, Uri, Version};
 
 use super::error::ProxyError;
+use super::grpc;
 use super::routing;
 use super::server::ClientBody;
 use super::upgrade;
@@ -58,13 +59,24 @@ pub async fn handle(
     parts: &mut request::Parts,
     body: ClientBody,
 ) -> Response<ProxyBody> {
-    match proxy(runtime, conn, parts, body).await {
+    // Read before the request path rewrites the version for the backend.
+    let http2 = parts.version == Version::HTTP_2;
+    let response = match proxy(runtime, conn, parts, body).await {
         Ok(response) => response,
         Err(e) => {
             tracing::debug!(listener = %conn.listener, client = %conn.peer, error = %e, "request answered by proxy");
             e.into_response()
         }
+    };
+    // gRPC runs over HTTP/2 only: HTTP/1 requests skip the header lookup.
+    if http2
+        && response.status().as_u16() >= 400
+        && response.body().is_local()
+        && grpc::is_grpc(&parts.headers)
+    {
+        return grpc::local_answer(response);
     }
+    response
 }
 
 async fn proxy(
