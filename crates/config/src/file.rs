@@ -171,8 +171,11 @@ pub struct FileTls {
     /// Stateless session tickets for resumption (default true).
     pub session_tickets: Option<bool>,
     /// PEM file of the CAs whose client certificates are accepted; with it,
-    /// every client must present one.
+    /// every client must present one (unless `client_auth = "optional"`).
     pub client_ca: Option<String>,
+    /// `required` (default) or `optional`: whether a client without a
+    /// certificate is let in.
+    pub client_auth: Option<String>,
 }
 
 impl FileTls {
@@ -183,6 +186,7 @@ impl FileTls {
         "certificates",
         "session_tickets",
         "client_ca",
+        "client_auth",
     ];
 }
 

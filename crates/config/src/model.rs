@@ -233,8 +233,12 @@ pub struct TlsConfig {
     /// session cache resumes them.
     pub session_tickets: bool,
     /// PEM file of the CAs that sign client certificates: when set, every
-    /// client must present a certificate one of them signed.
+    /// client must present a certificate one of them signed (unless
+    /// `client_cert_optional`).
     pub client_ca: Option<String>,
+    /// With `client_ca`: clients without a certificate are let in too (a
+    /// certificate, when given, must still be one the CAs signed).
+    pub client_cert_optional: bool,
 }
 
 /// One certificate chain and its private key (PEM files).

@@ -257,6 +257,7 @@ fn key_lists_match_the_file_shapes() {
         certificates: Some(vec![certificate]),
         session_tickets: Some(true),
         client_ca: s(),
+        client_auth: s(),
     };
     assert_eq!(keys(&tls), sorted(file::FileTls::KEYS));
     let health = file::FileHealth {
@@ -1029,4 +1030,30 @@ fn grpc_checks_and_http2_parse_and_misplaced_keys_are_named() {
     );
     let p = problems(&text);
     assert!(p[0].message.contains("expected http, tcp or grpc"), "{p:?}");
+}
+
+#[test]
+fn client_auth_needs_client_ca_and_a_known_mode() {
+    let listener = |tls: &str| {
+        format!(
+            "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\ncluster = \"app\"\n\
+             tls = {{ cert = \"/nonexistent/a.crt\", key = \"/nonexistent/a.key\", {tls} }}\n\
+             [cluster.app]\nbackends = [{{ address = \"127.0.0.1:9001\" }}]\n"
+        )
+    };
+    let keys = |tls: &str| -> Vec<(String, String)> {
+        problems(&listener(tls))
+            .into_iter()
+            .filter(|p| p.key.ends_with("client_auth"))
+            .map(|p| (p.key, p.message))
+            .collect()
+    };
+    let p = keys("client_auth = \"optional\"");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].0, "listener[0].tls.client_auth");
+    assert!(p[0].1.contains("needs client_ca"), "{p:?}");
+    let p = keys("client_ca = \"/nonexistent/ca.pem\", client_auth = \"sometimes\"");
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].1.contains("\"required\" or \"optional\""), "{p:?}");
+    assert!(keys("client_ca = \"/nonexistent/ca.pem\", client_auth = \"optional\"").is_empty());
 }

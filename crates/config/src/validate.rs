@@ -478,11 +478,29 @@ impl Validator {
         if let Some(ca) = &file.client_ca {
             self.ca_file(format!("{key}.client_ca"), ca);
         }
+        let client_cert_optional = match file.client_auth.as_deref() {
+            None | Some("required") => false,
+            Some("optional") => true,
+            Some(other) => {
+                self.problem(
+                    format!("{key}.client_auth"),
+                    format!("`{other}` is not a client_auth; write \"required\" or \"optional\""),
+                );
+                false
+            }
+        };
+        if file.client_auth.is_some() && file.client_ca.is_none() {
+            self.problem(
+                format!("{key}.client_auth"),
+                "needs client_ca: the CAs that sign the clients' certificates",
+            );
+        }
         TlsConfig {
             default,
             certificates,
             session_tickets: file.session_tickets.unwrap_or(true),
             client_ca: file.client_ca.clone(),
+            client_cert_optional,
         }
     }
 

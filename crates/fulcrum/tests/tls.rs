@@ -461,3 +461,96 @@ async fn tls_client_ca_admits_only_clients_with_a_certificate_it_signed() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `client_auth = "optional"` lets clients without a certificate in, still
+/// refuses another CA's, and a client's certificate reaches the backend in
+/// `X-Forwarded-Client-Cert`, which clients cannot forge. A session made
+/// while a certificate was optional does not resume once it is required.
+#[tokio::test(flavor = "multi_thread")]
+async fn optional_client_certificates_reach_backends_in_x_forwarded_client_cert() {
+    let bs = backends(&["0ms"]).await;
+    let dir = TempDir::new("mtls-optional");
+    let server_ca = TestCa::new();
+    let ca_pem = dir.write("ca.pem", &server_ca.pem()).display().to_string();
+    let (cert, key) = server_ca.write_leaf(&dir, "site", "site", &["site.example.com"]);
+    let client_ca = TestCa::new();
+    let client_ca_pem = dir
+        .write("clients.pem", &client_ca.pem())
+        .display()
+        .to_string();
+    let (good_cert, good_key) =
+        client_ca.write_leaf(&dir, "good", "good client", &["good.internal"]);
+    let (other_cert, other_key) = server_ca.write_leaf(&dir, "other", "other client", &["other"]);
+    let cluster = cluster_block("app", "round-robin", &[(bs[0].addr, 1)]);
+    let config = |mode: &str| {
+        format!(
+            "[[listener]]\nname = \"https\"\nbind = \"127.0.0.1:0\"\ncluster = \"app\"\n\n\
+             [listener.tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nclient_ca = \"{client_ca_pem}\"\n\
+             client_auth = \"{mode}\"\n{cluster}"
+        )
+    };
+    let site = Site {
+        ca_pem,
+        proxy: Proxy::run(&config("optional")),
+        _backends: bs,
+        _dir: dir,
+    };
+    let host = "site.example.com";
+    let good = ["--cert", good_cert.as_str(), "--key", good_key.as_str()];
+    let other = ["--cert", other_cert.as_str(), "--key", other_key.as_str()];
+    let forged = [
+        "-H",
+        "X-Forwarded-Client-Cert: Hash=forged;Subject=\"CN=admin\"",
+    ];
+    let xfcc = |echo: &str| {
+        echo.lines()
+            .find_map(|l| l.strip_prefix("x-forwarded-client-cert: "))
+            .map(str::to_owned)
+    };
+
+    let echo = try_curl(&site, host, &[&good[..], &forged].concat(), "/echo-headers")
+        .expect("a certificate the CA signed");
+    let der = rustls_pki_types::pem::PemObject::from_pem_file(&good_cert)
+        .map(|c: rustls_pki_types::CertificateDer<'static>| c.to_vec())
+        .unwrap();
+    let hash: String = <sha2::Sha256 as sha2::Digest>::digest(&der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        xfcc(&echo).as_deref(),
+        Some(format!("Hash={hash};Subject=\"CN=good client\";DNS=good.internal").as_str()),
+        "{echo}"
+    );
+    let echo = try_curl(&site, host, &forged, "/echo-headers").expect("no certificate: optional");
+    assert_eq!(
+        xfcc(&echo),
+        None,
+        "a client's own header is dropped: {echo}"
+    );
+    let wrong = try_curl(&site, host, &other, "/");
+    assert!(
+        wrong.is_err(),
+        "another CA's certificate: answered {wrong:?}"
+    );
+
+    // A session made without a certificate while it was optional.
+    let sessions = TempDir::new("mtls-optional-sessions");
+    let session = save_session(site.proxy.addr("https"), host, &sessions, &["-tls1_3"]);
+    reload(&site, &config("required"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while try_curl(&site, host, &[], "/").is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "required not applied by the reload"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, out) = s_client(
+        site.proxy.addr("https"),
+        Some(host),
+        &["-sess_in", &session, "-tls1_3"],
+    );
+    assert!(!out.contains("Reused,"), "resumed past client_auth: {out}");
+    assert!(try_curl(&site, host, &good, "/").is_ok());
+}

@@ -26,6 +26,7 @@ pub mod admin;
 pub mod admission;
 pub mod backend_tls;
 pub mod body;
+pub mod client_cert;
 pub mod client_socket;
 pub mod clock;
 mod defer_accept;

@@ -324,12 +324,13 @@ async fn accept_with(
             continue;
         };
         nodelay.apply(&stream);
-        let conn = Connection {
+        let mut conn = Connection {
             info: ConnInfo {
                 listener: Arc::clone(&name),
                 peer,
                 tls: tls.is_some(),
                 forwarded_for: crate::headers::forwarded_for(peer.ip()),
+                client_cert: None,
             },
             runtime: Arc::clone(runtime),
             builder: Arc::clone(&builder),
@@ -355,6 +356,13 @@ async fn accept_with(
                         match tokio::time::timeout(conn.limits.header_timeout, handshake).await {
                             Ok(Ok(stream)) => {
                                 conn.runtime.metrics().tls_handshake(true);
+                                conn.info.client_cert = stream
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .and_then(|chain| chain.first())
+                                    .and_then(|leaf| crate::client_cert::describe(leaf))
+                                    .map(Box::new);
                                 serve_connection(stream, conn).await
                             }
                             Ok(Err(e)) => {

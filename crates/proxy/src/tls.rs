@@ -33,8 +33,10 @@
 //!   certificate that chains to one of the CAs in the file (webpki's
 //!   checks: signature chain, validity period, and a client-auth key usage
 //!   when the certificate states its usages); a client without one, or
-//!   with another, fails the handshake. The CA file is read with the
-//!   certificates at start and at every reload.
+//!   with another, fails the handshake; with `client_auth = "optional"` a
+//!   client without one is let in too. The CA file is read with the
+//!   certificates at start and at every reload. The certificate a client
+//!   presented is told to backends ([`crate::client_cert`]).
 
 use std::fmt;
 use std::io;
@@ -98,18 +100,19 @@ pub struct TlsTerminator {
 ///
 /// rustls resumes a session without asking for a client certificate again
 /// (the session carries the one given at its full handshake, or none), so
-/// sessions made under other client CAs — or before `client_ca` was set —
-/// must not resume: a change of the client CA file's content starts new
-/// ticket keys and an empty cache.
+/// sessions made under other client CAs — or before `client_ca` was set,
+/// or while a certificate was optional — must not resume: a change of the
+/// client CA file's content or of `client_auth` starts new ticket keys and
+/// an empty cache.
 struct Resumption {
     tickets: Arc<dyn ProducesTickets>,
     sessions: Arc<dyn StoresServerSessions>,
-    /// The client CA file's content the sessions were made under.
-    client_ca: Option<Vec<u8>>,
+    /// The client CAs the sessions were made under.
+    client_ca: ClientCas,
 }
 
 impl Resumption {
-    fn new(client_ca: Option<Vec<u8>>) -> Result<Self, TlsError> {
+    fn new(client_ca: ClientCas) -> Result<Self, TlsError> {
         Ok(Self {
             tickets: rustls::crypto::ring::Ticketer::new()?,
             sessions: ServerSessionMemoryCache::new(SESSION_CACHE),
@@ -275,9 +278,12 @@ fn server_config(
     Ok(config)
 }
 
-/// The content of the client CA file, and the check of client certificates
-/// against its CAs.
-type ClientAuth = (Option<Vec<u8>>, Option<Arc<dyn ClientCertVerifier>>);
+/// What client certificates are checked against: the client CA file's
+/// content and whether a certificate is optional.
+type ClientCas = Option<(Vec<u8>, bool)>;
+
+/// The client CAs, and the check of client certificates against them.
+type ClientAuth = (ClientCas, Option<Arc<dyn ClientCertVerifier>>);
 
 /// Reads `tls.client_ca` and builds its check; `None`s without one.
 fn client_auth(tls: &TlsConfig) -> Result<ClientAuth, TlsError> {
@@ -299,13 +305,17 @@ fn client_auth(tls: &TlsConfig) -> Result<ClientAuth, TlsError> {
     if roots.is_empty() {
         return Err(fail("holds no PEM certificate".into()));
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(
+    let builder = WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         Arc::new(rustls::crypto::ring::default_provider()),
-    )
-    .build()
-    .map_err(|e| fail(e.to_string()))?;
-    Ok((Some(pem), Some(verifier)))
+    );
+    let builder = if tls.client_cert_optional {
+        builder.allow_unauthenticated()
+    } else {
+        builder
+    };
+    let verifier = builder.build().map_err(|e| fail(e.to_string()))?;
+    Ok((Some((pem, tls.client_cert_optional)), Some(verifier)))
 }
 
 /// Reloads a listener's certificates when their files change, until the

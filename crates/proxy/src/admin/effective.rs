@@ -84,6 +84,14 @@ pub fn to_file(config: &Config) -> FileConfig {
                     }),
                     session_tickets: Some(t.session_tickets),
                     client_ca: t.client_ca.clone(),
+                    client_auth: t.client_ca.as_ref().map(|_| {
+                        if t.client_cert_optional {
+                            "optional"
+                        } else {
+                            "required"
+                        }
+                        .to_owned()
+                    }),
                 }),
                 accept_proxy_protocol: Some(l.accept_proxy_protocol),
                 proxy_protocol_from: Some(

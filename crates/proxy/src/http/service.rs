@@ -45,6 +45,9 @@ pub struct ConnInfo {
     /// The client's `X-Forwarded-For` entry, built once per connection
     /// ([`headers::forwarded_for`]).
     pub forwarded_for: HeaderValue,
+    /// The client's certificate as an `X-Forwarded-Client-Cert` element,
+    /// when it presented one ([`crate::client_cert`]).
+    pub client_cert: Option<Box<HeaderValue>>,
 }
 
 /// Proxies one request. Never fails: errors become responses.
@@ -99,10 +102,14 @@ async fn proxy(
     if !crate::routes::admits(&config.allow, &config.deny, ip) {
         return Err(ProxyError::Forbidden);
     }
-    if present.forwarded_for && !config.trusted_proxies.iter().any(|n| n.contains(ip)) {
+    let trusted = || config.trusted_proxies.iter().any(|n| n.contains(ip));
+    if present.forwarded_for && !trusted() {
         // Only trusted proxies may say who the client is; from anyone else
         // the header is dropped, and the peer's address alone is sent.
         req.headers.remove(&headers::X_FORWARDED_FOR);
+    }
+    if present.client_cert || conn.client_cert.is_some() {
+        forward_client_cert(req, conn, present.client_cert && trusted());
     }
     let host = authority(req);
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
@@ -666,6 +673,27 @@ fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// Sets the request's `X-Forwarded-Client-Cert` ([`crate::client_cert`]):
+/// one sent by a peer that is not `trusted` is dropped; the client's own
+/// certificate, if it gave one, is appended to what is left.
+fn forward_client_cert(req: &mut request::Parts, conn: &ConnInfo, trusted: bool) {
+    use crate::client_cert::X_FORWARDED_CLIENT_CERT as XFCC;
+    let prior = req.headers.remove(&XFCC).filter(|_| trusted);
+    let value = match (prior, conn.client_cert.as_deref()) {
+        (Some(prior), Some(mine)) => {
+            let mut v = Vec::with_capacity(prior.len() + 1 + mine.len());
+            v.extend_from_slice(prior.as_bytes());
+            v.push(b',');
+            v.extend_from_slice(mine.as_bytes());
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok()
+        }
+        (prior, mine) => prior.or_else(|| mine.cloned()),
+    };
+    if let Some(value) = value {
+        req.headers.insert(XFCC.clone(), value);
+    }
+}
+
 /// Which of the fields the proxy looks up are in a request.
 ///
 /// One pass over the request's names (usually a handful) instead of a
@@ -678,6 +706,7 @@ struct Present {
     host: bool,
     upgrade: bool,
     forwarded_for: bool,
+    client_cert: bool,
     debug: bool,
 }
 
@@ -695,6 +724,8 @@ impl Present {
                 present.upgrade = true;
             } else if name == headers::X_FORWARDED_FOR {
                 present.forwarded_for = true;
+            } else if name == crate::client_cert::X_FORWARDED_CLIENT_CERT {
+                present.client_cert = true;
             } else if name == X_FULCRUM_DEBUG {
                 present.debug = true;
             }
@@ -813,6 +844,42 @@ pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_certificate_is_appended_to_a_trusted_peers_xfcc_and_replaces_another() {
+        use crate::client_cert::X_FORWARDED_CLIENT_CERT as XFCC;
+        let conn = |mine: Option<&'static str>| ConnInfo {
+            listener: Arc::from("web"),
+            peer: "127.0.0.1:1".parse().unwrap(),
+            tls: true,
+            forwarded_for: HeaderValue::from_static("127.0.0.1"),
+            client_cert: mine.map(|v| Box::new(HeaderValue::from_static(v))),
+        };
+        let request = |xfcc: Option<&'static str>| {
+            let mut req = Request::new(()).into_parts().0;
+            if let Some(v) = xfcc {
+                req.headers
+                    .insert(XFCC.clone(), HeaderValue::from_static(v));
+            }
+            req
+        };
+        let cases = [
+            (Some("Hash=a"), Some("Hash=b"), true, Some("Hash=a,Hash=b")),
+            (Some("Hash=a"), Some("Hash=b"), false, Some("Hash=b")),
+            (Some("Hash=a"), None, true, Some("Hash=a")),
+            (Some("Hash=a"), None, false, None),
+            (None, Some("Hash=b"), false, Some("Hash=b")),
+        ];
+        for (sent, mine, trusted, expected) in cases {
+            let mut req = request(sent);
+            forward_client_cert(&mut req, &conn(mine), trusted);
+            assert_eq!(
+                req.headers.get(&XFCC).map(|v| v.to_str().unwrap()),
+                expected,
+                "{sent:?} {mine:?} {trusted}"
+            );
+        }
+    }
 
     #[test]
     fn present_notes_each_looked_up_field_and_nothing_else() {
