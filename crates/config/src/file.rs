@@ -176,6 +176,8 @@ pub struct FileTls {
     /// `required` (default) or `optional`: whether a client without a
     /// certificate is let in.
     pub client_auth: Option<String>,
+    /// PEM file of certificate revocation lists (CRLs) of the client CAs.
+    pub client_crl: Option<String>,
 }
 
 impl FileTls {
@@ -187,6 +189,7 @@ impl FileTls {
         "session_tickets",
         "client_ca",
         "client_auth",
+        "client_crl",
     ];
 }
 

@@ -239,6 +239,9 @@ pub struct TlsConfig {
     /// With `client_ca`: clients without a certificate are let in too (a
     /// certificate, when given, must still be one the CAs signed).
     pub client_cert_optional: bool,
+    /// PEM file of the client CAs' revocation lists: a revoked client
+    /// certificate is refused.
+    pub client_crl: Option<String>,
 }
 
 /// One certificate chain and its private key (PEM files).

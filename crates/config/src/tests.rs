@@ -258,6 +258,7 @@ fn key_lists_match_the_file_shapes() {
         session_tickets: Some(true),
         client_ca: s(),
         client_auth: s(),
+        client_crl: s(),
     };
     assert_eq!(keys(&tls), sorted(file::FileTls::KEYS));
     let health = file::FileHealth {
@@ -1056,4 +1057,30 @@ fn client_auth_needs_client_ca_and_a_known_mode() {
     assert_eq!(p.len(), 1, "{p:?}");
     assert!(p[0].1.contains("\"required\" or \"optional\""), "{p:?}");
     assert!(keys("client_ca = \"/nonexistent/ca.pem\", client_auth = \"optional\"").is_empty());
+
+    let crl = |tls: &str| -> Vec<String> {
+        problems(&listener(tls))
+            .into_iter()
+            .filter(|p| p.key.ends_with("client_crl"))
+            .map(|p| p.message)
+            .collect()
+    };
+    let p = crl("client_crl = \"/nonexistent/c.crl\"");
+    assert!(p.iter().any(|m| m.contains("needs client_ca")), "{p:?}");
+    assert!(
+        p.iter()
+            .any(|m| m.contains("cannot read `/nonexistent/c.crl`")),
+        "{p:?}"
+    );
+    let dir = std::env::temp_dir().join(format!("fulcrum-crl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let not_crl = dir.join("not.crl");
+    std::fs::write(&not_crl, "-----BEGIN CERTIFICATE-----\n").unwrap();
+    let p = crl(&format!(
+        "client_ca = \"/nonexistent/ca.pem\", client_crl = \"{}\"",
+        not_crl.display()
+    ));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].contains("holds no PEM revocation list"), "{p:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -489,11 +489,19 @@ impl Validator {
                 false
             }
         };
-        if file.client_auth.is_some() && file.client_ca.is_none() {
-            self.problem(
-                format!("{key}.client_auth"),
-                "needs client_ca: the CAs that sign the clients' certificates",
-            );
+        for (name, set) in [
+            ("client_auth", file.client_auth.is_some()),
+            ("client_crl", file.client_crl.is_some()),
+        ] {
+            if set && file.client_ca.is_none() {
+                self.problem(
+                    format!("{key}.{name}"),
+                    "needs client_ca: the CAs that sign the clients' certificates",
+                );
+            }
+        }
+        if let Some(crl) = &file.client_crl {
+            self.pem_file(format!("{key}.client_crl"), crl, "X509 CRL");
         }
         TlsConfig {
             default,
@@ -501,6 +509,7 @@ impl Validator {
             session_tickets: file.session_tickets.unwrap_or(true),
             client_ca: file.client_ca.clone(),
             client_cert_optional,
+            client_crl: file.client_crl.clone(),
         }
     }
 
@@ -731,15 +740,25 @@ impl Validator {
 
     /// A PEM file of CA certificates at `key`: readable, with at least one.
     fn ca_file(&mut self, key: String, ca: &str) {
-        match std::fs::read_to_string(ca) {
-            Ok(text) if text.contains("-----BEGIN CERTIFICATE-----") => {}
-            Ok(_) => self.problem(
-                key,
-                format!("`{ca}` holds no PEM certificate (-----BEGIN CERTIFICATE-----)"),
-            ),
+        self.pem_file(key, ca, "CERTIFICATE");
+    }
+
+    /// A PEM file at `key`: readable, with at least one `label` block.
+    fn pem_file(&mut self, key: String, path: &str, label: &str) {
+        let begin = format!("-----BEGIN {label}-----");
+        let what = if label == "CERTIFICATE" {
+            "certificate"
+        } else {
+            "revocation list"
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) if text.contains(&begin) => {}
+            Ok(_) => self.problem(key, format!("`{path}` holds no PEM {what} ({begin})")),
             Err(e) => self.problem(
                 key,
-                format!("cannot read `{ca}`: {e} (relative paths start in the working directory)"),
+                format!(
+                    "cannot read `{path}`: {e} (relative paths start in the working directory)"
+                ),
             ),
         }
     }

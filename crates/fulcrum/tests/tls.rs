@@ -276,7 +276,13 @@ fn resume(addr: SocketAddr, dir: &TempDir, extra: &[&str]) -> (String, Vec<u8>) 
 /// and saves the session it was given; returns the session file's path.
 fn save_session(addr: SocketAddr, name: &str, dir: &TempDir, extra: &[&str]) -> String {
     use std::io::Write;
-    let session = dir.0.join(format!("session{}.pem", extra.concat()));
+    // Named by the options, in characters a file name may hold.
+    let tag: String = extra
+        .concat()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let session = dir.0.join(format!("session{tag}.pem"));
     let _ = std::fs::remove_file(&session);
     let session = session.display().to_string();
     let mut first = Command::new("openssl")
@@ -553,4 +559,78 @@ async fn optional_client_certificates_reach_backends_in_x_forwarded_client_cert(
     );
     assert!(!out.contains("Reused,"), "resumed past client_auth: {out}");
     assert!(try_curl(&site, host, &good, "/").is_ok());
+}
+
+/// `client_crl`: a revoked client certificate is refused; a new list
+/// applies on reload, and a session its certificate made before does not
+/// resume past it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_client_certificate_is_refused_and_a_new_list_applies_on_reload() {
+    let bs = backends(&["0ms"]).await;
+    let dir = TempDir::new("mtls-crl");
+    let server_ca = TestCa::new();
+    let ca_pem = dir.write("ca.pem", &server_ca.pem()).display().to_string();
+    let (cert, key) = server_ca.write_leaf(&dir, "site", "site", &["site.example.com"]);
+    let client_ca = TestCa::new();
+    let client_ca_pem = dir
+        .write("clients.pem", &client_ca.pem())
+        .display()
+        .to_string();
+    let (good_cert, good_key) =
+        client_ca.write_leaf_numbered(&dir, "good", "good client", &["good"], Some(1001));
+    let (bad_cert, bad_key) =
+        client_ca.write_leaf_numbered(&dir, "bad", "bad client", &["bad"], Some(1002));
+    let crl = dir
+        .write("clients.crl", &client_ca.crl(&[1002]))
+        .display()
+        .to_string();
+    let cluster = cluster_block("app", "round-robin", &[(bs[0].addr, 1)]);
+    let config = format!(
+        "[[listener]]\nname = \"https\"\nbind = \"127.0.0.1:0\"\ncluster = \"app\"\n\n\
+         [listener.tls]\ncert = \"{cert}\"\nkey = \"{key}\"\nclient_ca = \"{client_ca_pem}\"\n\
+         client_crl = \"{crl}\"\n{cluster}"
+    );
+    let site = Site {
+        ca_pem,
+        proxy: Proxy::run(&config),
+        _backends: bs,
+        _dir: dir,
+    };
+    let host = "site.example.com";
+    let good = ["--cert", good_cert.as_str(), "--key", good_key.as_str()];
+    let bad = ["--cert", bad_cert.as_str(), "--key", bad_key.as_str()];
+    assert!(try_curl(&site, host, &good, "/").is_ok());
+    let revoked = try_curl(&site, host, &bad, "/");
+    assert!(
+        revoked.is_err(),
+        "a revoked certificate: answered {revoked:?}"
+    );
+
+    let sessions = TempDir::new("mtls-crl-sessions");
+    let session = save_session(
+        site.proxy.addr("https"),
+        host,
+        &sessions,
+        &["-tls1_3", "-cert", &good_cert, "-key", &good_key],
+    );
+    // The good client's certificate is revoked too.
+    std::fs::write(&crl, client_ca.crl(&[1001, 1002])).unwrap();
+    reload(&site, &config);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while try_curl(&site, host, &good, "/").is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the new list not applied by the reload"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, out) = s_client(
+        site.proxy.addr("https"),
+        Some(host),
+        &["-sess_in", &session, "-tls1_3"],
+    );
+    assert!(
+        !out.contains("Reused,"),
+        "resumed past the revocation: {out}"
+    );
 }

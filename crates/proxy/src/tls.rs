@@ -54,7 +54,7 @@ use rustls::server::{
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -101,9 +101,9 @@ pub struct TlsTerminator {
 /// rustls resumes a session without asking for a client certificate again
 /// (the session carries the one given at its full handshake, or none), so
 /// sessions made under other client CAs — or before `client_ca` was set,
-/// or while a certificate was optional — must not resume: a change of the
-/// client CA file's content or of `client_auth` starts new ticket keys and
-/// an empty cache.
+/// while a certificate was optional, or before a revocation — must not
+/// resume: a change of the client CA file's content, of `client_auth` or of
+/// the revocation lists starts new ticket keys and an empty cache.
 struct Resumption {
     tickets: Arc<dyn ProducesTickets>,
     sessions: Arc<dyn StoresServerSessions>,
@@ -279,8 +279,8 @@ fn server_config(
 }
 
 /// What client certificates are checked against: the client CA file's
-/// content and whether a certificate is optional.
-type ClientCas = Option<(Vec<u8>, bool)>;
+/// content, the revocation lists' and whether a certificate is optional.
+type ClientCas = Option<(Vec<u8>, Vec<u8>, bool)>;
 
 /// The client CAs, and the check of client certificates against them.
 type ClientAuth = (ClientCas, Option<Arc<dyn ClientCertVerifier>>);
@@ -314,8 +314,28 @@ fn client_auth(tls: &TlsConfig) -> Result<ClientAuth, TlsError> {
     } else {
         builder
     };
+    let (builder, crl_pem) = match &tls.client_crl {
+        None => (builder, Vec::new()),
+        Some(path) => {
+            let fail = |reason: String| TlsError::File {
+                path: path.clone(),
+                reason,
+            };
+            let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+            let crls = CertificateRevocationListDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| fail(e.to_string()))?;
+            if crls.is_empty() {
+                return Err(fail("holds no PEM revocation list".into()));
+            }
+            (builder.with_crls(crls), pem)
+        }
+    };
     let verifier = builder.build().map_err(|e| fail(e.to_string()))?;
-    Ok((Some((pem, tls.client_cert_optional)), Some(verifier)))
+    Ok((
+        Some((pem, crl_pem, tls.client_cert_optional)),
+        Some(verifier),
+    ))
 }
 
 /// Reloads a listener's certificates when their files change, until the

@@ -284,15 +284,46 @@ impl TestCa {
 
     /// A leaf certificate for `names` with common name `cn`: (cert PEM, key PEM).
     pub fn leaf(&self, cn: &str, names: &[&str]) -> (String, String) {
+        self.leaf_numbered(cn, names, None)
+    }
+
+    /// [`TestCa::leaf`] with serial number `serial` (else a random one).
+    pub fn leaf_numbered(&self, cn: &str, names: &[&str], serial: Option<u64>) -> (String, String) {
         let mut params =
             rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();
+        params.serial_number = serial.map(rcgen::SerialNumber::from);
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, cn);
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
         (cert.pem(), key.serialize_pem())
+    }
+
+    /// A revocation list (PEM) of this CA naming the `revoked` serials.
+    pub fn crl(&self, revoked: &[u64]) -> String {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2025, 1, 1),
+            next_update: rcgen::date_time_ymd(2035, 1, 1),
+            crl_number: rcgen::SerialNumber::from(fastrand::u64(1..u64::MAX / 2)),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|&serial| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(serial),
+                    revocation_time: rcgen::date_time_ymd(2025, 6, 1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params
+            .signed_by(&self.cert, &self.key)
+            .unwrap()
+            .pem()
+            .unwrap()
     }
 
     /// Writes a leaf's files into `dir` as NAME.crt / NAME.key (0600); returns their paths.
@@ -303,7 +334,19 @@ impl TestCa {
         cn: &str,
         names: &[&str],
     ) -> (String, String) {
-        let (cert, key) = self.leaf(cn, names);
+        self.write_leaf_numbered(dir, file, cn, names, None)
+    }
+
+    /// [`TestCa::write_leaf`] with serial number `serial` (else a random one).
+    pub fn write_leaf_numbered(
+        &self,
+        dir: &TempDir,
+        file: &str,
+        cn: &str,
+        names: &[&str],
+        serial: Option<u64>,
+    ) -> (String, String) {
+        let (cert, key) = self.leaf_numbered(cn, names, serial);
         let c = dir.write(&format!("{file}.crt"), &cert);
         let k = dir.write(&format!("{file}.key"), &key);
         use std::os::unix::fs::PermissionsExt;

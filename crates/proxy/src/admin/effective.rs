@@ -84,6 +84,7 @@ pub fn to_file(config: &Config) -> FileConfig {
                     }),
                     session_tickets: Some(t.session_tickets),
                     client_ca: t.client_ca.clone(),
+                    client_crl: t.client_crl.clone(),
                     client_auth: t.client_ca.as_ref().map(|_| {
                         if t.client_cert_optional {
                             "optional"
