@@ -96,6 +96,9 @@ async fn answer(name: &'static str, serving: u8, req: Request<Incoming>) -> Resp
     if path == "/healthz" {
         return Response::new(Full::new(Bytes::from_static(b"ok")).boxed());
     }
+    if path.starts_with("/slow") {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     let authority = req
         .uri()
         .authority()
@@ -110,6 +113,15 @@ async fn answer(name: &'static str, serving: u8, req: Request<Incoming>) -> Resp
 
 impl H2Backend {
     async fn start(name: &'static str, tls: Option<tokio_rustls::TlsAcceptor>) -> H2Backend {
+        H2Backend::start_limited(name, tls, None).await
+    }
+
+    /// A backend allowing at most `max_streams` streams per connection.
+    async fn start_limited(
+        name: &'static str,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        max_streams: Option<u32>,
+    ) -> H2Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -136,7 +148,8 @@ impl H2Backend {
                         let serving = status.load(Ordering::Relaxed);
                         async move { Ok::<_, Infallible>(answer(name, serving, req).await) }
                     });
-                    let server = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                    let mut server = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                    server.max_concurrent_streams(max_streams);
                     match tls {
                         None => {
                             let _ = server.serve_connection(TokioIo::new(tcp), service).await;
@@ -628,4 +641,46 @@ async fn the_proxys_own_answers_to_grpc_calls_carry_a_grpc_status() {
     assert_eq!(head.status, 503);
     assert!(head.headers.get("grpc-status").is_none());
     assert!(String::from_utf8_lossy(&body).contains("503 service unavailable"));
+}
+
+/// A backend that allows 2 streams per connection gets more connections
+/// when more requests are in flight, instead of the requests waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_a_connections_stream_limit_open_another_connection() {
+    let backend = H2Backend::start_limited("narrow", None, Some(2)).await;
+    let proxy = Proxy::run(&h2_cluster(&[backend.addr], ""));
+    let web = proxy.addr("web");
+    let client = client();
+    // The first connection learns the limit from the backend's SETTINGS.
+    assert_eq!(get(&client, web, "/warm").await.status, 200);
+    let slow = futures_util::future::join_all((0..6).map(|i| {
+        let client = client.clone();
+        async move { get(&client, web, &format!("/slow/{i}")).await }
+    }))
+    .await;
+    assert!(slow.iter().all(|a| a.status == 200), "{slow:?}");
+    let seen = backend.seen();
+    let mut per_conn = std::collections::HashMap::new();
+    for s in seen.iter().filter(|s| s.path.starts_with("/slow/")) {
+        *per_conn.entry(s.conn).or_insert(0) += 1;
+    }
+    assert!(
+        per_conn.len() >= 3,
+        "6 requests, 2 streams each: {per_conn:?}"
+    );
+    // Once they are done, the connections are reused: no new one.
+    let before: std::collections::HashSet<usize> = seen.iter().map(|s| s.conn).collect();
+    for i in 0..4 {
+        assert_eq!(get(&client, web, &format!("/after/{i}")).await.status, 200);
+    }
+    let after: Vec<usize> = backend
+        .seen()
+        .iter()
+        .filter(|s| s.path.starts_with("/after/"))
+        .map(|s| s.conn)
+        .collect();
+    assert!(
+        after.iter().all(|c| before.contains(c)),
+        "{after:?} not in {before:?}"
+    );
 }

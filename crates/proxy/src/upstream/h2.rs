@@ -1,21 +1,25 @@
 //! HTTP/2 to a backend: clusters with `http2 = true`.
 //!
-//! Every request to a backend rides one shared connection, a stream each
+//! Every request to a backend rides a shared connection, a stream each
 //! (RFC 9113), instead of a connection each. hyper's
-//! `client::conn::http2` runs the connection in a task of its own and
-//! keeps to the backend's `SETTINGS_MAX_CONCURRENT_STREAMS`: requests
-//! beyond it wait for a stream to end. Answer trailers (gRPC's
-//! `grpc-status`) come through as the body's last frame, and `te:
-//! trailers` goes to the backend when the client sent it (see
+//! `client::conn::http2` runs a connection in a task of its own. Answer
+//! trailers (gRPC's `grpc-status`) come through as the body's last frame,
+//! and `te: trailers` goes to the backend when the client sent it (see
 //! [`crate::http`]), so gRPC works end to end.
 //!
-//! The shared connection is looked up per request ([`Shared::checkout`]);
-//! one found closed is forgotten and a new one opened. Requests that find
-//! no connection at the same moment each open one: the first to be ready
-//! is shared, the others carry their own request and close after it (an
-//! HTTP/1.1 pool opens a connection per concurrent request anyway). A
-//! connection unused for `pool_idle_timeout` is let go by the pool's
-//! reaper; streams still open on it finish first.
+//! A backend's connections are looked up per request ([`Shared::checkout`]):
+//! the first that is open and has a stream to spare under the backend's
+//! `SETTINGS_MAX_CONCURRENT_STREAMS` takes it. The pool counts each
+//! connection's open streams itself (a [`StreamSlot`] per request, given
+//! back when its answer's body is dropped), so that when every connection
+//! is full a request opens another one rather than wait in hyper's queue
+//! for a stream to end, as Envoy's pool does. Closed connections are
+//! forgotten. Requests that find no room at the same moment each open a
+//! connection; one is kept if the pool has no room left when it is ready,
+//! the others carry their own request and close after it (an HTTP/1.1
+//! pool opens a connection per concurrent request anyway). A connection
+//! with no stream open for `pool_idle_timeout` is let go by the pool's
+//! reaper.
 //!
 //! A request the backend provably did not process (a `REFUSED_STREAM`
 //! reset, a stream above the last one a `GOAWAY` accepted, or a connection
@@ -23,8 +27,10 @@
 //! method ([`refused`]).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::BuildHasherDefault;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -35,63 +41,129 @@ use super::{BackendAddr, PrehashedHasher};
 use crate::body::RequestBody;
 use crate::headers::Forwarding;
 
-/// A backend's shared connection and when a request last took it.
+/// Most connections kept per backend. Each carries up to the backend's
+/// stream limit (100 before its SETTINGS say otherwise), so this is room
+/// for thousands of requests in flight to one backend; beyond it, requests
+/// open connections that close after them.
+const MAX_SHARED: usize = 16;
+
+/// One stream of a shared connection, held by the request and then by its
+/// answer's body; the connection's count of open streams goes down when
+/// it is dropped.
 #[derive(Debug)]
-struct Entry {
+pub struct StreamSlot(Arc<AtomicUsize>);
+
+impl StreamSlot {
+    fn take(streams: &Arc<AtomicUsize>) -> Self {
+        streams.fetch_add(1, Ordering::Relaxed);
+        StreamSlot(Arc::clone(streams))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A backend's shared connection: its open streams, the most it may
+/// have ([`serve`] keeps that up to date), and when a request last took
+/// one.
+#[derive(Debug)]
+struct Conn {
     sender: SendRequest<RequestBody>,
+    streams: Arc<AtomicUsize>,
+    limit: Arc<AtomicUsize>,
     used: Instant,
 }
 
-/// The shared HTTP/2 connections of one pool, one per backend.
+impl Conn {
+    fn has_room(&self) -> bool {
+        self.streams.load(Ordering::Relaxed) < self.limit.load(Ordering::Relaxed)
+    }
+}
+
+/// Streams a connection may open before the backend's SETTINGS say how
+/// many: hyper's initial limit.
+pub(super) const INITIAL_STREAM_LIMIT: usize = 100;
+
+/// Drives an HTTP/2 connection to its end, publishing after every step the
+/// backend's current `SETTINGS_MAX_CONCURRENT_STREAMS` into `limit` (the
+/// connection is owned here; only it knows).
+pub(super) async fn serve<T>(
+    conn: hyper::client::conn::http2::Connection<T, RequestBody, hyper_util::rt::TokioExecutor>,
+    limit: Arc<AtomicUsize>,
+) -> hyper::Result<()>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let mut conn = std::pin::pin!(conn);
+    std::future::poll_fn(|cx| {
+        let step = conn.as_mut().poll(cx);
+        limit.store(conn.current_max_send_streams(), Ordering::Relaxed);
+        step
+    })
+    .await
+}
+
+/// The shared HTTP/2 connections of one pool, by backend.
 #[derive(Debug, Default)]
 pub(super) struct Shared {
-    conns: Mutex<HashMap<BackendAddr, Entry, BuildHasherDefault<PrehashedHasher>>>,
+    conns: Mutex<HashMap<BackendAddr, Vec<Conn>, BuildHasherDefault<PrehashedHasher>>>,
 }
 
 impl Shared {
-    /// A handle on `addr`'s connection, unless there is none or it closed
-    /// (then it is forgotten).
+    /// A stream on one of `addr`'s open connections with room for one;
+    /// `None` if there is none (the closed ones are forgotten).
     pub(super) fn checkout(
         &self,
         addr: &BackendAddr,
         now: Instant,
-    ) -> Option<SendRequest<RequestBody>> {
+    ) -> Option<(SendRequest<RequestBody>, StreamSlot)> {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = conns.get_mut(addr)?;
-        if entry.sender.is_closed() {
-            conns.remove(addr);
-            return None;
-        }
-        entry.used = now;
-        Some(entry.sender.clone())
+        let list = conns.get_mut(addr)?;
+        list.retain(|c| !c.sender.is_closed());
+        let conn = list.iter_mut().find(|c| c.has_room())?;
+        conn.used = now;
+        Some((conn.sender.clone(), StreamSlot::take(&conn.streams)))
     }
 
-    /// Shares a new connection to `addr`, unless an open one is shared
-    /// already.
+    /// A new connection to `addr`, with a stream for the request that
+    /// opened it. The pool keeps it unless one of its connections has
+    /// room again, or it holds [`MAX_SHARED`] already.
     pub(super) fn offer(
         &self,
         addr: &BackendAddr,
         sender: &SendRequest<RequestBody>,
+        limit: Arc<AtomicUsize>,
         now: Instant,
-    ) {
+    ) -> StreamSlot {
+        let streams = Arc::new(AtomicUsize::new(0));
+        let slot = StreamSlot::take(&streams);
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        if conns.get(addr).is_some_and(|e| !e.sender.is_closed()) {
-            return;
-        }
-        conns.insert(
-            addr.clone(),
-            Entry {
+        let list = conns.entry(addr.clone()).or_default();
+        list.retain(|c| !c.sender.is_closed());
+        if list.len() < MAX_SHARED && !list.iter().any(Conn::has_room) {
+            list.push(Conn {
                 sender: sender.clone(),
+                streams,
+                limit,
                 used: now,
-            },
-        );
+            });
+        }
+        slot
     }
 
-    /// Lets go of connections that closed or were unused for `timeout`.
+    /// Lets go of connections that closed, or that had no stream open for
+    /// `timeout`.
     pub(super) fn reap(&self, now: Instant, timeout: Duration) {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        conns.retain(|_, e| {
-            !e.sender.is_closed() && now.saturating_duration_since(e.used) < timeout
+        conns.retain(|_, list| {
+            list.retain(|c| {
+                let busy = c.streams.load(Ordering::Relaxed) > 0;
+                !c.sender.is_closed() && (busy || now.saturating_duration_since(c.used) < timeout)
+            });
+            !list.is_empty()
         });
     }
 }

@@ -312,6 +312,9 @@ impl Lease {
 pub enum UpstreamBody {
     /// Read by hyper's client (upgrades).
     Hyper(Incoming),
+    /// A stream of a shared HTTP/2 connection ([`h2`]); the slot is given
+    /// back when the body is dropped.
+    Http2(Incoming, h2::StreamSlot),
     /// Read by [`h1`] in the request's task.
     Own(h1::ResponseBody),
 }
@@ -324,7 +327,7 @@ impl UpstreamBody {
     /// read (then [`crate::headers::remove_hop_by_hop`] has nothing to do).
     pub fn hop_by_hop_removed(&self) -> bool {
         match self {
-            UpstreamBody::Hyper(_) => false,
+            UpstreamBody::Hyper(_) | UpstreamBody::Http2(..) => false,
             UpstreamBody::Own(b) => b.hop_by_hop_removed(),
         }
     }
@@ -333,7 +336,7 @@ impl UpstreamBody {
     /// read into its header map ([`Upstream::send`] with `raw`).
     pub fn raw_fields(&self) -> Option<&h1::RawFields> {
         match self {
-            UpstreamBody::Hyper(_) => None,
+            UpstreamBody::Hyper(_) | UpstreamBody::Http2(..) => None,
             UpstreamBody::Own(b) => b.raw_fields(),
         }
     }
@@ -355,7 +358,9 @@ impl http_body::Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, BodyError>>> {
         match self.get_mut() {
-            UpstreamBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Hyper(b) | UpstreamBody::Http2(b, _) => {
+                Pin::new(b).poll_frame(cx).map_err(Into::into)
+            }
             UpstreamBody::Own(b) => Pin::new(b).poll_frame(cx),
         }
     }
@@ -363,7 +368,7 @@ impl http_body::Body for UpstreamBody {
     #[inline]
     fn is_end_stream(&self) -> bool {
         match self {
-            UpstreamBody::Hyper(b) => b.is_end_stream(),
+            UpstreamBody::Hyper(b) | UpstreamBody::Http2(b, _) => b.is_end_stream(),
             UpstreamBody::Own(b) => b.is_end_stream(),
         }
     }
@@ -371,7 +376,7 @@ impl http_body::Body for UpstreamBody {
     #[inline]
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
-            UpstreamBody::Hyper(b) => b.size_hint(),
+            UpstreamBody::Hyper(b) | UpstreamBody::Http2(b, _) => b.size_hint(),
             UpstreamBody::Own(b) => b.size_hint(),
         }
     }
@@ -529,9 +534,9 @@ impl Upstream {
         };
         let spare = body.reclaim();
         let mut request = h2::request(head, forwarding, body, scheme.clone(), addr);
-        if let Some(mut sender) = self.pool.shared.checkout(addr, now) {
+        if let Some((mut sender, slot)) = self.pool.shared.checkout(addr, now) {
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok(response.map(UpstreamBody::Hyper)),
+                Ok(response) => return Ok(response.map(|b| UpstreamBody::Http2(b, slot))),
                 Err(mut e) => {
                     let unsent = e.take_message();
                     let error = e.into_error();
@@ -561,16 +566,20 @@ impl Upstream {
                 source: std::io::Error::other(e),
             })?;
         let authority = addr.authority().clone();
+        let limit = Arc::new(std::sync::atomic::AtomicUsize::new(
+            h2::INITIAL_STREAM_LIMIT,
+        ));
+        let published = Arc::clone(&limit);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            if let Err(e) = h2::serve(conn, published).await {
                 tracing::debug!(backend = %authority, error = %e, "HTTP/2 connection to a backend ended");
             }
         });
-        self.pool.shared.offer(addr, &sender, now);
+        let slot = self.pool.shared.offer(addr, &sender, limit, now);
         sender
             .send_request(request)
             .await
-            .map(|response| response.map(UpstreamBody::Hyper))
+            .map(|response| response.map(|b| UpstreamBody::Http2(b, slot)))
             .map_err(UpstreamError::of_h2)
     }
 
