@@ -24,7 +24,7 @@ use bytes::Bytes;
 use common::raw_backend::{
     proxy_for, read_exact, read_through, After, RawBackend, Reply, OK, PATIENCE,
 };
-use common::{cluster_block, simple_config, Answer, Proxy};
+use common::{cluster_block, metrics_text, sample, simple_config, Answer, Proxy};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
@@ -391,6 +391,21 @@ async fn sequential_requests_share_one_pooled_backend_connection() {
         assert_eq!((a.status, &a.body[..]), (200, &b"ok"[..]));
     }
     assert_eq!(backend.connections(), vec![gets(&["/1", "/2", "/3", "/4"])]);
+    // The metrics count the one connection, idle in the pool now.
+    let text = metrics_text(&proxy).await;
+    let opened = |protocol: &str| {
+        sample(
+            &text,
+            &format!("fulcrum_upstream_connections_opened_total{{cluster=\"app\",protocol=\"{protocol}\"}}"),
+        )
+    };
+    assert_eq!(opened("http1"), Some(1.0), "{text}");
+    assert_eq!(opened("http2"), Some(0.0), "{text}");
+    assert_eq!(
+        sample(&text, "fulcrum_upstream_idle_connections{cluster=\"app\"}"),
+        Some(1.0),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -241,6 +241,20 @@ async fn an_http2_cluster_shares_one_connection_per_backend_and_probes_in_http2(
         vec![first_conn],
         "every request on the shared connection"
     );
+    let text = metrics_text(&proxy).await;
+    assert_eq!(
+        sample(
+            &text,
+            "fulcrum_upstream_connections_opened_total{cluster=\"app\",protocol=\"http2\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "fulcrum_upstream_http2_connections{cluster=\"app\"}"),
+        Some(1.0),
+        "{text}"
+    );
     let forwarded = &seen.iter().find(|s| s.path == "/first").unwrap().headers;
     assert_eq!(forwarded["x-forwarded-for"], "127.0.0.1");
     assert_eq!(forwarded["x-forwarded-proto"], "http");

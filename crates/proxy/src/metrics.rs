@@ -267,6 +267,9 @@ pub struct ClusterMetrics {
     pub retries: AtomicU64,
     /// Requests for which the selector found no usable backend.
     pub no_backend: AtomicU64,
+    /// Upstream connections opened by the cluster's pool, HTTP/1.1 and
+    /// HTTP/2 (TCP connect and TLS handshake done).
+    pub connections_opened: [AtomicU64; 2],
 }
 
 /// Counters of one listener.
@@ -572,6 +575,47 @@ impl prometheus_client::collector::Collector for Scrape {
                 (
                     [("cluster", c.name())],
                     ConstCounter::new(c.metrics.no_backend.load(Ordering::Relaxed)),
+                )
+            }),
+        )?;
+        {
+            let mut metric = e.encode_descriptor(
+                "fulcrum_upstream_connections_opened",
+                "Upstream connections opened by the cluster's pool, by protocol.",
+                None,
+                MetricType::Counter,
+            )?;
+            for c in &clusters {
+                for (protocol, opened) in
+                    ["http1", "http2"].iter().zip(&c.metrics.connections_opened)
+                {
+                    ConstCounter::new(opened.load(Ordering::Relaxed)).encode(
+                        metric.encode_family(&[("cluster", c.name()), ("protocol", *protocol)])?,
+                    )?;
+                }
+            }
+        }
+        family(
+            &mut e,
+            "fulcrum_upstream_idle_connections",
+            "Idle HTTP/1.1 upstream connections kept for reuse, per cluster.",
+            MetricType::Gauge,
+            clusters.iter().map(|c| {
+                (
+                    [("cluster", c.name())],
+                    ConstGauge::new(c.upstream.idle_connections() as i64),
+                )
+            }),
+        )?;
+        family(
+            &mut e,
+            "fulcrum_upstream_http2_connections",
+            "Shared HTTP/2 upstream connections kept, per cluster (clusters with http2).",
+            MetricType::Gauge,
+            clusters.iter().map(|c| {
+                (
+                    [("cluster", c.name())],
+                    ConstGauge::new(c.upstream.shared_connections() as i64),
                 )
             }),
         )?;

@@ -306,7 +306,7 @@ impl Control {
                 .collect();
             let upstream = match self.upstreams.get(name) {
                 Some(u) if u.matches(cluster) => u.clone(),
-                _ => Upstream::new(cluster),
+                _ => Upstream::new(cluster, self.metrics.cluster(name)),
             };
             live_upstreams.insert(name.clone(), upstream.clone());
             let retry_budget = match self.retry_budgets.get(name) {

@@ -370,3 +370,17 @@ pub fn tls_client(ca_der: Vec<u8>) -> tokio_rustls::TlsConnector {
     .with_no_client_auth();
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
 }
+
+/// The proxy's Prometheus text (`GET /metrics` on its admin listener).
+pub async fn metrics_text(proxy: &Proxy) -> String {
+    let answer = get(&client(), proxy.admin, "/metrics").await;
+    String::from_utf8_lossy(&answer.body).into_owned()
+}
+
+/// The value of the sample written exactly `series` (name and labels as
+/// Prometheus prints them) in `text`.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}

@@ -154,6 +154,12 @@ impl Shared {
         slot
     }
 
+    /// How many connections the pool keeps, to all backends.
+    pub(super) fn count(&self) -> usize {
+        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns.values().map(Vec::len).sum()
+    }
+
     /// Lets go of connections that closed, or that had no stream open for
     /// `timeout`.
     pub(super) fn reap(&self, now: Instant, timeout: Duration) {

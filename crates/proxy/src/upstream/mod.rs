@@ -28,6 +28,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -218,6 +219,8 @@ type IdleMap = HashMap<BackendAddr, Idles, BuildHasherDefault<PrehashedHasher>>;
 #[derive(Debug)]
 struct Pool {
     settings: Settings,
+    /// Where connections opened are counted.
+    metrics: Arc<crate::metrics::ClusterMetrics>,
     idle: Mutex<IdleMap>,
     /// The shared connections of a cluster with `http2`.
     shared: h2::Shared,
@@ -401,8 +404,9 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// A new pool for `cluster`.
-    pub fn new(cluster: &ClusterConfig) -> Self {
+    /// A new pool for `cluster`, counting the connections it opens in
+    /// `metrics`.
+    pub fn new(cluster: &ClusterConfig, metrics: Arc<crate::metrics::ClusterMetrics>) -> Self {
         let settings = Settings::of(cluster);
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -425,6 +429,7 @@ impl Upstream {
             .build(connector.clone());
         let pool = Arc::new(Pool {
             settings,
+            metrics,
             idle: Mutex::new(IdleMap::default()),
             shared: h2::Shared::default(),
         });
@@ -438,6 +443,17 @@ impl Upstream {
             connector,
             pool,
         }
+    }
+
+    /// Idle HTTP/1.1 connections kept for reuse.
+    pub fn idle_connections(&self) -> usize {
+        let idle = self.pool.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.values().map(Vec::len).sum()
+    }
+
+    /// Shared HTTP/2 connections kept.
+    pub fn shared_connections(&self) -> usize {
+        self.pool.shared.count()
     }
 
     /// Whether this pool was built with `cluster`'s current settings.
@@ -620,6 +636,18 @@ impl Upstream {
             };
         let _ = stream.set_nodelay(true);
         set_keepalive(&stream);
+        let stream = self.handshake(authority, stream, h2).await?;
+        self.pool.metrics.connections_opened[usize::from(h2)].fetch_add(1, Ordering::Relaxed);
+        Ok(stream)
+    }
+
+    /// TLS over `stream` if the cluster has `tls`.
+    async fn handshake(
+        &self,
+        authority: &Authority,
+        stream: TcpStream,
+        h2: bool,
+    ) -> Result<Stream, UpstreamError> {
         match self.connector.tls() {
             None => Ok(Stream::Plain(stream)),
             Some(setup) => match setup.as_ref() {
