@@ -122,6 +122,11 @@ pub struct FileListener {
     pub trusted_proxies: Option<Vec<String>>,
     /// Accept a connection only once its first bytes arrived (`TCP_DEFER_ACCEPT`).
     pub defer_accept: Option<bool>,
+    /// File the listener's requests are logged to, one line each (`"-"`:
+    /// standard output).
+    pub access_log: Option<String>,
+    /// `json` (default) or `combined`.
+    pub access_log_format: Option<String>,
 }
 
 impl FileListener {
@@ -156,6 +161,8 @@ impl FileListener {
         "deny",
         "trusted_proxies",
         "defer_accept",
+        "access_log",
+        "access_log_format",
     ];
 }
 

@@ -215,6 +215,36 @@ pub struct ListenerConfig {
     /// sent its first bytes (`TCP_DEFER_ACCEPT`); by default where clients
     /// speak first (http listeners; tcp with TLS, SNI routes or PROXY headers).
     pub defer_accept: bool,
+    /// Where and how the listener's requests are logged, if they are.
+    pub access_log: Option<AccessLogConfig>,
+}
+
+/// A listener's access log: one line per request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    /// The file appended to; `-` is standard output.
+    pub path: String,
+    /// The lines' format.
+    pub format: AccessLogFormat,
+}
+
+/// How an access log's lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    Json,
+    /// NGINX's `combined` format, then the request time and the backend.
+    Combined,
+}
+
+impl AccessLogFormat {
+    /// The format's name in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessLogFormat::Json => "json",
+            AccessLogFormat::Combined => "combined",
+        }
+    }
 }
 
 /// 65 536 UDP flows: one per client address, each one socket and a task; far

@@ -183,6 +183,8 @@ fn key_lists_match_the_file_shapes() {
         deny: Some(vec![]),
         trusted_proxies: Some(vec![]),
         defer_accept: Some(true),
+        access_log: s(),
+        access_log_format: s(),
     };
     assert_eq!(keys(&listener), sorted(file::FileListener::KEYS));
     let value_match = file::FileValueMatch {

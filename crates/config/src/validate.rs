@@ -357,6 +357,7 @@ impl Validator {
             trusted_proxies: self
                 .networks(&key("trusted_proxies"), file.trusted_proxies.as_deref()),
             defer_accept,
+            access_log: self.access_log(&key(""), protocol, file),
         }
     }
 
@@ -511,6 +512,57 @@ impl Validator {
             client_cert_optional,
             client_crl: file.client_crl.clone(),
         }
+    }
+
+    /// A listener's `access_log` and `access_log_format`; `key` ends in `.`.
+    fn access_log(
+        &mut self,
+        key: &str,
+        protocol: Protocol,
+        file: &FileListener,
+    ) -> Option<AccessLogConfig> {
+        let format = match file.access_log_format.as_deref() {
+            None | Some("json") => AccessLogFormat::Json,
+            Some("combined") => AccessLogFormat::Combined,
+            Some(other) => {
+                self.problem(
+                    format!("{key}access_log_format"),
+                    format!("unknown format `{other}`, expected json or combined"),
+                );
+                AccessLogFormat::Json
+            }
+        };
+        let Some(path) = &file.access_log else {
+            if file.access_log_format.is_some() {
+                self.problem(
+                    format!("{key}access_log_format"),
+                    "there is no access_log to format; add access_log = \"PATH\" or remove it",
+                );
+            }
+            return None;
+        };
+        if protocol != Protocol::Http {
+            self.problem(
+                format!("{key}access_log"),
+                "only http listeners log requests; remove it",
+            );
+        }
+        if path != "-" {
+            let dir = std::path::Path::new(path)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            if path.is_empty() || path.ends_with('/') || !dir.is_dir() {
+                self.problem(
+                    format!("{key}access_log"),
+                    format!("`{path}` is not a file in an existing directory (\"-\" is standard output)"),
+                );
+            }
+        }
+        Some(AccessLogConfig {
+            path: path.clone(),
+            format,
+        })
     }
 
     fn certificate(

@@ -376,6 +376,12 @@ pin_project_lite::pin_project! {
             #[pin]
             body: Full<Bytes>,
         },
+        /// Another body, counted for the listener's access log; the entry
+        /// is written when this body is dropped.
+        Logged {
+            body: Pin<Box<ProxyBody>>,
+            entry: Box<crate::access_log::Pending>,
+        },
     }
 }
 
@@ -395,6 +401,15 @@ impl ProxyBody {
         match self {
             ProxyBody::Upstream { body, .. } => body.raw_fields(),
             ProxyBody::Local { .. } => None,
+            ProxyBody::Logged { body, .. } => body.raw_fields(),
+        }
+    }
+
+    /// `body`, counted for the access log `entry`.
+    pub fn logged(body: ProxyBody, entry: Box<crate::access_log::Pending>) -> Self {
+        ProxyBody::Logged {
+            body: Box::pin(body),
+            entry,
         }
     }
 
@@ -446,6 +461,19 @@ impl Body for ProxyBody {
                 poll
             }
             ProxyBodyProj::Local { body } => body.poll_frame(cx).map_err(|never| match never {}),
+            ProxyBodyProj::Logged { body, entry } => {
+                let poll = body.as_mut().poll_frame(cx);
+                match &poll {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            entry.sent(data.len());
+                        }
+                    }
+                    Poll::Ready(None) => entry.finished(),
+                    _ => {}
+                }
+                poll
+            }
         }
     }
 
@@ -454,6 +482,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Upstream { body, .. } => body.is_end_stream(),
             ProxyBody::Local { body } => body.is_end_stream(),
+            ProxyBody::Logged { body, .. } => body.is_end_stream(),
         }
     }
 
@@ -462,6 +491,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Upstream { body, .. } => body.size_hint(),
             ProxyBody::Local { body } => body.size_hint(),
+            ProxyBody::Logged { body, .. } => body.size_hint(),
         }
     }
 }

@@ -22,6 +22,7 @@
 //! * [`sni`], [`proxy_protocol`]: edge parsers for TLS passthrough routing
 //!   and PROXY protocol headers.
 
+pub mod access_log;
 pub mod admin;
 pub mod admission;
 pub mod backend_tls;

@@ -275,6 +275,7 @@ async fn accept_with(
 ) {
     let name: Arc<str> = Arc::from(config.name.as_str());
     let connections = runtime.metrics().listener(&config.name);
+    let access_log = runtime.access_log(&config.name);
     let limits = config.limits.clone();
     let mut builder = Protocols {
         http1: server::Settings {
@@ -331,6 +332,7 @@ async fn accept_with(
                 tls: tls.is_some(),
                 forwarded_for: crate::headers::forwarded_for(peer.ip()),
                 client_cert: None,
+                access_log: Arc::clone(&access_log),
             },
             runtime: Arc::clone(runtime),
             builder: Arc::clone(&builder),

@@ -554,6 +554,16 @@ impl prometheus_client::collector::Collector for Scrape {
             }),
         )?;
 
+        let dropped = runtime.access_logs().dropped();
+        family(
+            &mut e,
+            "fulcrum_access_log_dropped_lines",
+            "Access log lines dropped because the writer could not keep up, per listener.",
+            MetricType::Counter,
+            dropped
+                .iter()
+                .map(|(n, d)| ([("listener", n.as_str())], ConstCounter::new(*d))),
+        )?;
         family(
             &mut e,
             "fulcrum_upstream_retries",

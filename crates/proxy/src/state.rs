@@ -110,6 +110,8 @@ struct Control {
     admissions: HashMap<String, Arc<Admission>>,
     /// Loaded GeoIP databases by path.
     geoip: HashMap<String, Arc<crate::geoip::GeoIpDb>>,
+    /// The listeners' access logs, opened anew by every build.
+    access_logs: Arc<crate::access_log::AccessLogs>,
 }
 
 /// The running configuration.
@@ -124,12 +126,14 @@ pub struct Runtime {
     /// The generation of the last published snapshot, for watchers (the
     /// listener supervisor, the admin API).
     changes: tokio::sync::watch::Sender<u64>,
+    access_logs: Arc<crate::access_log::AccessLogs>,
 }
 
 impl Runtime {
     /// Builds the first snapshot from a valid configuration.
     pub fn new(config: Config) -> Arc<Self> {
         let metrics = Arc::new(ProxyMetrics::default());
+        let access_logs = Arc::new(crate::access_log::AccessLogs::default());
         let baseline = Mutex::new(config.clone());
         let mut control = Control {
             model: config,
@@ -141,6 +145,7 @@ impl Runtime {
             listeners: ByName::default(),
             admissions: HashMap::new(),
             geoip: HashMap::new(),
+            access_logs: Arc::clone(&access_logs),
         };
         let snapshot = control.build();
         Arc::new(Self {
@@ -149,7 +154,18 @@ impl Runtime {
             metrics,
             baseline,
             changes: tokio::sync::watch::Sender::new(0),
+            access_logs,
         })
+    }
+
+    /// Listener `name`'s access log (off unless it has `access_log`).
+    pub fn access_log(&self, name: &str) -> Arc<crate::access_log::AccessLog> {
+        self.access_logs.get(name)
+    }
+
+    /// Every listener's access log.
+    pub fn access_logs(&self) -> &crate::access_log::AccessLogs {
+        &self.access_logs
     }
 
     /// The current snapshot as an owned pointer (for the control path).
@@ -378,6 +394,12 @@ impl Control {
             .collect::<ByName<_>>();
         self.listeners = listeners.clone();
         self.geoip = geoip;
+        self.access_logs.configure(
+            self.model
+                .listeners
+                .iter()
+                .map(|l| (l.name.as_str(), l.access_log.as_ref())),
+        );
         let snapshot = Snapshot {
             clusters,
             listeners,

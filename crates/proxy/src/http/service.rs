@@ -48,6 +48,8 @@ pub struct ConnInfo {
     /// The client's certificate as an `X-Forwarded-Client-Cert` element,
     /// when it presented one ([`crate::client_cert`]).
     pub client_cert: Option<Box<HeaderValue>>,
+    /// The listener's access log (off unless configured).
+    pub access_log: Arc<crate::access_log::AccessLog>,
 }
 
 /// Proxies one request. Never fails: errors become responses.
@@ -64,6 +66,10 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     // Read before the request path rewrites the version for the backend.
     let http2 = parts.version == Version::HTTP_2;
+    let entry = conn
+        .access_log
+        .enabled()
+        .then(|| crate::access_log::Pending::start(&conn.access_log, conn.peer, parts));
     let response = match proxy(runtime, conn, parts, body).await {
         Ok(response) => response,
         Err(e) => {
@@ -77,9 +83,24 @@ pub async fn handle(
         && response.body().is_local()
         && grpc::is_grpc(&parts.headers)
     {
-        return grpc::local_answer(response);
+        return log(grpc::local_answer(response), entry);
     }
-    response
+    log(response, entry)
+}
+
+/// Hands `response`'s body the access log `entry`, if the listener logs.
+fn log(
+    mut response: Response<ProxyBody>,
+    entry: Option<Box<crate::access_log::Pending>>,
+) -> Response<ProxyBody> {
+    let Some(mut entry) = entry else {
+        return response;
+    };
+    let served = response
+        .extensions_mut()
+        .remove::<crate::access_log::Served>();
+    entry.answered(response.status().as_u16(), served);
+    response.map(|body| ProxyBody::logged(body, entry))
 }
 
 async fn proxy(
@@ -455,7 +476,12 @@ async fn forward_to(
                         continue;
                     }
                 }
-                let response = forward(cluster, id, response, guard, decisions, finished);
+                let mut response = forward(cluster, id, response, guard, decisions, finished);
+                if conn.access_log.enabled() {
+                    response
+                        .extensions_mut()
+                        .insert(served(cluster, id, attempts));
+                }
                 headers::recycle(std::mem::take(&mut parts.headers));
                 return Ok(stick(cluster, id, pinned, response));
             }
@@ -495,7 +521,12 @@ async fn forward_to(
         }
     }
     if let Some((response, guard, id)) = held.map(|h| *h) {
-        let response = forward(cluster, id, response, guard, decisions, clock::now());
+        let mut response = forward(cluster, id, response, guard, decisions, clock::now());
+        if conn.access_log.enabled() {
+            response
+                .extensions_mut()
+                .insert(served(cluster, id, attempts));
+        }
         return Ok(stick(cluster, id, pinned, response));
     }
     if attempts > 0 && only_connect_failures {
@@ -606,6 +637,15 @@ fn forward(
     }
     let body = ProxyBody::upstream(rbody, guard);
     Response::from_parts(rparts, body)
+}
+
+/// Which backend answered, for the access log.
+fn served(cluster: &ClusterSnapshot, id: BackendId, attempts: usize) -> crate::access_log::Served {
+    crate::access_log::Served {
+        cluster: Arc::from(cluster.name()),
+        backend: Arc::from(cluster.set.get(id).address.as_str()),
+        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+    }
 }
 
 /// Names backend `id` in the cluster's sticky cookie, unless the request
@@ -854,6 +894,7 @@ mod tests {
             tls: true,
             forwarded_for: HeaderValue::from_static("127.0.0.1"),
             client_cert: mine.map(|v| Box::new(HeaderValue::from_static(v))),
+            access_log: crate::access_log::AccessLogs::default().get("web"),
         };
         let request = |xfcc: Option<&'static str>| {
             let mut req = Request::new(()).into_parts().0;

@@ -1,0 +1,181 @@
+//! End-to-end: access logs (`access_log`, `access_log_format`): a line per
+//! request with what the client asked and what it got, JSON or NGINX's
+//! combined format, a new file after a reload, and answers the client
+//! left before their end marked incomplete.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The file's lines, once it has at least `n` (waits up to 5 s).
+async fn lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        if lines.len() >= n || Instant::now() > until {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn config(bs: &[RunningBackend], log: &str) -> String {
+    format!(
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\ncluster = \"app\"\n{log}\n\n{}",
+        cluster_block("app", "round-robin", &[(bs[0].addr, 1)])
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_gets_a_line_with_what_was_asked_and_answered() {
+    let bs = backends(&["0ms"]).await;
+    let dir = TempDir::new("access-log");
+    let json = dir.0.join("access.json");
+    let proxy = Proxy::run(&config(
+        &bs,
+        &format!("access_log = \"{}\"", json.display()),
+    ));
+    let web = proxy.addr("web");
+    let h1 = client();
+    let a = send(
+        &h1,
+        http::Request::get(format!("http://{web}/hello?x=1"))
+            .header("user-agent", "test-agent/1")
+            .header("referer", "http://example.com/")
+            .body(Default::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    let b = get(&h1, web, "/status/503").await;
+    assert_eq!(b.status, 503);
+    let c = get(&h2c_client(), web, "/over-h2").await;
+    assert_eq!(c.status, 200);
+    let logged = lines(&json, 3).await;
+    assert_eq!(logged.len(), 3, "{logged:?}");
+    let entries: Vec<serde_json::Value> = logged
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let first = &entries[0];
+    assert_eq!(first["listener"], "web");
+    assert_eq!(first["method"], "GET");
+    assert_eq!(first["target"], "/hello?x=1");
+    assert_eq!(first["protocol"], "HTTP/1.1");
+    assert_eq!(first["host"], web.to_string());
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["bytes"], a.body.len());
+    assert_eq!(first["cluster"], "app");
+    assert_eq!(first["backend"], bs[0].addr.to_string());
+    assert_eq!(first["attempts"], 1);
+    assert_eq!(first["user_agent"], "test-agent/1");
+    assert_eq!(first["referer"], "http://example.com/");
+    assert_eq!(first["complete"], true);
+    assert!(first["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(first["duration_ms"].as_f64().unwrap() >= 0.0);
+    assert!(first["time"].as_str().unwrap().ends_with('Z'));
+    // The backend's 503 went through the retries (one backend: none left).
+    assert_eq!(entries[1]["status"], 503);
+    assert_eq!(entries[1]["target"], "/status/503");
+    assert_eq!(entries[2]["protocol"], "HTTP/2.0");
+    assert_eq!(entries[2]["bytes"], c.body.len());
+
+    // A client that leaves before the end of a long answer.
+    let mut raw = tokio::net::TcpStream::connect(web).await.unwrap();
+    raw.write_all(b"GET /bytes/50000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = vec![0u8; 64 * 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), raw.read(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(n > 0);
+    drop(raw);
+    let logged = lines(&json, 4).await;
+    let cut: serde_json::Value = serde_json::from_str(&logged[3]).unwrap();
+    assert_eq!(cut["target"], "/bytes/50000000");
+    assert_eq!(cut["status"], 200);
+    assert_eq!(cut["complete"], false, "{cut}");
+    assert!(cut["bytes"].as_u64().unwrap() < 50_000_000, "{cut}");
+
+    // A reload moves the log to another file, in the combined format.
+    let combined = dir.0.join("access.log");
+    std::fs::write(
+        &proxy.config_path,
+        format!(
+            "[admin]\nbind = \"127.0.0.1:0\"\n\n{}",
+            config(
+                &bs,
+                &format!(
+                    "access_log = \"{}\"\naccess_log_format = \"combined\"",
+                    combined.display()
+                )
+            )
+        ),
+    )
+    .unwrap();
+    assert!(Command::new("kill")
+        .args(["-HUP", &proxy.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let until = Instant::now() + Duration::from_secs(10);
+    while !combined.exists() {
+        assert!(
+            Instant::now() < until,
+            "the reload did not open the new log"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let d = send(
+        &client(),
+        http::Request::get(format!("http://{web}/after"))
+            .header("user-agent", "agent \"quoted\"")
+            .body(Default::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(d.status, 200);
+    let line = lines(&combined, 1).await.remove(0);
+    assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+    assert!(
+        line.contains(&format!(
+            "] \"GET /after HTTP/1.1\" 200 {} \"-\" \"agent \\x22quoted\\x22\" ",
+            d.body.len()
+        )),
+        "{line}"
+    );
+    assert!(line.ends_with(&format!(" {}", bs[0].addr)), "{line}");
+    assert_eq!(
+        lines(&json, 4).await.len(),
+        4,
+        "the old file no longer grows"
+    );
+}
+
+#[test]
+fn check_names_a_bad_access_log() {
+    let dir = TempDir::new("access-log-check");
+    let file = dir.write(
+        "f.toml",
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\ncluster = \"app\"\n\
+         access_log = \"/nonexistent/dir/access.log\"\naccess_log_format = \"clf\"\n\n\
+         [cluster.app]\nbackends = [{ address = \"127.0.0.1:9001\" }]\n",
+    );
+    let out = Command::new(fulcrum_bin())
+        .args(["check", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("listener[0].access_log"), "{text}");
+    assert!(text.contains("listener[0].access_log_format"), "{text}");
+    assert!(text.contains("unknown format `clf`"), "{text}");
+}
