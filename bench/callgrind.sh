@@ -9,7 +9,8 @@
 # connections, one stream at a time each, as `bench/compare.sh`'s h2tls
 # scenario) to a TLS listener with a self-signed certificate.
 # With UPSTREAM=h2 in the environment, the origin's servers speak h2c and
-# the cluster has `http2 = true`.
+# the cluster has `http2 = true`. With ACCESS_LOG=json (or combined) the
+# listener writes an access log in that format to $OUT/access.log.
 #
 # Starts an nginx origin (3 ports) and Fulcrum (release build, one worker,
 # round-robin) under callgrind, sends 500 warm-up requests, zeroes the
@@ -59,6 +60,7 @@ bind = "127.0.0.1:0"
 name = "web"
 bind = "127.0.0.1:$PX"
 cluster = "app"
+$( [ -n "${ACCESS_LOG:-}" ] && printf 'access_log = "%s"\naccess_log_format = "%s"\n' "$OUT/access.log" "$ACCESS_LOG" )
 [cluster.app]
 algorithm = "round-robin"
 http2 = $HTTP2

@@ -406,7 +406,11 @@ impl ProxyBody {
     }
 
     /// `body`, counted for the access log `entry`.
-    pub fn logged(body: ProxyBody, entry: Box<crate::access_log::Pending>) -> Self {
+    pub fn logged(body: ProxyBody, mut entry: Box<crate::access_log::Pending>) -> Self {
+        // An empty body may never be polled.
+        if body.is_end_stream() {
+            entry.finished();
+        }
         ProxyBody::Logged {
             body: Box::pin(body),
             entry,
@@ -467,6 +471,11 @@ impl Body for ProxyBody {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Some(data) = frame.data_ref() {
                             entry.sent(data.len());
+                        }
+                        // A server may stop polling once the body says it
+                        // has ended (HTTP/2 sends END_STREAM then).
+                        if body.is_end_stream() {
+                            entry.finished();
                         }
                     }
                     Poll::Ready(None) => entry.finished(),

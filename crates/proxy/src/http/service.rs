@@ -66,10 +66,9 @@ pub async fn handle(
 ) -> Response<ProxyBody> {
     // Read before the request path rewrites the version for the backend.
     let http2 = parts.version == Version::HTTP_2;
-    let entry = conn
-        .access_log
-        .enabled()
-        .then(|| crate::access_log::Pending::start(&conn.access_log, conn.peer, parts));
+    let entry = conn.access_log.enabled().then(|| {
+        crate::access_log::Pending::start(&conn.access_log, &conn.forwarded_for, conn.peer, parts)
+    });
     let response = match proxy(runtime, conn, parts, body).await {
         Ok(response) => response,
         Err(e) => {
