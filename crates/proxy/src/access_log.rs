@@ -19,7 +19,7 @@
 //! (start, reload, API change) opens the file again, so a rotated file
 //! (`logrotate` without `copytruncate`) is followed after a reload.
 //!
-//! Listeners without `access_log` pay one atomic load per request.
+//! Listeners without `access_log` pay two atomic loads per request.
 
 use std::collections::HashMap;
 use std::io::Write as _;
