@@ -133,12 +133,14 @@ async fn every_request_gets_a_line_with_what_was_asked_and_answered() {
         .unwrap()
         .success());
     // Requests finishing while the reload opens the new file may still go
-    // to the old one: ask until one lands in the new file.
+    // to the old one: ask until one lands in the new file. The client's
+    // connection from before the reload is kept: the new log applies to
+    // it too.
     let until = Instant::now() + Duration::from_secs(10);
     let (line, d) = loop {
         assert!(Instant::now() < until, "the reload did not move the log");
         let d = send(
-            &client(),
+            &h1,
             http::Request::get(format!("http://{web}/after"))
                 .header("user-agent", "agent \"quoted\"")
                 .body(Default::default())
