@@ -285,18 +285,7 @@ fn proxy_protocol_from_a_trusted_peer_is_passed_on_and_malformed_is_refused() {
 
 /// A TLS backend holding its own certificate; it says its name and closes.
 async fn tls_backend(ca: &TestCa, name: &'static str, host: &str) -> SocketAddr {
-    use rustls_pki_types::pem::PemObject;
-    let (cert, key) = ca.leaf(name, &[host]);
-    let chain = vec![rustls_pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
-    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
+    let config = ca.server_config(name, &[host]);
     let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();

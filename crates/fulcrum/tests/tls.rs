@@ -381,18 +381,54 @@ async fn tls_sessions_resume_by_stateless_ticket_or_by_the_session_cache() {
     );
 }
 
+/// The files of a client-certificate test: the server's CA (`ca_pem`) and
+/// its certificate for site.example.com (`cert`, `key`), and the clients'
+/// CA (`client_ca_pem`).
+struct MtlsFiles {
+    dir: TempDir,
+    server_ca: TestCa,
+    ca_pem: String,
+    cert: String,
+    key: String,
+    client_ca: TestCa,
+    client_ca_pem: String,
+}
+
+impl MtlsFiles {
+    fn new(tag: &str) -> Self {
+        let dir = TempDir::new(tag);
+        let server_ca = TestCa::new();
+        let ca_pem = dir.write("ca.pem", &server_ca.pem()).display().to_string();
+        let (cert, key) = server_ca.write_leaf(&dir, "site", "site", &["site.example.com"]);
+        let client_ca = TestCa::new();
+        let client_ca_pem = dir
+            .write("clients.pem", &client_ca.pem())
+            .display()
+            .to_string();
+        MtlsFiles {
+            dir,
+            server_ca,
+            ca_pem,
+            cert,
+            key,
+            client_ca,
+            client_ca_pem,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_client_ca_admits_only_clients_with_a_certificate_it_signed() {
     let bs = backends(&["0ms"]).await;
-    let dir = TempDir::new("mtls");
-    let server_ca = TestCa::new();
-    let ca_pem = dir.write("ca.pem", &server_ca.pem()).display().to_string();
-    let (cert, key) = server_ca.write_leaf(&dir, "site", "site", &["site.example.com"]);
-    let client_ca = TestCa::new();
-    let client_ca_pem = dir
-        .write("clients.pem", &client_ca.pem())
-        .display()
-        .to_string();
+    let MtlsFiles {
+        dir,
+        server_ca,
+        ca_pem,
+        cert,
+        key,
+        client_ca,
+        client_ca_pem,
+    } = MtlsFiles::new("mtls");
     let (good_cert, good_key) = client_ca.write_leaf(&dir, "good", "good client", &["good"]);
     // Signed by the server's CA, not by the clients' one.
     let (other_cert, other_key) = server_ca.write_leaf(&dir, "other", "other client", &["other"]);
@@ -475,15 +511,15 @@ async fn tls_client_ca_admits_only_clients_with_a_certificate_it_signed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn optional_client_certificates_reach_backends_in_x_forwarded_client_cert() {
     let bs = backends(&["0ms"]).await;
-    let dir = TempDir::new("mtls-optional");
-    let server_ca = TestCa::new();
-    let ca_pem = dir.write("ca.pem", &server_ca.pem()).display().to_string();
-    let (cert, key) = server_ca.write_leaf(&dir, "site", "site", &["site.example.com"]);
-    let client_ca = TestCa::new();
-    let client_ca_pem = dir
-        .write("clients.pem", &client_ca.pem())
-        .display()
-        .to_string();
+    let MtlsFiles {
+        dir,
+        server_ca,
+        ca_pem,
+        cert,
+        key,
+        client_ca,
+        client_ca_pem,
+    } = MtlsFiles::new("mtls-optional");
     let (good_cert, good_key) =
         client_ca.write_leaf(&dir, "good", "good client", &["good.internal"]);
     let (other_cert, other_key) = server_ca.write_leaf(&dir, "other", "other client", &["other"]);
@@ -567,15 +603,15 @@ async fn optional_client_certificates_reach_backends_in_x_forwarded_client_cert(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revoked_client_certificate_is_refused_and_a_new_list_applies_on_reload() {
     let bs = backends(&["0ms"]).await;
-    let dir = TempDir::new("mtls-crl");
-    let server_ca = TestCa::new();
-    let ca_pem = dir.write("ca.pem", &server_ca.pem()).display().to_string();
-    let (cert, key) = server_ca.write_leaf(&dir, "site", "site", &["site.example.com"]);
-    let client_ca = TestCa::new();
-    let client_ca_pem = dir
-        .write("clients.pem", &client_ca.pem())
-        .display()
-        .to_string();
+    let MtlsFiles {
+        dir,
+        ca_pem,
+        cert,
+        key,
+        client_ca,
+        client_ca_pem,
+        ..
+    } = MtlsFiles::new("mtls-crl");
     let (good_cert, good_key) =
         client_ca.write_leaf_numbered(&dir, "good", "good client", &["good"], Some(1001));
     let (bad_cert, bad_key) =

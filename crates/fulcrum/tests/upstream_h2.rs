@@ -365,22 +365,7 @@ async fn an_http2_cluster_with_tls_offers_h2_by_alpn() {
     let dir = TempDir::new("h2-tls");
     let ca = TestCa::new();
     let ca_pem = dir.write("ca.pem", &ca.pem()).display().to_string();
-    let (cert, key) = ca.leaf("backend", &["127.0.0.1"]);
-    let chain = vec![rustls_pki_types::CertificateDer::from(
-        rustls_pki_types::pem::PemObject::from_pem_slice(cert.as_bytes())
-            .map(|c: rustls_pki_types::CertificateDer<'static>| c.to_vec())
-            .unwrap(),
-    )];
-    let key: rustls_pki_types::PrivateKeyDer<'static> =
-        rustls_pki_types::pem::PemObject::from_pem_slice(key.as_bytes()).unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
+    let mut config = ca.server_config("backend", &["127.0.0.1"]);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let backend = H2Backend::start("tls", Some(acceptor)).await;

@@ -301,6 +301,24 @@ impl TestCa {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// A rustls server configuration (ring, TLS 1.2 and 1.3, no client
+    /// certificates) serving a leaf of this CA for `names`.
+    pub fn server_config(&self, cn: &str, names: &[&str]) -> rustls::ServerConfig {
+        use rustls_pki_types::pem::PemObject;
+        let (cert, key) = self.leaf(cn, names);
+        let chain =
+            vec![rustls_pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap()
+    }
+
     /// A revocation list (PEM) of this CA naming the `revoked` serials.
     pub fn crl(&self, revoked: &[u64]) -> String {
         let params = rcgen::CertificateRevocationListParams {

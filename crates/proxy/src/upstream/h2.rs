@@ -83,8 +83,9 @@ impl Conn {
     }
 }
 
-/// Streams a connection may open before the backend's SETTINGS say how
-/// many: hyper's initial limit.
+/// Streams a first connection to a backend may open before the backend's
+/// SETTINGS say how many: hyper's default. Later ones start with what the
+/// backend said before ([`Shared::known_limit`]).
 pub(super) const INITIAL_STREAM_LIMIT: usize = 100;
 
 /// Drives an HTTP/2 connection to its end, publishing after every step the
@@ -152,6 +153,17 @@ impl Shared {
             });
         }
         slot
+    }
+
+    /// The stream limit `addr`'s connections have, for a new connection to
+    /// start with before the backend's SETTINGS arrive (else requests
+    /// sent meanwhile would wait for streams beyond the backend's limit).
+    pub(super) fn known_limit(&self, addr: &BackendAddr) -> usize {
+        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns
+            .get(addr)
+            .and_then(|list| list.iter().map(|c| c.limit.load(Ordering::Relaxed)).min())
+            .unwrap_or(INITIAL_STREAM_LIMIT)
     }
 
     /// How many connections the pool keeps, to all backends.

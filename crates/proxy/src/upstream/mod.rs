@@ -573,8 +573,10 @@ impl Upstream {
             }
         }
         let stream = self.open(addr.authority(), true).await?;
+        let initial_limit = self.pool.shared.known_limit(addr);
         let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            .initial_max_send_streams(initial_limit)
             .handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .map_err(|e| UpstreamError::Connect {
@@ -582,9 +584,7 @@ impl Upstream {
                 source: std::io::Error::other(e),
             })?;
         let authority = addr.authority().clone();
-        let limit = Arc::new(std::sync::atomic::AtomicUsize::new(
-            h2::INITIAL_STREAM_LIMIT,
-        ));
+        let limit = Arc::new(std::sync::atomic::AtomicUsize::new(initial_limit));
         let published = Arc::clone(&limit);
         tokio::spawn(async move {
             if let Err(e) = h2::serve(conn, published).await {
