@@ -19,8 +19,8 @@
 //! The hyper-util client is still kept for upgrades (WebSocket), which
 //! need a connection that is never pooled again.
 //!
-//! A cluster with `http2 = true` sends its requests over one shared
-//! HTTP/2 connection per backend instead ([`h2`]).
+//! A cluster with `http2 = true` sends its requests as streams of
+//! HTTP/2 connections shared per backend instead ([`h2`]).
 //!
 //! The pool survives reloads as long as the cluster's connection settings
 //! do not change, so a reload does not cost a reconnect storm.
@@ -530,11 +530,12 @@ impl Upstream {
         Ok(self.answer(addr, conn, answer))
     }
 
-    /// [`Upstream::send`] for a cluster with `http2`: on the backend's
-    /// shared connection, opening one if there is none. A request the
-    /// shared connection did not send (it had closed), or sent after the
-    /// backend's `GOAWAY` and whose body is still whole, goes on a new one:
-    /// HTTP/2's form of the keep-alive race.
+    /// [`Upstream::send`] for a cluster with `http2`: on one of the
+    /// backend's shared connections with a stream to spare, opening one if
+    /// there is none. A request a shared connection did not send (it had
+    /// closed), or sent after the backend's `GOAWAY` and whose body is
+    /// still whole, goes on a new one: HTTP/2's form of the keep-alive
+    /// race.
     async fn send_h2(
         &self,
         addr: &BackendAddr,
