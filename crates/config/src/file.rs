@@ -127,6 +127,8 @@ pub struct FileListener {
     pub access_log: Option<String>,
     /// `json` (default) or `combined`.
     pub access_log_format: Option<String>,
+    /// Give every request an `X-Request-Id` (kept from trusted proxies).
+    pub request_id: Option<bool>,
 }
 
 impl FileListener {
@@ -163,6 +165,7 @@ impl FileListener {
         "defer_accept",
         "access_log",
         "access_log_format",
+        "request_id",
     ];
 }
 

@@ -217,6 +217,9 @@ pub struct ListenerConfig {
     pub defer_accept: bool,
     /// Where and how the listener's requests are logged, if they are.
     pub access_log: Option<AccessLogConfig>,
+    /// Whether every request gets an `X-Request-Id` (a new one unless a
+    /// trusted proxy sent one), sent to the backend and the client.
+    pub request_id: bool,
 }
 
 /// A listener's access log: one line per request.

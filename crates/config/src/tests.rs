@@ -185,6 +185,7 @@ fn key_lists_match_the_file_shapes() {
         defer_accept: Some(true),
         access_log: s(),
         access_log_format: s(),
+        request_id: Some(true),
     };
     assert_eq!(keys(&listener), sorted(file::FileListener::KEYS));
     let value_match = file::FileValueMatch {

@@ -358,6 +358,15 @@ impl Validator {
                 .networks(&key("trusted_proxies"), file.trusted_proxies.as_deref()),
             defer_accept,
             access_log: self.access_log(&key(""), protocol, file),
+            request_id: {
+                if file.request_id.is_some() && protocol != Protocol::Http {
+                    self.problem(
+                        key("request_id"),
+                        "only http listeners have requests; remove it",
+                    );
+                }
+                file.request_id.unwrap_or(false)
+            },
         }
     }
 

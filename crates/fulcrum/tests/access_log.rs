@@ -193,3 +193,58 @@ fn check_names_a_bad_access_log() {
     assert!(text.contains("listener[0].access_log_format"), "{text}");
     assert!(text.contains("unknown format `clf`"), "{text}");
 }
+
+/// `request_id`: every request gets an `X-Request-Id` that the backend,
+/// the client and the access log all see; one sent by a client is
+/// replaced unless the client is a trusted proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_reach_the_backend_the_client_and_the_log() {
+    let bs = backends(&["0ms"]).await;
+    let dir = TempDir::new("request-id");
+    let log = dir.0.join("access.json");
+    let config = format!(
+        "[[listener]]\nname = \"edge\"\nbind = \"127.0.0.1:0\"\ncluster = \"app\"\n\
+         request_id = true\naccess_log = \"{}\"\n\n\
+         [[listener]]\nname = \"inner\"\nbind = \"127.0.0.1:0\"\ncluster = \"app\"\n\
+         request_id = true\ntrusted_proxies = [\"127.0.0.1\"]\n\n{}",
+        log.display(),
+        cluster_block("app", "round-robin", &[(bs[0].addr, 1)])
+    );
+    let proxy = Proxy::run(&config);
+    let with_id = |addr, id: &str| {
+        http::Request::get(format!("http://{addr}/echo-headers"))
+            .header("x-request-id", id)
+            .body(Default::default())
+            .unwrap()
+    };
+    let seen = |a: &Answer| {
+        String::from_utf8_lossy(&a.body)
+            .lines()
+            .find_map(|l| l.strip_prefix("x-request-id: ").map(str::to_owned))
+    };
+    let forged = send(&client(), with_id(proxy.addr("edge"), "forged")).await;
+    let id = forged.headers["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(id.len(), 32, "{id}");
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    assert_eq!(
+        seen(&forged).as_deref(),
+        Some(id.as_str()),
+        "the backend saw it"
+    );
+    let fresh = get(&client(), proxy.addr("edge"), "/echo-headers").await;
+    let other = fresh.headers["x-request-id"].to_str().unwrap();
+    assert_ne!(other, id, "one per request");
+    assert_eq!(seen(&fresh).as_deref(), Some(other));
+    let logged = lines(&log, 2).await;
+    // Lines follow the order answers end in, not requests.
+    assert!(
+        logged
+            .iter()
+            .any(|l| l.contains(&format!("\"request_id\":\"{id}\""))),
+        "{logged:?}"
+    );
+    // A trusted proxy's id is kept.
+    let kept = send(&client(), with_id(proxy.addr("inner"), "keep-me")).await;
+    assert_eq!(kept.headers["x-request-id"], "keep-me");
+    assert_eq!(seen(&kept).as_deref(), Some("keep-me"));
+}

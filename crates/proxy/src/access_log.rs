@@ -240,6 +240,7 @@ pub struct Pending {
     referer: Option<HeaderValue>,
     status: u16,
     served: Option<Served>,
+    request_id: Option<HeaderValue>,
     bytes: u64,
     complete: bool,
 }
@@ -275,15 +276,23 @@ impl Pending {
             referer: head.headers.get(header::REFERER).cloned(),
             status: 0,
             served: None,
+            request_id: None,
             bytes: 0,
             complete: false,
         })
     }
 
-    /// The answer's status and, if a backend gave it, which.
-    pub fn answered(&mut self, status: u16, served: Option<Served>) {
+    /// The answer's status, which backend gave it (if one did), and its
+    /// `X-Request-Id`.
+    pub fn answered(
+        &mut self,
+        status: u16,
+        served: Option<Served>,
+        request_id: Option<HeaderValue>,
+    ) {
         self.status = status;
         self.served = served;
+        self.request_id = request_id;
     }
 
     /// Counts `n` bytes of the answer's body sent.
@@ -337,6 +346,8 @@ impl Pending {
         json_opt(out, self.user_agent.as_ref().map(HeaderValue::as_bytes));
         out.extend_from_slice(b",\"referer\":");
         json_opt(out, self.referer.as_ref().map(HeaderValue::as_bytes));
+        out.extend_from_slice(b",\"request_id\":");
+        json_opt(out, self.request_id.as_ref().map(HeaderValue::as_bytes));
         out.extend_from_slice(if self.complete {
             b",\"complete\":true}"
         } else {
@@ -602,6 +613,7 @@ mod tests {
                 backend: Arc::from("127.0.0.1:9001"),
                 attempts: 2,
             }),
+            Some(HeaderValue::from_static("abc")),
         );
         entry.sent(10);
         entry.sent(5);
@@ -622,6 +634,7 @@ mod tests {
         assert_eq!(v["attempts"], 2);
         assert_eq!(v["user_agent"], "curl/8 \"x\"");
         assert_eq!(v["referer"], serde_json::Value::Null);
+        assert_eq!(v["request_id"], "abc");
         assert_eq!(v["complete"], true);
         let mut line = Vec::new();
         entry.combined(&mut line);

@@ -60,6 +60,7 @@ pub fn to_file(config: &Config) -> FileConfig {
                 trusted_proxies: Some(l.trusted_proxies.iter().map(|n| n.to_string()).collect()),
                 defer_accept: (l.protocol != Protocol::Udp).then_some(l.defer_accept),
                 access_log: l.access_log.as_ref().map(|a| a.path.clone()),
+                request_id: (l.protocol == Protocol::Http).then_some(l.request_id),
                 access_log_format: l.access_log.as_ref().map(|a| a.format.as_str().to_owned()),
                 debug_from: Some(l.debug_from.iter().map(|n| n.to_string()).collect()),
                 route: l

@@ -98,7 +98,8 @@ fn log(
     let served = response
         .extensions_mut()
         .remove::<crate::access_log::Served>();
-    entry.answered(response.status().as_u16(), served);
+    let request_id = response.headers().get(&X_REQUEST_ID).cloned();
+    entry.answered(response.status().as_u16(), served, request_id);
     response.map(|body| ProxyBody::logged(body, entry))
 }
 
@@ -131,6 +132,9 @@ async fn proxy(
     if present.client_cert || conn.client_cert.is_some() {
         forward_client_cert(req, conn, present.client_cert && trusted());
     }
+    let request_id = config
+        .request_id
+        .then(|| request_id(req, present.request_id && trusted()));
     let host = authority(req);
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
     let matched = listener
@@ -249,7 +253,25 @@ async fn proxy(
     };
     // The admission slot is held until the response body is done.
     let result = result.map(|response| response.map(|b| b.with_permit(permit)));
-    Ok(routing::finish(route, limit, result))
+    let mut response = routing::finish(route, limit, result);
+    if let Some(id) = request_id {
+        response.headers_mut().insert(X_REQUEST_ID.clone(), id);
+    }
+    Ok(response)
+}
+
+/// The request's `X-Request-Id`: the one it carries if its sender is
+/// trusted, else a new one (128 random bits in hex), put in the request.
+fn request_id(req: &mut request::Parts, keep: bool) -> HeaderValue {
+    if keep {
+        if let Some(id) = req.headers.get(&X_REQUEST_ID) {
+            return id.clone();
+        }
+    }
+    let id = HeaderValue::from_str(&format!("{:032x}", fastrand::u128(..)))
+        .expect("hex digits are a valid header value");
+    req.headers.insert(X_REQUEST_ID.clone(), id.clone());
+    id
 }
 
 /// What routing decided about a request, beyond its cluster.
@@ -661,6 +683,8 @@ fn stick(
     response
 }
 
+/// Request and response header naming a request (`request_id`).
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Request header asking for the decision trail.
 pub static X_FULCRUM_DEBUG: HeaderName = HeaderName::from_static("x-fulcrum-debug");
 /// Response header carrying the decision trail.
@@ -746,6 +770,7 @@ struct Present {
     upgrade: bool,
     forwarded_for: bool,
     client_cert: bool,
+    request_id: bool,
     debug: bool,
 }
 
@@ -765,6 +790,8 @@ impl Present {
                 present.forwarded_for = true;
             } else if name == crate::client_cert::X_FORWARDED_CLIENT_CERT {
                 present.client_cert = true;
+            } else if name == X_REQUEST_ID {
+                present.request_id = true;
             } else if name == X_FULCRUM_DEBUG {
                 present.debug = true;
             }
