@@ -13,8 +13,8 @@
 //! Lines are formatted in the request's task and handed to a writer
 //! thread per log through a bounded queue; the thread gathers what comes
 //! within 50 ms of a first line and writes it at once, so a burst costs
-//! one write and one wake-up of the thread. A full queue (the disk cannot keep up) drops lines rather than
-//! slow requests down, and counts them
+//! one write and one wake-up of the thread. A full queue (the disk cannot
+//! keep up) drops lines rather than slow requests down, and counts them
 //! (`fulcrum_access_log_dropped_lines_total`). Every applied configuration
 //! (start, reload, API change) opens the file again, so a rotated file
 //! (`logrotate` without `copytruncate`) is followed after a reload.
@@ -48,6 +48,8 @@ struct Sink {
 #[derive(Debug)]
 pub struct AccessLog {
     listener: Arc<str>,
+    /// Whether `sink` is set: what every request checks, one atomic load
+    /// where the `ArcSwap` would cost a guard.
     on: AtomicBool,
     sink: ArcSwapOption<Sink>,
     dropped: AtomicU64,
@@ -233,7 +235,8 @@ pub struct Pending {
     client_ip: HeaderValue,
     client_port: u16,
     method: Method,
-    target: String,
+    /// The target as the client sent it (cloning a `Uri` copies no bytes).
+    target: http::Uri,
     version: Version,
     host: Option<HeaderValue>,
     user_agent: Option<HeaderValue>,
@@ -266,10 +269,7 @@ impl Pending {
             client_ip: client_ip.clone(),
             client_port: client.port(),
             method: head.method.clone(),
-            target: head
-                .uri
-                .path_and_query()
-                .map_or_else(|| head.uri.to_string(), |p| p.as_str().to_owned()),
+            target: head.uri.clone(),
             version: head.version,
             host,
             user_agent: head.headers.get(header::USER_AGENT).cloned(),
@@ -280,6 +280,15 @@ impl Pending {
             bytes: 0,
             complete: false,
         })
+    }
+
+    /// The request target: path and query, or the whole target when it
+    /// has none (`*`, authority form).
+    fn target(&self) -> std::borrow::Cow<'_, str> {
+        match self.target.path_and_query() {
+            Some(p) => std::borrow::Cow::Borrowed(p.as_str()),
+            None => std::borrow::Cow::Owned(self.target.to_string()),
+        }
     }
 
     /// The answer's status, which backend gave it (if one did), and its
@@ -316,13 +325,21 @@ impl Pending {
         out.extend_from_slice(b"\",\"listener\":");
         json_str(out, listener.as_bytes());
         out.extend_from_slice(b",\"client\":\"");
+        // As a socket address is written: an IPv6 address in brackets.
+        let v6 = self.client_ip.as_bytes().contains(&b':');
+        if v6 {
+            out.push(b'[');
+        }
         out.extend_from_slice(self.client_ip.as_bytes());
+        if v6 {
+            out.push(b']');
+        }
         out.push(b':');
         push_u64(out, u64::from(self.client_port));
         out.extend_from_slice(b"\",\"method\":");
         json_str(out, self.method.as_str().as_bytes());
         out.extend_from_slice(b",\"target\":");
-        json_str(out, self.target.as_bytes());
+        json_str(out, self.target().as_bytes());
         out.extend_from_slice(b",\"protocol\":\"");
         out.extend_from_slice(version(self.version).as_bytes());
         out.extend_from_slice(b"\",\"host\":");
@@ -366,7 +383,7 @@ impl Pending {
         out.extend_from_slice(b"] \"");
         out.extend_from_slice(self.method.as_str().as_bytes());
         out.push(b' ');
-        quoted(out, self.target.as_bytes());
+        quoted(out, self.target().as_bytes());
         out.push(b' ');
         out.extend_from_slice(version(self.version).as_bytes());
         out.extend_from_slice(b"\" ");
@@ -386,8 +403,7 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        let log = Arc::clone(&self.log);
-        log.write(self);
+        self.log.write(self);
     }
 }
 
@@ -645,5 +661,15 @@ mod tests {
             "{line}"
         );
         assert!(line.ends_with(" 127.0.0.1:9001"), "{line}");
+        let v6 = Pending::start(
+            &log,
+            &HeaderValue::from_static("::1"),
+            "[::1]:5555".parse().unwrap(),
+            &head,
+        );
+        let mut json = Vec::new();
+        v6.json("web", &mut json);
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["client"], "[::1]:5555");
     }
 }

@@ -347,25 +347,7 @@ where
     let request = request
         .body(Empty::<Bytes>::new())
         .map_err(|e| format!("request: {e}"))?;
-    let io = TokioIo::new(stream);
-    let (response, conn) = if http2 {
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
-        let conn = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        (sender.send_request(request).await, conn)
-    } else {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        let conn = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        (sender.send_request(request).await, conn)
-    };
+    let (response, conn) = send_probe(stream, http2, request).await?;
     let outcome = async {
         let response = response.map_err(|e| format!("request: {e}"))?;
         let status = response.status().as_u16();
@@ -392,6 +374,47 @@ where
     outcome
 }
 
+/// Sends a probe's `request` on `stream` in HTTP/2 or HTTP/1.1: its
+/// answer (or why there is none), and the connection's task, which the
+/// caller aborts when done with the answer.
+async fn send_probe<S, B>(
+    stream: S,
+    http2: bool,
+    request: http::Request<B>,
+) -> Result<
+    (
+        hyper::Result<http::Response<hyper::body::Incoming>>,
+        tokio::task::JoinHandle<()>,
+    ),
+    String,
+>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let io = TokioIo::new(stream);
+    if http2 {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok((sender.send_request(request).await, conn))
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok((sender.send_request(request).await, conn))
+    }
+}
+
 /// The gRPC health method every check calls.
 const GRPC_HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 
@@ -416,20 +439,9 @@ where
         .header(http::header::USER_AGENT, "fulcrum-health-check")
         .body(Full::new(grpc_health_request(service)))
         .map_err(|e| format!("request: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(stream),
-    )
-    .await
-    .map_err(|e| format!("handshake: {e}"))?;
-    let conn = tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let (response, conn) = send_probe(stream, true, request).await?;
     let outcome = async {
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("request: {e}"))?;
+        let response = response.map_err(|e| format!("request: {e}"))?;
         let status = response.status().as_u16();
         if status != 200 {
             return Err(format!("status {status}"));

@@ -22,9 +22,10 @@
 //! reaper.
 //!
 //! A request the backend provably did not process (a `REFUSED_STREAM`
-//! reset, a stream above the last one a `GOAWAY` accepted, or a connection
-//! that closed before the request left) may go anywhere again whatever its
-//! method ([`refused`]).
+//! reset, or a stream above the last one a `GOAWAY` accepted) may go to
+//! another backend whatever its method ([`refused`]); one a shared
+//! connection never sent (it had closed), or sent after the backend's
+//! `GOAWAY` ([`going_away`]), goes on a new connection to the same backend.
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -573,9 +573,31 @@ impl Upstream {
                 }
             }
         }
+        let (mut sender, limit) = self.open_h2(addr).await?;
+        let slot = self.pool.shared.offer(addr, &sender, limit, now);
+        sender
+            .send_request(request)
+            .await
+            .map(|response| response.map(|b| UpstreamBody::Http2(b, slot)))
+            .map_err(UpstreamError::of_h2)
+    }
+
+    /// Opens an HTTP/2 connection to `addr` and starts its task: the
+    /// handle that sends on it, and its stream limit as the task keeps it
+    /// up to date ([`h2::serve`]).
+    async fn open_h2(
+        &self,
+        addr: &BackendAddr,
+    ) -> Result<
+        (
+            hyper::client::conn::http2::SendRequest<RequestBody>,
+            Arc<std::sync::atomic::AtomicUsize>,
+        ),
+        UpstreamError,
+    > {
         let stream = self.open(addr.authority(), true).await?;
         let initial_limit = self.pool.shared.known_limit(addr);
-        let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_max_send_streams(initial_limit)
             .handshake(hyper_util::rt::TokioIo::new(stream))
@@ -592,12 +614,7 @@ impl Upstream {
                 tracing::debug!(backend = %authority, error = %e, "HTTP/2 connection to a backend ended");
             }
         });
-        let slot = self.pool.shared.offer(addr, &sender, limit, now);
-        sender
-            .send_request(request)
-            .await
-            .map(|response| response.map(|b| UpstreamBody::Http2(b, slot)))
-            .map_err(UpstreamError::of_h2)
+        Ok((sender, limit))
     }
 
     /// The response to an exchange: its body owns the connection.
